@@ -1,0 +1,554 @@
+/**
+ * The local Docker provider: one container per instance running the editor image, a named volume per
+ * instance for the workspace, the editor's port published on the loopback address only.
+ *
+ * It keeps no state of its own: every call finds the container by its labels and reports what the
+ * engine says.
+ */
+import Docker from 'dockerode';
+import os from 'node:os';
+import { Readable, Writable } from 'node:stream';
+import { finished } from 'node:stream/promises';
+import { SwarmError, asSwarmError } from '../../src/errors.js';
+import { silentLogger, type Logger } from '../../src/logger.js';
+import { waitUntil } from '../../src/timing/wait-until.js';
+import type {
+  CommandResult,
+  CreateOptions,
+  DeleteOptions,
+  ExecOptions,
+  InstanceConfig,
+  InstanceConfigPatch,
+  InstanceFilter,
+  InstanceLogs,
+  LogOptions,
+  Provider,
+  ProviderCapabilities,
+  ProgressEvent,
+  StartOptions,
+  UpdateMode,
+  UpdateOptions,
+  VSCodeInstance,
+} from '../provider.js';
+import { engineUnreachable, resolveDockerConnection, type DockerConnection, type DockerConnectionOptions } from './docker-connection.js';
+import {
+  EDITOR_PORT,
+  LABEL_CREATED,
+  LABEL_ENV_KEYS,
+  LABEL_INSTANCE,
+  LABEL_MANAGED,
+  LABEL_METADATA,
+  LABEL_NAME,
+  WORKSPACE_PATH,
+  containerName,
+  instanceFromContainer,
+  volumeName,
+} from './docker-mapping.js';
+
+export interface DockerProviderOptions extends DockerConnectionOptions {
+  /** The editor image used when a config names none. */
+  defaultImage: string;
+  /** Address the editor port is published on; loopback so that nothing outside reaches it. */
+  publishHost?: string;
+  /** Arguments after the image's entrypoint (the upstream entrypoint already binds 0.0.0.0:8080). */
+  editorArgs?: string[];
+  /** HTTP path polled until the editor answers 200; null to consider a running container ready. */
+  readinessPath?: string | null;
+  readinessTimeoutMs?: number;
+  stopTimeoutSeconds?: number;
+  /** Pull an image that is not present; off where no registry is reachable. */
+  pullImages?: boolean;
+  /** Upper bound on processes in one container. */
+  pidsLimit?: number;
+  /** Lines kept when `getInstanceLogs` is given no tail. */
+  defaultLogTail?: number;
+  logger?: Logger;
+}
+
+const DEFAULT_EDITOR_ARGS = ['--auth', 'none', '--disable-telemetry', WORKSPACE_PATH];
+const DEFAULT_EXEC_TIMEOUT_MS = 30_000;
+const DEFAULT_EXEC_MAX_OUTPUT = 1024 * 1024;
+const PING_TIMEOUT_MS = 5_000;
+
+export class DockerProvider implements Provider {
+  readonly type = 'docker' as const;
+  private readonly docker: Docker;
+  private readonly connection: DockerConnection;
+  private readonly logger: Logger;
+  private readonly publishHost: string;
+  private capabilities: ProviderCapabilities;
+
+  constructor(private readonly options: DockerProviderOptions) {
+    this.connection = resolveDockerConnection(options);
+    this.docker = new Docker(this.connection.options);
+    this.logger = (options.logger ?? silentLogger()).child({ component: 'docker-provider' });
+    this.publishHost = options.publishHost ?? '127.0.0.1';
+    this.capabilities = {
+      liveResize: true,
+      snapshots: false,
+      workspaceTransfer: false,
+      persistentWorkspace: true,
+      logs: true,
+      exec: true,
+      regions: [],
+      resourceLimits: { minCpu: 0.1, maxCpu: os.availableParallelism(), minMemoryMb: 256, maxMemoryMb: Math.floor(os.totalmem() / 2 ** 20) },
+    };
+  }
+
+  getCapabilities(): ProviderCapabilities {
+    return structuredClone(this.capabilities);
+  }
+
+  async initialize(): Promise<void> {
+    let info: { NCPU?: number; MemTotal?: number; ServerVersion?: string };
+    try {
+      info = await withTimeout(this.docker.info() as Promise<typeof info>, PING_TIMEOUT_MS, 'docker info');
+    } catch (err) {
+      throw engineUnreachable(this.connection, err);
+    }
+    this.capabilities.resourceLimits.maxCpu = info.NCPU ?? this.capabilities.resourceLimits.maxCpu;
+    if (info.MemTotal) this.capabilities.resourceLimits.maxMemoryMb = Math.floor(info.MemTotal / 2 ** 20);
+    this.logger.info({ engine: this.connection.describe, version: info.ServerVersion }, 'docker engine reachable');
+  }
+
+  async createInstance(config: InstanceConfig & { image: string }, options: CreateOptions): Promise<VSCodeInstance> {
+    const { instanceId } = options;
+    const progress = options.onProgress ?? (() => undefined);
+    const existing = await this.findContainer(instanceId);
+    if (existing) {
+      const current = await this.inspect(existing);
+      return current.status === 'running' ? current : this.startInstance(instanceId, options);
+    }
+
+    progress({ fraction: 0.05, message: `checking image ${config.image}` });
+    await this.ensureImage(config.image, progress);
+
+    progress({ fraction: 0.4, message: 'preparing workspace volume' });
+    const volumeCreated = await this.ensureVolume(instanceId, config.name);
+
+    let container: Docker.Container | undefined;
+    try {
+      progress({ fraction: 0.5, message: 'creating container' });
+      container = await this.docker.createContainer(this.containerSpec(instanceId, config, containerName(instanceId)));
+      return await this.startAndAwait(instanceId, container, progress, 0.6, options.signal);
+    } catch (err) {
+      // Leave nothing behind: a failed create removes what this call made.
+      if (container) await container.remove({ force: true, v: false }).catch(() => undefined);
+      if (volumeCreated) await this.docker.getVolume(volumeName(instanceId)).remove().catch(() => undefined);
+      throw this.wrap(err, `create ${instanceId}`);
+    }
+  }
+
+  async getInstance(instanceId: string): Promise<VSCodeInstance | null> {
+    const container = await this.findContainer(instanceId);
+    return container ? this.inspect(container).catch((err) => (isNotFound(err) ? null : Promise.reject(err))) : null;
+  }
+
+  async listInstances(filter: InstanceFilter = {}): Promise<VSCodeInstance[]> {
+    const summaries = await this.call('list containers', () =>
+      this.docker.listContainers({ all: true, filters: { label: [`${LABEL_MANAGED}=true`] } }),
+    );
+    const instances: VSCodeInstance[] = [];
+    for (const summary of summaries) {
+      try {
+        instances.push(await this.inspect(this.docker.getContainer(summary.Id)));
+      } catch (err) {
+        if (!isNotFound(err)) throw this.wrap(err, 'inspect container');
+      }
+    }
+    const statuses = filter.status === undefined ? undefined : new Set([filter.status].flat());
+    return instances.filter(
+      (i) =>
+        (!statuses || statuses.has(i.status)) &&
+        (filter.name === undefined || i.name === filter.name) &&
+        Object.entries(filter.metadata ?? {}).every(([k, v]) => i.config.metadata?.[k] === v),
+    );
+  }
+
+  async startInstance(instanceId: string, options: StartOptions = {}): Promise<VSCodeInstance> {
+    const container = await this.requireContainer(instanceId);
+    return this.startAndAwait(instanceId, container, options.onProgress ?? (() => undefined), 0.1, options.signal);
+  }
+
+  async stopInstance(instanceId: string, force = false): Promise<VSCodeInstance> {
+    const container = await this.requireContainer(instanceId);
+    const before = await this.inspect(container);
+    if (before.status === 'running' || before.status === 'starting') {
+      await this.call(`stop ${instanceId}`, async () => {
+        try {
+          if (force) await container.kill();
+          else await container.stop({ t: this.options.stopTimeoutSeconds ?? 10 });
+        } catch (err) {
+          if (statusCode(err) !== 304 && statusCode(err) !== 409) throw err; // already stopped
+        }
+      });
+    }
+    return this.inspect(container);
+  }
+
+  async deleteInstance(instanceId: string, options: DeleteOptions = {}): Promise<boolean> {
+    const container = await this.findContainer(instanceId);
+    let removed = false;
+    if (container) {
+      await this.call(`remove ${instanceId}`, () => container.remove({ force: true }).catch(ignoreNotFound));
+      removed = true;
+    }
+    if (!options.keepWorkspace) {
+      const volume = this.docker.getVolume(volumeName(instanceId));
+      await this.call(`remove volume of ${instanceId}`, () =>
+        volume.remove().then(
+          () => {
+            removed = true;
+          },
+          ignoreNotFound,
+        ),
+      );
+    }
+    return removed;
+  }
+
+  async updateInstance(
+    instanceId: string,
+    patch: InstanceConfigPatch,
+    options: UpdateOptions = {},
+  ): Promise<VSCodeInstance & { updateMode: UpdateMode }> {
+    const progress = options.onProgress ?? (() => undefined);
+    const container = await this.requireContainer(instanceId);
+    const current = await this.inspect(container);
+    const next: InstanceConfig & { image: string } = {
+      ...current.config,
+      ...(patch.image ? { image: patch.image } : {}),
+      ...(patch.env ? { env: patch.env } : {}),
+      // Metadata lives in the registry; the label keeps what the container was created with and is
+      // refreshed at the next re-create rather than forcing one.
+      ...(patch.metadata ? { metadata: patch.metadata } : {}),
+      resources: { ...current.config.resources, ...patch.resources },
+    };
+    const needsRecreate =
+      (patch.image !== undefined && patch.image !== current.config.image) ||
+      (patch.env !== undefined && JSON.stringify(patch.env) !== JSON.stringify(current.config.env ?? {}));
+    const resized =
+      next.resources.cpu !== current.config.resources.cpu || next.resources.memoryMb !== current.config.resources.memoryMb;
+
+    if (needsRecreate) {
+      return { ...(await this.recreate(instanceId, container, current, next, progress)), updateMode: 'recreate' };
+    }
+    if (!resized) return { ...current, updateMode: 'none' };
+    progress({ fraction: 0.5, message: `resizing live to ${next.resources.cpu} CPU, ${next.resources.memoryMb} MiB` });
+    try {
+      await container.update(resourceLimits(next.resources));
+    } catch (err) {
+      // The engine refuses some live changes (memory below what the container uses, for one):
+      // re-create around the same volume instead of failing.
+      this.logger.warn({ instanceId, err: (err as Error).message }, 'live resize refused; re-creating');
+      return { ...(await this.recreate(instanceId, container, current, next, progress)), updateMode: 'recreate' };
+    }
+    return { ...(await this.inspect(container)), updateMode: 'live' };
+  }
+
+  async getInstanceLogs(instanceId: string, options: LogOptions = {}): Promise<InstanceLogs> {
+    const container = await this.requireContainer(instanceId);
+    const tail = options.tail ?? this.options.defaultLogTail ?? 200;
+    const raw = await this.call(`logs of ${instanceId}`, () =>
+      container.logs({
+        stdout: true,
+        stderr: true,
+        follow: false,
+        tail: tail + 1,
+        timestamps: options.timestamps ?? false,
+        ...(options.since ? { since: Math.floor(Date.parse(options.since) / 1000) } : {}),
+      }) as unknown as Promise<Buffer>,
+    );
+    const out = new Collector(Number.MAX_SAFE_INTEGER);
+    await this.demux(Readable.from([raw]), out, out);
+    const lines = out.text().split('\n');
+    if (lines.at(-1) === '') lines.pop();
+    const truncated = lines.length > tail;
+    return { instanceId, lines: truncated ? lines.slice(-tail) : lines, truncated };
+  }
+
+  async executeCommand(instanceId: string, command: string, options: ExecOptions = {}): Promise<CommandResult> {
+    const timeoutMs = options.timeoutMs ?? DEFAULT_EXEC_TIMEOUT_MS;
+    const maxOutputBytes = options.maxOutputBytes ?? DEFAULT_EXEC_MAX_OUTPUT;
+    const container = await this.requireContainer(instanceId);
+    const started = Date.now();
+    // `timeout` inside the container ends the process itself; the client-side timer is the backstop
+    // for an image without coreutils or a command that ignores the signal.
+    const seconds = Math.max(1, Math.ceil(timeoutMs / 1000));
+    const exec = await this.call(`exec in ${instanceId}`, () =>
+      container.exec({
+        Cmd: ['timeout', '-s', 'KILL', String(seconds), 'sh', '-c', command],
+        AttachStdout: true,
+        AttachStderr: true,
+        WorkingDir: WORKSPACE_PATH,
+      }),
+    );
+    const stream = (await this.call(`exec in ${instanceId}`, () => exec.start({ hijack: true, stdin: false }))) as NodeJS.ReadableStream & {
+      destroy(): void;
+    };
+    const stdout = new Collector(maxOutputBytes);
+    const stderr = new Collector(maxOutputBytes);
+    let timedOut = false;
+    const timer = setTimeout(() => {
+      timedOut = true;
+      stream.destroy();
+    }, timeoutMs + 2_000);
+    try {
+      await this.demux(stream as unknown as Readable, stdout, stderr).catch((err) => {
+        if (!timedOut) throw err;
+      });
+    } finally {
+      clearTimeout(timer);
+    }
+    const inspected = await exec.inspect().catch(() => undefined);
+    const exitCode = inspected?.Running ? null : (inspected?.ExitCode ?? null);
+    if (exitCode === 137 && Date.now() - started >= seconds * 1000) timedOut = true;
+    return {
+      exitCode,
+      stdout: stdout.text(),
+      stderr: stderr.text(),
+      timedOut,
+      truncated: stdout.truncated || stderr.truncated,
+      durationMs: Date.now() - started,
+    };
+  }
+
+  // ---- internals ----
+
+  private containerSpec(instanceId: string, config: InstanceConfig & { image: string }, name: string): Docker.ContainerCreateOptions {
+    const env = config.env ?? {};
+    return {
+      name,
+      Image: config.image,
+      Cmd: this.options.editorArgs ?? DEFAULT_EDITOR_ARGS,
+      Env: Object.entries(env).map(([k, v]) => `${k}=${v}`),
+      Labels: {
+        [LABEL_MANAGED]: 'true',
+        [LABEL_INSTANCE]: instanceId,
+        [LABEL_NAME]: config.name,
+        [LABEL_ENV_KEYS]: Object.keys(env).join(','),
+        [LABEL_CREATED]: new Date().toISOString(),
+        ...(config.metadata ? { [LABEL_METADATA]: JSON.stringify(config.metadata) } : {}),
+      },
+      ExposedPorts: { [`${EDITOR_PORT}/tcp`]: {} },
+      HostConfig: {
+        ...resourceLimits(config.resources),
+        PortBindings: { [`${EDITOR_PORT}/tcp`]: [{ HostIp: this.publishHost, HostPort: '' }] },
+        Mounts: [{ Type: 'volume', Source: volumeName(instanceId), Target: WORKSPACE_PATH }],
+        Privileged: false,
+        SecurityOpt: ['no-new-privileges'],
+        CapDrop: ['ALL'],
+        PidsLimit: this.options.pidsLimit ?? 4096,
+        RestartPolicy: { Name: 'unless-stopped' },
+        LogConfig: { Type: 'json-file', Config: { 'max-size': '10m', 'max-file': '2' } },
+      },
+    };
+  }
+
+  private async startAndAwait(
+    instanceId: string,
+    container: Docker.Container,
+    progress: (e: ProgressEvent) => void,
+    from: number,
+    signal?: AbortSignal,
+  ): Promise<VSCodeInstance> {
+    progress({ fraction: from, message: 'starting container' });
+    await this.call(`start ${instanceId}`, () =>
+      container.start().catch((err) => {
+        if (statusCode(err) !== 304) throw err; // 304: already running
+      }),
+    );
+    const started = await this.inspect(container);
+    if (!started.endpoint) throw new SwarmError('PROVIDER_ERROR', `docker: ${instanceId} did not publish its editor port`);
+    const path = this.options.readinessPath === undefined ? '/healthz' : this.options.readinessPath;
+    if (path === null) return started;
+    progress({ fraction: from + (1 - from) / 2, message: `waiting for the editor at ${started.endpoint.url}` });
+    await waitUntil(
+      async () => {
+        if (await probe(`${started.endpoint!.url}${path}`)) return true;
+        const now = await this.inspect(container);
+        if (now.status !== 'running' && now.status !== 'starting') {
+          const logs = await this.getInstanceLogs(instanceId, { tail: 10 }).catch(() => ({ lines: [] as string[] }));
+          throw new SwarmError('PROVIDER_ERROR', `docker: the editor of ${instanceId} stopped while starting (${now.statusReason ?? now.status}); last output: ${logs.lines.join(' | ') || '(none)'}`);
+        }
+        return undefined;
+      },
+      { timeoutMs: this.options.readinessTimeoutMs ?? 60_000, intervalMs: 50, what: `editor of ${instanceId} at ${started.endpoint.url}${path}`, ...(signal ? { signal } : {}) },
+    );
+    progress({ fraction: 1, message: 'editor is answering' });
+    return started;
+  }
+
+  /** Re-creates the container around the same volume. The new container is made before the old one goes, so a bad config leaves the old one in place. */
+  private async recreate(
+    instanceId: string,
+    old: Docker.Container,
+    current: VSCodeInstance,
+    next: InstanceConfig & { image: string },
+    progress: (e: ProgressEvent) => void,
+  ): Promise<VSCodeInstance> {
+    progress({ fraction: 0.1, message: `re-creating with image ${next.image}` });
+    await this.ensureImage(next.image, progress);
+    const staging = `${containerName(instanceId)}-next`;
+    await this.docker.getContainer(staging).remove({ force: true }).catch(() => undefined);
+    const fresh = await this.call(`re-create ${instanceId}`, () => this.docker.createContainer(this.containerSpec(instanceId, next, staging)));
+    try {
+      progress({ fraction: 0.4, message: 'replacing the old container' });
+      await old.remove({ force: true });
+      await fresh.rename({ name: containerName(instanceId) });
+    } catch (err) {
+      await fresh.remove({ force: true }).catch(() => undefined);
+      throw this.wrap(err, `re-create ${instanceId}`);
+    }
+    if (current.status === 'running') return this.startAndAwait(instanceId, fresh, progress, 0.6);
+    return this.inspect(fresh);
+  }
+
+  private async ensureImage(image: string, progress: (e: ProgressEvent) => void): Promise<void> {
+    try {
+      await this.docker.getImage(image).inspect();
+      return;
+    } catch (err) {
+      if (!isNotFound(err)) throw this.wrap(err, `inspect image ${image}`);
+    }
+    if (this.options.pullImages === false) {
+      throw new SwarmError('PROVIDER_ERROR', `image: "${image}" is not present on the Docker engine and pulling is turned off; build or load it first (the offline editor image: bash scripts/editor-image/build.sh)`, { field: 'image' });
+    }
+    progress({ fraction: 0.1, message: `pulling ${image}` });
+    try {
+      const stream = await this.docker.pull(image);
+      await new Promise<void>((resolve, reject) =>
+        this.docker.modem.followProgress(stream, (err) => (err ? reject(err) : resolve())),
+      );
+    } catch (err) {
+      throw new SwarmError(
+        'PROVIDER_ERROR',
+        `image: "${image}" is not present on the Docker engine and could not be pulled (${(err as Error).message}); build or load it first (the offline editor image: bash scripts/editor-image/build.sh)`,
+        { field: 'image', cause: err },
+      );
+    }
+  }
+
+  /** Creates the workspace volume unless it exists; true when this call created it. */
+  private async ensureVolume(instanceId: string, name: string): Promise<boolean> {
+    const volume = this.docker.getVolume(volumeName(instanceId));
+    try {
+      await volume.inspect();
+      return false;
+    } catch (err) {
+      if (!isNotFound(err)) throw this.wrap(err, 'inspect volume');
+    }
+    await this.call('create volume', () =>
+      this.docker.createVolume({
+        Name: volumeName(instanceId),
+        Labels: { [LABEL_MANAGED]: 'true', [LABEL_INSTANCE]: instanceId, [LABEL_NAME]: name },
+      }),
+    );
+    return true;
+  }
+
+  private async findContainer(instanceId: string): Promise<Docker.Container | undefined> {
+    const found = await this.call('list containers', () =>
+      this.docker.listContainers({ all: true, filters: { label: [`${LABEL_INSTANCE}=${instanceId}`] } }),
+    );
+    // A leftover staging container of an interrupted re-create carries the label too; prefer the real one.
+    const summary = found.find((c) => c.Names.includes(`/${containerName(instanceId)}`)) ?? found[0];
+    return summary ? this.docker.getContainer(summary.Id) : undefined;
+  }
+
+  private async requireContainer(instanceId: string): Promise<Docker.Container> {
+    const container = await this.findContainer(instanceId);
+    if (!container) throw new SwarmError('NOT_FOUND', `docker: no container for instance ${instanceId}`, { field: 'instanceId' });
+    return container;
+  }
+
+  private async inspect(container: Docker.Container): Promise<VSCodeInstance> {
+    return instanceFromContainer(await container.inspect(), this.publishHost);
+  }
+
+  private demux(stream: Readable, stdout: Writable, stderr: Writable): Promise<void> {
+    this.docker.modem.demuxStream(stream, stdout, stderr);
+    return finished(stream).then(() => undefined);
+  }
+
+  /** Runs an engine call; a refused connection becomes the one "engine unreachable" error. */
+  private async call<T>(what: string, fn: () => Promise<T>): Promise<T> {
+    try {
+      return await fn();
+    } catch (err) {
+      throw this.wrap(err, what);
+    }
+  }
+
+  private wrap(err: unknown, what: string): SwarmError {
+    if (err instanceof SwarmError) return err;
+    const code = (err as NodeJS.ErrnoException)?.code;
+    if (code === 'ENOENT' || code === 'ECONNREFUSED' || code === 'EACCES' || code === 'ETIMEDOUT') return engineUnreachable(this.connection, err);
+    const message = (err as { json?: { message?: string } })?.json?.message ?? (err as Error)?.message ?? String(err);
+    return asSwarmError(new Error(`docker: ${what}: ${message}`), isNotFound(err) ? 'NOT_FOUND' : 'PROVIDER_ERROR');
+  }
+}
+
+function resourceLimits(resources: { cpu: number; memoryMb: number }): { NanoCpus: number; Memory: number; MemorySwap: number } {
+  const memory = resources.memoryMb * 2 ** 20;
+  return { NanoCpus: Math.round(resources.cpu * 1e9), Memory: memory, MemorySwap: memory };
+}
+
+function statusCode(err: unknown): number | undefined {
+  return (err as { statusCode?: number })?.statusCode;
+}
+
+function isNotFound(err: unknown): boolean {
+  return statusCode(err) === 404;
+}
+
+function ignoreNotFound(err: unknown): void {
+  if (!isNotFound(err)) throw err;
+}
+
+async function probe(url: string): Promise<boolean> {
+  try {
+    const res = await fetch(url, { signal: AbortSignal.timeout(2_000), redirect: 'manual' });
+    await res.body?.cancel();
+    return res.status === 200;
+  } catch {
+    return false;
+  }
+}
+
+function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout;
+  return Promise.race([
+    promise.finally(() => clearTimeout(timer)),
+    new Promise<T>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`${what} timed out after ${ms} ms`)), ms);
+    }),
+  ]);
+}
+
+/** Keeps up to `limit` bytes of a stream and notes whether more arrived. */
+class Collector extends Writable {
+  private readonly chunks: Buffer[] = [];
+  private size = 0;
+  truncated = false;
+
+  constructor(private readonly limit: number) {
+    super();
+  }
+
+  override _write(chunk: Buffer, _enc: BufferEncoding, done: () => void): void {
+    const room = this.limit - this.size;
+    if (chunk.length > room) this.truncated = true;
+    if (room > 0) {
+      const kept = chunk.length > room ? chunk.subarray(0, room) : chunk;
+      this.chunks.push(kept);
+      this.size += kept.length;
+    }
+    done();
+  }
+
+  text(): string {
+    return Buffer.concat(this.chunks).toString('utf8');
+  }
+}
+

@@ -1,0 +1,285 @@
+/**
+ * The seam every provider implements, and the types that cross it.
+ *
+ * The types are defined as zod schemas so that one definition both documents the shape and rejects bad
+ * input (at the MCP boundary, in the CLI, and when a state file is read back). Providers map their native
+ * states (Docker container states, EC2/ASG lifecycle, Fly machine states) into the closed sets below
+ * inside their own folder.
+ */
+import { z } from 'zod';
+import { SwarmError } from '../src/errors.js';
+
+export const PROVIDER_TYPES = ['docker', 'aws-asg', 'fly'] as const;
+export const ProviderTypeSchema = z.enum(PROVIDER_TYPES);
+export type ProviderType = z.infer<typeof ProviderTypeSchema>;
+
+export const INSTANCE_STATUSES = [
+  'creating', 'starting', 'running', 'stopping', 'stopped', 'deleting', 'deleted', 'failed', 'migrating', 'unknown',
+] as const;
+export const InstanceStatusSchema = z.enum(INSTANCE_STATUSES);
+export type InstanceStatus = z.infer<typeof InstanceStatusSchema>;
+
+export const HEALTH_STATUSES = ['healthy', 'unhealthy', 'degraded', 'recovering', 'unknown'] as const;
+export const HealthStatusSchema = z.enum(HEALTH_STATUSES);
+export type HealthStatus = z.infer<typeof HealthStatusSchema>;
+
+/** Rejects anything outside the closed set, naming it. */
+export function parseInstanceStatus(value: string): InstanceStatus {
+  const parsed = InstanceStatusSchema.safeParse(value);
+  if (!parsed.success) {
+    throw new SwarmError('INVALID_INPUT', `status: expected one of ${INSTANCE_STATUSES.join(', ')} (got ${JSON.stringify(value)})`, { field: 'status' });
+  }
+  return parsed.data;
+}
+
+/** Instance ids become file names, container names and host names: lower-case, short, no separators. */
+export const INSTANCE_ID_PATTERN = /^[a-z0-9][a-z0-9-]{0,62}$/;
+export const InstanceIdSchema = z
+  .string()
+  .regex(INSTANCE_ID_PATTERN, 'expected 1-63 characters of a-z, 0-9 and "-", starting with a letter or digit');
+
+/** Names are what people type; unique within a swarm. */
+export const INSTANCE_NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/;
+export const InstanceNameSchema = z
+  .string()
+  .regex(INSTANCE_NAME_PATTERN, 'expected 1-63 characters of letters, digits, "_", "." and "-", starting with a letter or digit');
+
+/**
+ * An OCI image reference: [registry[:port]/]path[:tag][@sha256:digest], lower-case path components
+ * (the grammar of distribution/reference, without its rarely used corners).
+ */
+const PATH_COMPONENT = '[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*';
+const DOMAIN = '(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)(?:\\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]+)?';
+export const IMAGE_REFERENCE_PATTERN = new RegExp(
+  `^(?:${DOMAIN}/)?${PATH_COMPONENT}(?:/${PATH_COMPONENT})*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$`,
+);
+export const ImageReferenceSchema = z
+  .string()
+  .max(255)
+  .regex(IMAGE_REFERENCE_PATTERN, 'expected an image reference such as "codercom/code-server:4.99.3"');
+
+/** CPU in cores (fractions allowed), memory in MiB. The absolute bounds; each provider narrows them. */
+export const ResourcesSchema = z.object({
+  cpu: z.number().finite().min(0.1, 'expected at least 0.1 cores').max(256, 'expected at most 256 cores'),
+  memoryMb: z.number().int().min(256, 'expected at least 256 MiB').max(1_048_576, 'expected at most 1 TiB (1048576 MiB)'),
+});
+export type Resources = z.infer<typeof ResourcesSchema>;
+
+const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]{0,127}$/;
+export const EnvSchema = z
+  .record(z.string().regex(ENV_NAME, 'expected an environment variable name'), z.string().max(32_768))
+  .refine((env) => Object.keys(env).length <= 128, 'expected at most 128 variables');
+
+const METADATA_KEY = /^[A-Za-z0-9][A-Za-z0-9_.\/-]{0,62}$/;
+export const MetadataSchema = z
+  .record(z.string().regex(METADATA_KEY, 'expected a key of letters, digits, "_", ".", "/" and "-"'), z.string().max(256))
+  .refine((m) => Object.keys(m).length <= 64, 'expected at most 64 entries');
+
+/** What a caller asks for. Everything except the name has a default the controller fills in. */
+export const InstanceConfigSchema = z.object({
+  name: InstanceNameSchema,
+  image: ImageReferenceSchema.optional(),
+  resources: ResourcesSchema,
+  env: EnvSchema.optional(),
+  region: z.string().max(64).optional(),
+  metadata: MetadataSchema.optional(),
+});
+export type InstanceConfig = z.infer<typeof InstanceConfigSchema>;
+
+/** The parts of a config that can change after creation. */
+export const InstanceConfigPatchSchema = z
+  .object({
+    image: ImageReferenceSchema.optional(),
+    resources: ResourcesSchema.partial().optional(),
+    env: EnvSchema.optional(),
+    metadata: MetadataSchema.optional(),
+  })
+  .strict();
+export type InstanceConfigPatch = z.infer<typeof InstanceConfigPatchSchema>;
+
+export const EndpointSchema = z.object({
+  /** Where the editor answers, as seen from the controller's machine. */
+  url: z.string(),
+  host: z.string(),
+  port: z.number().int(),
+});
+export type Endpoint = z.infer<typeof EndpointSchema>;
+
+export const VSCodeInstanceSchema = z.object({
+  id: InstanceIdSchema,
+  name: InstanceNameSchema,
+  providerType: ProviderTypeSchema,
+  status: InstanceStatusSchema,
+  /** Why the instance is in its status, when that is not the obvious outcome of a request. */
+  statusReason: z.string().optional(),
+  health: HealthStatusSchema,
+  config: InstanceConfigSchema.extend({ image: ImageReferenceSchema }),
+  endpoint: EndpointSchema.optional(),
+  /** Provider-native identifiers (container id, volume, host, machine id); opaque to the controller. */
+  providerRef: z.record(z.string(), z.string()),
+  createdAt: z.string(),
+  updatedAt: z.string(),
+});
+export type VSCodeInstance = z.infer<typeof VSCodeInstanceSchema>;
+
+export interface InstanceFilter {
+  status?: InstanceStatus | InstanceStatus[];
+  /** Exact name. */
+  name?: string;
+  metadata?: Record<string, string>;
+}
+
+export interface ResourceLimits {
+  minCpu: number;
+  maxCpu: number;
+  minMemoryMb: number;
+  maxMemoryMb: number;
+}
+
+export interface ProviderCapabilities {
+  /** CPU and memory can change without re-creating the instance. */
+  liveResize: boolean;
+  /** Point-in-time snapshots of an instance's workspace. */
+  snapshots: boolean;
+  /** Workspace files can be exported and imported (used by migration). */
+  workspaceTransfer: boolean;
+  /** Workspace files survive stop/start and re-creation. */
+  persistentWorkspace: boolean;
+  logs: boolean;
+  exec: boolean;
+  /** Regions or placement zones; empty when the provider has one place. */
+  regions: string[];
+  /** Instances one user may hold, when the provider enforces such a cap. */
+  maxInstancesPerUser?: number;
+  resourceLimits: ResourceLimits;
+}
+
+export interface ProgressEvent {
+  /** 0..1 of the whole operation. */
+  fraction: number;
+  message: string;
+}
+
+export interface CreateOptions {
+  /** Assigned by the controller; providers label what they create with it. */
+  instanceId: string;
+  onProgress?: (event: ProgressEvent) => void;
+  signal?: AbortSignal;
+}
+
+export interface StartOptions {
+  onProgress?: (event: ProgressEvent) => void;
+  signal?: AbortSignal;
+}
+
+export interface DeleteOptions {
+  /** Keep the workspace files (volume) when the instance goes. */
+  keepWorkspace?: boolean;
+}
+
+export interface UpdateOptions {
+  onProgress?: (event: ProgressEvent) => void;
+}
+
+export interface LogOptions {
+  /** Last N lines; default 200. */
+  tail?: number;
+  /** Only lines at or after this time (ISO 8601). */
+  since?: string;
+  timestamps?: boolean;
+}
+
+export interface InstanceLogs {
+  instanceId: string;
+  lines: string[];
+  /** True when the provider had more than was returned. */
+  truncated: boolean;
+}
+
+export interface ExecOptions {
+  timeoutMs?: number;
+  /** Per stream; output beyond it is dropped and `truncated` set. */
+  maxOutputBytes?: number;
+}
+
+export interface CommandResult {
+  exitCode: number | null;
+  stdout: string;
+  stderr: string;
+  timedOut: boolean;
+  truncated: boolean;
+  durationMs: number;
+}
+
+/** How an update was applied: in place, or by re-creating the instance around its workspace. */
+export type UpdateMode = 'live' | 'recreate' | 'none';
+
+export interface Provider {
+  readonly type: ProviderType;
+  /** What this provider can do, and within which resource bounds; stable after initialize(). */
+  getCapabilities(): ProviderCapabilities;
+  /** Connects and verifies access; throws PROVIDER_UNAVAILABLE with what to do when it cannot. */
+  initialize(): Promise<void>;
+  /** Creates and starts an instance, idempotently: an instance that already exists with this id is returned as is. */
+  createInstance(config: InstanceConfig & { image: string }, options: CreateOptions): Promise<VSCodeInstance>;
+  /** The instance as the provider sees it now, or null when it has none with this id. */
+  getInstance(instanceId: string): Promise<VSCodeInstance | null>;
+  /** Every instance this provider manages (found by its labels), optionally filtered. */
+  listInstances(filter?: InstanceFilter): Promise<VSCodeInstance[]>;
+  /** Starts a stopped instance and waits until its editor answers; a running one is returned as is. */
+  startInstance(instanceId: string, options?: StartOptions): Promise<VSCodeInstance>;
+  /** Stops an instance, gracefully unless forced; a stopped one is returned as is. */
+  stopInstance(instanceId: string, force?: boolean): Promise<VSCodeInstance>;
+  /** Removes the instance (and its workspace unless kept); false when there was nothing to remove. */
+  deleteInstance(instanceId: string, options?: DeleteOptions): Promise<boolean>;
+  /** Applies a change, live where possible, else by re-creating around the same workspace. */
+  updateInstance(
+    instanceId: string,
+    patch: InstanceConfigPatch,
+    options?: UpdateOptions,
+  ): Promise<VSCodeInstance & { updateMode?: UpdateMode }>;
+  /** The editor's recent output. */
+  getInstanceLogs(instanceId: string, options?: LogOptions): Promise<InstanceLogs>;
+  /** Runs a shell command inside the instance, bounded in time and output. */
+  executeCommand(instanceId: string, command: string, options?: ExecOptions): Promise<CommandResult>;
+  /** Releases connections and timers. */
+  close?(): Promise<void>;
+}
+
+export type ProviderConstructor<O> = (options: O) => Provider;
+
+/**
+ * Builds providers by type. Every type must be registered explicitly; asking for one that is not
+ * fails loudly instead of falling back to a default.
+ */
+export class ProviderFactory {
+  private readonly builders = new Map<ProviderType, (options: unknown) => Provider>();
+
+  register<O>(type: ProviderType, build: (options: O) => Provider): this {
+    this.builders.set(type, build as (options: unknown) => Provider);
+    return this;
+  }
+
+  has(type: string): type is ProviderType {
+    return this.builders.has(type as ProviderType);
+  }
+
+  registeredTypes(): ProviderType[] {
+    return [...this.builders.keys()];
+  }
+
+  create(type: string, options: unknown): Provider {
+    const build = this.builders.get(type as ProviderType);
+    if (!build) {
+      const known = PROVIDER_TYPES.includes(type as ProviderType);
+      throw new SwarmError(
+        'PROVIDER_UNKNOWN',
+        known
+          ? `providerType: "${type}" is a provider type this build does not include yet (available: ${this.registeredTypes().join(', ') || 'none'})`
+          : `providerType: expected one of ${PROVIDER_TYPES.join(', ')} (got ${JSON.stringify(type)})`,
+        { field: 'providerType' },
+      );
+    }
+    return build(options);
+  }
+}

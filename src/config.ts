@@ -1,0 +1,151 @@
+/**
+ * Configuration: an optional JSON file validated by zod, then environment overrides, then defaults that
+ * work with zero configuration on a machine with Docker.
+ *
+ * Precedence, highest first: explicit overrides (CLI flags, library callers) > environment > file > defaults.
+ */
+import { promises as fs } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { z } from 'zod';
+import { ImageReferenceSchema, ProviderTypeSchema } from '../providers/provider.js';
+import { SwarmError } from './errors.js';
+
+/** The repository's `state/` folder (this file is at src/ or dist/src/). */
+export const DEFAULT_STATE_DIR = path.resolve(
+  path.dirname(fileURLToPath(import.meta.url)),
+  fileURLToPath(import.meta.url).includes(`${path.sep}dist${path.sep}`) ? '../../state' : '../state',
+);
+
+export const DEFAULT_EDITOR_IMAGE = 'codercom/code-server:latest';
+
+const DockerConfigSchema = z
+  .object({
+    enabled: z.boolean().default(true),
+    image: ImageReferenceSchema.default(DEFAULT_EDITOR_IMAGE),
+    /** unix:///path or tcp://host:port; DOCKER_HOST is used when absent. */
+    dockerHost: z.string().optional(),
+    socketPath: z.string().optional(),
+    publishHost: z.string().default('127.0.0.1'),
+    pullImages: z.boolean().default(true),
+    readinessTimeoutMs: z.number().int().min(1_000).max(600_000).default(90_000),
+    stopTimeoutSeconds: z.number().int().min(0).max(300).default(10),
+    editorArgs: z.array(z.string()).optional(),
+  })
+  .strict();
+
+export const SwarmConfigSchema = z
+  .object({
+    stateDir: z.string().min(1).default(DEFAULT_STATE_DIR),
+    logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+    defaultProvider: ProviderTypeSchema.default('docker'),
+    defaults: z
+      .object({
+        cpu: z.number().min(0.1).max(256).default(1),
+        memoryMb: z.number().int().min(256).default(2048),
+      })
+      .strict()
+      .prefault({}),
+    providers: z
+      .object({
+        docker: DockerConfigSchema.prefault({}),
+      })
+      .strict()
+      .prefault({}),
+    exec: z
+      .object({
+        /** execute_command runs arbitrary shell commands in a workspace: off unless turned on. */
+        enabled: z.boolean().default(false),
+        timeoutMs: z.number().int().min(100).max(3_600_000).default(30_000),
+        maxOutputBytes: z.number().int().min(1_024).max(64 * 1024 * 1024).default(1024 * 1024),
+      })
+      .strict()
+      .prefault({}),
+  })
+  .strict();
+
+export type SwarmConfig = z.infer<typeof SwarmConfigSchema>;
+export type SwarmConfigInput = z.input<typeof SwarmConfigSchema>;
+
+export interface LoadConfigOptions {
+  /** Path of a JSON config file; VSCODE_SWARM_CONFIG when absent. A named file that is missing is an error. */
+  file?: string;
+  env?: NodeJS.ProcessEnv;
+  /** Applied last, e.g. from CLI flags. */
+  overrides?: SwarmConfigInput;
+}
+
+/** Environment variables that override the file, and where they land. */
+export const ENV_OVERRIDES: Record<string, { path: string[]; parse: (v: string) => unknown }> = {
+  VSCODE_SWARM_STATE_DIR: { path: ['stateDir'], parse: String },
+  VSCODE_SWARM_LOG_LEVEL: { path: ['logLevel'], parse: String },
+  VSCODE_SWARM_DEFAULT_PROVIDER: { path: ['defaultProvider'], parse: String },
+  VSCODE_SWARM_DOCKER_IMAGE: { path: ['providers', 'docker', 'image'], parse: String },
+  VSCODE_SWARM_DOCKER_PULL: { path: ['providers', 'docker', 'pullImages'], parse: parseBoolean },
+  VSCODE_SWARM_ENABLE_EXEC: { path: ['exec', 'enabled'], parse: parseBoolean },
+};
+
+export async function loadConfig(options: LoadConfigOptions = {}): Promise<SwarmConfig> {
+  const env = options.env ?? process.env;
+  const file = options.file ?? env.VSCODE_SWARM_CONFIG;
+  let raw: Record<string, unknown> = {};
+  if (file) {
+    let text: string;
+    try {
+      text = await fs.readFile(file, 'utf8');
+    } catch (err) {
+      throw new SwarmError('INVALID_INPUT', `config: cannot read ${file}: ${(err as Error).message}`, { field: 'config', cause: err });
+    }
+    try {
+      raw = JSON.parse(text) as Record<string, unknown>;
+    } catch (err) {
+      throw new SwarmError('INVALID_INPUT', `config: ${file} is not valid JSON: ${(err as Error).message}`, { field: 'config', cause: err });
+    }
+  }
+  for (const [name, { path: at, parse }] of Object.entries(ENV_OVERRIDES)) {
+    const value = env[name];
+    if (value !== undefined && value !== '') setPath(raw, at, parse(value), name);
+  }
+  return parseConfig(deepMerge(raw, options.overrides ?? {}), file);
+}
+
+/** Validates a config object, naming the first offending field and where it came from. */
+export function parseConfig(input: unknown, source = 'config'): SwarmConfig {
+  const parsed = SwarmConfigSchema.safeParse(input ?? {});
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0]!;
+    const field = issue.path.join('.') || '(root)';
+    throw new SwarmError('INVALID_INPUT', `${source}: ${field}: ${issue.message}`, { field });
+  }
+  return { ...parsed.data, stateDir: path.resolve(parsed.data.stateDir) };
+}
+
+function parseBoolean(value: string): boolean | string {
+  if (/^(1|true|yes|on)$/i.test(value)) return true;
+  if (/^(0|false|no|off)$/i.test(value)) return false;
+  return value; // left for the schema to reject with the field's name
+}
+
+function setPath(target: Record<string, unknown>, at: string[], value: unknown, source: string): void {
+  let node = target;
+  for (const key of at.slice(0, -1)) {
+    const child = node[key];
+    if (child !== undefined && (typeof child !== 'object' || child === null)) {
+      throw new SwarmError('INVALID_INPUT', `config: ${source} overrides ${at.join('.')}, but ${key} is not an object`, { field: key });
+    }
+    node = (node[key] ??= {}) as Record<string, unknown>;
+  }
+  node[at.at(-1)!] = value;
+}
+
+function deepMerge(base: Record<string, unknown>, extra: Record<string, unknown>): Record<string, unknown> {
+  const out: Record<string, unknown> = { ...base };
+  for (const [key, value] of Object.entries(extra)) {
+    const current = out[key];
+    out[key] =
+      value && typeof value === 'object' && !Array.isArray(value) && current && typeof current === 'object' && !Array.isArray(current)
+        ? deepMerge(current as Record<string, unknown>, value as Record<string, unknown>)
+        : value;
+  }
+  return out;
+}

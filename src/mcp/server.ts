@@ -1,0 +1,75 @@
+/**
+ * The MCP server: every tool and resource over one SwarmController. Transport-agnostic; the CLI connects
+ * it to stdio, tests to an in-memory pair.
+ */
+import { McpServer, ResourceTemplate } from '@modelcontextprotocol/sdk/server/mcp.js';
+import type { SwarmController } from '../controller/swarm-controller.js';
+import { silentLogger, type Logger } from '../logger.js';
+import { PACKAGE_VERSION } from '../version.js';
+import type { ToolContext } from './tool-support.js';
+import { registerCreateSwarmInstanceTool } from './tools/create-swarm-instance.js';
+import { registerDeleteSwarmInstanceTool } from './tools/delete-swarm-instance.js';
+import { registerExecuteCommandTool } from './tools/execute-command.js';
+import { registerGetInstanceLogsTool } from './tools/get-instance-logs.js';
+import { registerGetSwarmInstanceTool } from './tools/get-swarm-instance.js';
+import { registerGetSwarmStatusTool } from './tools/get-swarm-status.js';
+import { registerListSwarmInstancesTool } from './tools/list-swarm-instances.js';
+import { registerStartSwarmInstanceTool } from './tools/start-swarm-instance.js';
+import { registerStopSwarmInstanceTool } from './tools/stop-swarm-instance.js';
+import { registerUpdateSwarmInstanceTool } from './tools/update-swarm-instance.js';
+
+export interface McpServerDeps {
+  controller: SwarmController;
+  logger?: Logger;
+}
+
+export const STATUS_RESOURCE_URI = 'swarm://status';
+export const INSTANCE_RESOURCE_TEMPLATE = 'swarm://instances/{instanceId}';
+
+export function createMcpServer(deps: McpServerDeps): { server: McpServer; close: () => Promise<void> } {
+  const logger = (deps.logger ?? silentLogger()).child({ component: 'mcp' });
+  const { controller } = deps;
+  const server = new McpServer(
+    { name: 'vscode-swarm', title: 'vscode-swarm', version: PACKAGE_VERSION },
+    {
+      capabilities: { logging: {} },
+      instructions:
+        'Manages VS Code (code-server) workspaces on demand. Create one with create_swarm_instance (names are unique; asking twice returns the same workspace), inspect with get_swarm_instance or list_swarm_instances, and stop workspaces you no longer use.',
+    },
+  );
+  const ctx: ToolContext = { controller, logger };
+  const execEnabled = controller.getSwarmStatus().execEnabled;
+
+  registerListSwarmInstancesTool(server, ctx);
+  registerGetSwarmInstanceTool(server, ctx);
+  registerCreateSwarmInstanceTool(server, ctx);
+  registerStartSwarmInstanceTool(server, ctx);
+  registerStopSwarmInstanceTool(server, ctx);
+  registerDeleteSwarmInstanceTool(server, ctx);
+  registerUpdateSwarmInstanceTool(server, ctx);
+  registerGetSwarmStatusTool(server, ctx);
+  registerGetInstanceLogsTool(server, ctx);
+  registerExecuteCommandTool(server, ctx, execEnabled);
+
+  server.registerResource(
+    'swarm-status',
+    STATUS_RESOURCE_URI,
+    { title: 'Swarm status', description: 'Counts by provider, status and health; provider states and capabilities', mimeType: 'application/json' },
+    async (uri) => ({ contents: [{ uri: uri.href, mimeType: 'application/json', text: JSON.stringify(controller.getSwarmStatus(), null, 2) }] }),
+  );
+  server.registerResource(
+    'swarm-instance',
+    new ResourceTemplate(INSTANCE_RESOURCE_TEMPLATE, {
+      list: async () => ({
+        resources: controller.registry.list().map((i) => ({ uri: `swarm://instances/${i.id}`, name: i.name, mimeType: 'application/json' })),
+      }),
+    }),
+    { title: 'Workspace', description: 'One workspace as recorded in the registry', mimeType: 'application/json' },
+    async (uri, { instanceId }) => {
+      const instance = await controller.getInstance(String(instanceId));
+      return { contents: [{ uri: uri.href, mimeType: 'application/json', text: JSON.stringify(instance, null, 2) }] };
+    },
+  );
+
+  return { server, close: () => server.close() };
+}

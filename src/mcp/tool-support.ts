@@ -1,0 +1,64 @@
+/**
+ * What every tool handler shares: the instance output shape, progress reporting through the request's
+ * progress token, and turning errors into messages that carry their stable code.
+ */
+import type { RequestHandlerExtra } from '@modelcontextprotocol/sdk/shared/protocol.js';
+import type { CallToolResult, ServerNotification, ServerRequest } from '@modelcontextprotocol/sdk/types.js';
+import { z } from 'zod';
+import { VSCodeInstanceSchema, type ProgressEvent, type VSCodeInstance } from '../../providers/provider.js';
+import type { SwarmController } from '../controller/swarm-controller.js';
+import { asSwarmError } from '../errors.js';
+import type { Logger } from '../logger.js';
+
+export type ToolExtra = RequestHandlerExtra<ServerRequest, ServerNotification>;
+
+export interface ToolContext {
+  controller: SwarmController;
+  logger: Logger;
+}
+
+export const InstanceOutputSchema = VSCodeInstanceSchema;
+
+export const instanceIdInput = z.string().describe('The instance id, as returned by create_swarm_instance or list_swarm_instances');
+
+/** A progress callback that sends MCP progress notifications when the caller asked for them. */
+export function progressFor(extra: ToolExtra): ((event: ProgressEvent) => void) | undefined {
+  const progressToken = extra._meta?.progressToken;
+  if (progressToken === undefined) return undefined;
+  let last = -1;
+  return (event) => {
+    const progress = Math.round(Math.min(1, Math.max(0, event.fraction)) * 100);
+    if (progress <= last) return; // progress must increase
+    last = progress;
+    void extra
+      .sendNotification({ method: 'notifications/progress', params: { progressToken, progress, total: 100, message: event.message } })
+      .catch(() => undefined);
+  };
+}
+
+/**
+ * Runs a handler and shapes its result. A thrown SwarmError reaches the client as `isError` with its
+ * code in front ("NOT_FOUND: ..."); an unexpected fault is logged and reported as INTERNAL, never as bad input.
+ */
+export async function runTool<T extends Record<string, unknown>>(
+  ctx: ToolContext,
+  tool: string,
+  work: () => Promise<{ text: string; structured: T }>,
+): Promise<CallToolResult> {
+  try {
+    const { text, structured } = await work();
+    return { content: [{ type: 'text', text }], structuredContent: structured };
+  } catch (err) {
+    const error = asSwarmError(err);
+    if (error.code === 'INTERNAL') ctx.logger.error({ tool, err }, 'tool failed unexpectedly');
+    else ctx.logger.info({ tool, code: error.code, message: error.message }, 'tool refused');
+    return { isError: true, content: [{ type: 'text', text: `${error.code}: ${error.message}` }] };
+  }
+}
+
+/** One line a person can read about an instance. */
+export function describeInstance(i: VSCodeInstance): string {
+  const where = i.endpoint ? ` at ${i.endpoint.url}` : '';
+  const why = i.statusReason ? ` (${i.statusReason})` : '';
+  return `${i.name} [${i.id}] on ${i.providerType}: ${i.status}${why}${where}; ${i.config.resources.cpu} CPU, ${i.config.resources.memoryMb} MiB, image ${i.config.image}`;
+}

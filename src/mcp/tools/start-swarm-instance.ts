@@ -1,0 +1,22 @@
+import type { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
+import { InstanceOutputSchema, describeInstance, instanceIdInput, progressFor, runTool, type ToolContext } from '../tool-support.js';
+
+export function registerStartSwarmInstanceTool(server: McpServer, ctx: ToolContext): void {
+  server.registerTool(
+    'start_swarm_instance',
+    {
+      title: 'Start a workspace',
+      description:
+        'Starts a stopped workspace and waits until the editor answers; a running one is returned as is. A workspace whose container went missing is re-created around its files.',
+      inputSchema: { instanceId: instanceIdInput },
+      outputSchema: { instance: InstanceOutputSchema },
+      annotations: { readOnlyHint: false, destructiveHint: false, idempotentHint: true, openWorldHint: false },
+    },
+    ({ instanceId }, extra) =>
+      runTool(ctx, 'start_swarm_instance', async () => {
+        const onProgress = progressFor(extra);
+        const instance = await ctx.controller.startInstance(instanceId, { ...(onProgress ? { onProgress } : {}), signal: extra.signal });
+        return { text: `Started: ${describeInstance(instance)}`, structured: { instance } };
+      }),
+  );
+}
