@@ -17,6 +17,9 @@ export const DEFAULT_STATE_DIR = path.resolve(
   fileURLToPath(import.meta.url).includes(`${path.sep}dist${path.sep}`) ? '../../state' : '../state',
 );
 
+/** Read when present and no other file is named: scripts/setup.sh writes it where no registry answers. */
+export const DEFAULT_CONFIG_FILE = path.join(path.dirname(DEFAULT_STATE_DIR), 'vscode-swarm.config.json');
+
 export const DEFAULT_EDITOR_IMAGE = 'codercom/code-server:latest';
 
 const DockerConfigSchema = z
@@ -68,8 +71,11 @@ export type SwarmConfig = z.infer<typeof SwarmConfigSchema>;
 export type SwarmConfigInput = z.input<typeof SwarmConfigSchema>;
 
 export interface LoadConfigOptions {
-  /** Path of a JSON config file; VSCODE_SWARM_CONFIG when absent. A named file that is missing is an error. */
-  file?: string;
+  /**
+   * Path of a JSON config file; VSCODE_SWARM_CONFIG when absent, then DEFAULT_CONFIG_FILE if it exists.
+   * A named file that is missing is an error. `false` reads no file.
+   */
+  file?: string | false;
   env?: NodeJS.ProcessEnv;
   /** Applied last, e.g. from CLI flags. */
   overrides?: SwarmConfigInput;
@@ -87,7 +93,7 @@ export const ENV_OVERRIDES: Record<string, { path: string[]; parse: (v: string) 
 
 export async function loadConfig(options: LoadConfigOptions = {}): Promise<SwarmConfig> {
   const env = options.env ?? process.env;
-  const file = options.file ?? env.VSCODE_SWARM_CONFIG;
+  const file = options.file === false ? undefined : (options.file ?? env.VSCODE_SWARM_CONFIG ?? (await exists(DEFAULT_CONFIG_FILE)));
   let raw: Record<string, unknown> = {};
   if (file) {
     let text: string;
@@ -106,7 +112,7 @@ export async function loadConfig(options: LoadConfigOptions = {}): Promise<Swarm
     const value = env[name];
     if (value !== undefined && value !== '') setPath(raw, at, parse(value), name);
   }
-  return parseConfig(deepMerge(raw, options.overrides ?? {}), file);
+  return parseConfig(deepMerge(raw, options.overrides ?? {}), file || 'config');
 }
 
 /** Validates a config object, naming the first offending field and where it came from. */
@@ -118,6 +124,13 @@ export function parseConfig(input: unknown, source = 'config'): SwarmConfig {
     throw new SwarmError('INVALID_INPUT', `${source}: ${field}: ${issue.message}`, { field });
   }
   return { ...parsed.data, stateDir: path.resolve(parsed.data.stateDir) };
+}
+
+async function exists(file: string): Promise<string | undefined> {
+  return fs.access(file).then(
+    () => file,
+    () => undefined,
+  );
 }
 
 function parseBoolean(value: string): boolean | string {

@@ -169,7 +169,7 @@ apt_install() { # install the given Debian packages that are missing
 
 log "building ${IMAGE_TAG} (code-server ${CODE_SERVER_VERSION}); cache: ${CACHE_DIR}"
 host_pkgs=(libkrb5-dev libx11-dev libxkbfile-dev libsecret-1-dev pkg-config ripgrep debootstrap
-  build-essential ca-certificates tar util-linux)
+  build-essential ca-certificates debian-archive-keyring tar util-linux)
 command -v python3 >/dev/null 2>&1 || host_pkgs+=(python3)
 command -v docker >/dev/null 2>&1 || host_pkgs+=(docker.io)
 apt_install "${host_pkgs[@]}"
@@ -322,7 +322,7 @@ if [ ! -f "$ROOTFS_BASE_TAR" ]; then
   rfs="$TMP_DIR/rootfs-base"
   run_logged debootstrap debootstrap --variant=minbase "$DEBIAN_SUITE" "$rfs" "$DEBIAN_MIRROR"
   unmount_under "$rfs"
-  rm -f "$rfs/var/cache/apt/archives/"*.deb
+  rm -f "${rfs:?}/var/cache/apt/archives/"*.deb
   tar -C "$rfs" --numeric-owner -cf "$ROOTFS_BASE_TAR.partial" .
   mv "$ROOTFS_BASE_TAR.partial" "$ROOTFS_BASE_TAR"
   safe_rm "$rfs"
@@ -358,10 +358,10 @@ EOF
   run_logged chroot-apt-install chroot_apt apt-get install -y --no-install-recommends "${RUNTIME_PACKAGES[@]}"
   run_logged chroot-apt-clean chroot_apt apt-get clean
   unmount_under "$rfs"
-  rm -f "$rfs/usr/sbin/policy-rc.d" "$rfs/etc/resolv.conf"
-  rm -rf "$rfs/var/lib/apt/lists/"* "$rfs/var/cache/apt/"*.bin "$rfs/var/cache/apt/archives/"*.deb \
-    "$rfs/var/cache/debconf/"*-old "$rfs/var/lib/dpkg/"*-old "$rfs/var/log/"*.log "$rfs/var/log/apt/"* \
-    "$rfs/dev/"* "$rfs/tmp/"* "$rfs/root/.bash_history"
+  rm -f "${rfs:?}/usr/sbin/policy-rc.d" "${rfs:?}/etc/resolv.conf"
+  rm -rf "${rfs:?}/var/lib/apt/lists/"* "${rfs:?}/var/cache/apt/"*.bin "${rfs:?}/var/cache/apt/archives/"*.deb \
+    "${rfs:?}/var/cache/debconf/"*-old "${rfs:?}/var/lib/dpkg/"*-old "${rfs:?}/var/log/"*.log "${rfs:?}/var/log/apt/"* \
+    "${rfs:?}/dev/"* "${rfs:?}/tmp/"* "${rfs:?}/root/.bash_history"
   : >"$rfs/etc/resolv.conf"
   tar -C "$rfs" --numeric-owner -cf "$ROOTFS_RUNTIME_TAR.partial" .
   mv "$ROOTFS_RUNTIME_TAR.partial" "$ROOTFS_RUNTIME_TAR"
@@ -421,6 +421,7 @@ chown -R 1000:1000 "$rfs/home/coder"
 log "checking shared libraries of native addons inside the rootfs"
 ldd_missing() { # paths relative to the rootfs -> "path: lib => not found" lines
   [ $# -gt 0 ] || return 0
+  # shellcheck disable=SC2016 # expanded by the shell inside the chroot
   chroot "$rfs" /bin/sh -c 'for f; do ldd "$f" 2>/dev/null | grep "not found" | sed "s|^[[:space:]]*|$f: |"; done' sh "$@" || true
 }
 mapfile -t built < <(cd "$rfs" && {
@@ -431,8 +432,8 @@ mapfile -t built < <(cd "$rfs" && {
   echo opt/code-server/node_modules/code-server/lib/vscode/node_modules/@vscode/ripgrep/bin/rg
 } | sed 's|^|/|')
 [ ${#built[@]} -ge $(( ${#VSCODE_NATIVE_MODULES[@]} + 2 )) ] || die "expected built addons not found: ${built[*]}"
-missing="$(ldd_missing "${built[@]}")"
-[ -z "$missing" ] || { printf '%s\n' "$missing" >&2; die "native addons miss shared libraries in the image (see above)"; }
+built_missing="$(ldd_missing "${built[@]}")"
+[ -z "$built_missing" ] || { printf '%s\n' "$built_missing" >&2; die "native addons miss shared libraries in the image (see above)"; }
 mapfile -t others < <(cd "$rfs" && find opt/code-server -type f -name '*.node' | sed 's|^|/|')
 other_missing="$(ldd_missing "${others[@]}" | grep -vF -f <(printf '%s:\n' "${built[@]}") || true)"
 [ -z "$other_missing" ] || log "note: $(printf '%s\n' "$other_missing" | grep -c .) prebuilt binaries for other platforms (e.g. musl) have unresolved libraries; unused here, see $LOG_DIR/ldd-others.log"

@@ -1,0 +1,161 @@
+/**
+ * The lifecycle every provider must honour, run against each real provider (Docker today; the AWS and
+ * Fly providers on their emulators later). What a provider's capabilities say it lacks is skipped.
+ */
+import { randomBytes } from 'node:crypto';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { InstanceConfig, Provider } from '../../providers/provider.js';
+
+export interface ProviderContractOptions {
+  /** Builds a fresh, uninitialised provider. */
+  makeProvider: () => Provider | Promise<Provider>;
+  image: string;
+  /** Workspace-name prefix for everything this suite makes, so clean-up finds it. */
+  namePrefix: string;
+  /** Removes whatever the suite left behind, even after a failure. */
+  cleanUp: () => Promise<void>;
+  /** GET this on an endpoint to see the editor answer; null to skip. */
+  readinessPath?: string | null;
+}
+
+export function describeProviderContract(label: string, options: ProviderContractOptions): void {
+  describe(`provider contract: ${label}`, () => {
+    let provider: Provider;
+    const id = `${options.namePrefix}-${randomBytes(3).toString('hex')}`;
+    const config: InstanceConfig & { image: string } = {
+      name: id,
+      image: options.image,
+      resources: { cpu: 1, memoryMb: 1024 },
+      env: { WORKSPACE_OWNER: 'contract' },
+      metadata: { suite: 'contract' },
+    };
+    const answers = async (url: string | undefined): Promise<boolean> => {
+      if (!url || options.readinessPath === null) return true;
+      const res = await fetch(`${url}${options.readinessPath ?? '/healthz'}`, { signal: AbortSignal.timeout(5_000) }).catch(() => undefined);
+      return res?.status === 200;
+    };
+
+    beforeAll(async () => {
+      await options.cleanUp();
+      provider = await options.makeProvider();
+      await provider.initialize();
+    });
+    afterAll(async () => {
+      await provider?.close?.();
+      await options.cleanUp();
+    });
+
+    it('declares sane capabilities', () => {
+      const caps = provider.getCapabilities();
+      expect(caps.resourceLimits.minCpu).toBeGreaterThan(0);
+      expect(caps.resourceLimits.maxCpu).toBeGreaterThanOrEqual(caps.resourceLimits.minCpu);
+      expect(caps.resourceLimits.maxMemoryMb).toBeGreaterThan(caps.resourceLimits.minMemoryMb);
+    });
+
+    it('creates a running instance whose editor answers, labelled so it is found again', async () => {
+      const events: number[] = [];
+      const created = await provider.createInstance(config, { instanceId: id, onProgress: (e) => events.push(e.fraction) });
+      expect(created).toMatchObject({ id, name: id, providerType: provider.type, status: 'running' });
+      expect(created.config.resources).toEqual(config.resources);
+      expect(created.config.env).toEqual(config.env);
+      expect(created.endpoint?.host).toBe('127.0.0.1');
+      expect(await answers(created.endpoint?.url)).toBe(true);
+      expect(events.length).toBeGreaterThan(0);
+      expect(events.at(-1)).toBe(1);
+
+      expect((await provider.getInstance(id))?.status).toBe('running');
+      expect((await provider.listInstances()).map((i) => i.id)).toContain(id);
+      expect((await provider.listInstances({ status: 'stopped' })).map((i) => i.id)).not.toContain(id);
+    });
+
+    it('is idempotent: creating the same id again returns it instead of a twin', async () => {
+      const again = await provider.createInstance(config, { instanceId: id });
+      expect(again.id).toBe(id);
+      expect((await provider.listInstances({ name: id })).length).toBe(1);
+    });
+
+    it('stops and starts, keeping the workspace files', async () => {
+      const caps = provider.getCapabilities();
+      if (caps.exec) {
+        const wrote = await provider.executeCommand(id, 'echo kept-across-restarts > contract.txt && echo ok');
+        expect(wrote).toMatchObject({ exitCode: 0, stdout: 'ok\n' });
+      }
+      const stopped = await provider.stopInstance(id);
+      expect(stopped.status).toBe('stopped');
+      expect(stopped.endpoint).toBeUndefined();
+      expect((await provider.stopInstance(id)).status).toBe('stopped'); // stopping twice is fine
+
+      const started = await provider.startInstance(id);
+      expect(started.status).toBe('running');
+      expect(await answers(started.endpoint?.url)).toBe(true);
+      if (caps.exec && caps.persistentWorkspace) {
+        expect((await provider.executeCommand(id, 'cat contract.txt')).stdout).toBe('kept-across-restarts\n');
+      }
+    });
+
+    it('resizes, live where it says it can', async () => {
+      const caps = provider.getCapabilities();
+      const updated = await provider.updateInstance(id, { resources: { cpu: 0.5, memoryMb: 1536 } });
+      expect(updated.config.resources).toEqual({ cpu: 0.5, memoryMb: 1536 });
+      expect(updated.updateMode).toBe(caps.liveResize ? 'live' : 'recreate');
+      expect((await provider.getInstance(id))?.config.resources).toEqual({ cpu: 0.5, memoryMb: 1536 });
+    });
+
+    it('re-creates around the same workspace for a change it cannot make live', async () => {
+      const caps = provider.getCapabilities();
+      const before = await provider.getInstance(id);
+      const updated = await provider.updateInstance(id, { env: { WORKSPACE_OWNER: 'changed' } });
+      expect(updated.updateMode).toBe('recreate');
+      expect(updated.status).toBe('running');
+      expect(updated.config.env).toEqual({ WORKSPACE_OWNER: 'changed' });
+      expect(updated.providerRef).not.toEqual(before?.providerRef);
+      expect(await answers(updated.endpoint?.url)).toBe(true);
+      if (caps.exec && caps.persistentWorkspace) {
+        expect((await provider.executeCommand(id, 'cat contract.txt; echo "$WORKSPACE_OWNER"')).stdout).toBe('kept-across-restarts\nchanged\n');
+      }
+    });
+
+    it('returns logs', async () => {
+      if (!provider.getCapabilities().logs) return;
+      const logs = await provider.getInstanceLogs(id, { tail: 5 });
+      expect(logs.instanceId).toBe(id);
+      expect(logs.lines.length).toBeGreaterThan(0);
+      expect(logs.lines.length).toBeLessThanOrEqual(5);
+    });
+
+    it('runs commands with exit codes, stderr, a timeout and an output cap', async () => {
+      if (!provider.getCapabilities().exec) return;
+      expect(await provider.executeCommand(id, 'echo out; echo err >&2; exit 3')).toMatchObject({ exitCode: 3, stdout: 'out\n', stderr: 'err\n', timedOut: false });
+      const slow = await provider.executeCommand(id, 'sleep 30', { timeoutMs: 1_000 });
+      expect(slow.timedOut).toBe(true);
+      expect(slow.durationMs).toBeLessThan(10_000);
+      const big = await provider.executeCommand(id, 'head -c 100000 /dev/zero | tr "\\0" x', { maxOutputBytes: 1_000 });
+      expect(big.stdout.length).toBe(1_000);
+      expect(big.truncated).toBe(true);
+    });
+
+    it('refuses operations on an instance it does not have', async () => {
+      await expect(provider.startInstance(`${options.namePrefix}-missing`)).rejects.toMatchObject({ code: 'NOT_FOUND' });
+      await expect(provider.stopInstance(`${options.namePrefix}-missing`)).rejects.toMatchObject({ code: 'NOT_FOUND' });
+      expect(await provider.getInstance(`${options.namePrefix}-missing`)).toBeNull();
+      expect(await provider.deleteInstance(`${options.namePrefix}-missing`)).toBe(false);
+    });
+
+    it('keeps the workspace on delete when asked, and a re-create finds it', async () => {
+      const caps = provider.getCapabilities();
+      if (!caps.persistentWorkspace) return;
+      expect(await provider.deleteInstance(id, { keepWorkspace: true })).toBe(true);
+      expect(await provider.getInstance(id)).toBeNull();
+      const again = await provider.createInstance(config, { instanceId: id });
+      expect(again.status).toBe('running');
+      if (caps.exec) expect((await provider.executeCommand(id, 'cat contract.txt')).stdout).toBe('kept-across-restarts\n');
+    });
+
+    it('deletes completely', async () => {
+      expect(await provider.deleteInstance(id)).toBe(true);
+      expect(await provider.getInstance(id)).toBeNull();
+      expect((await provider.listInstances()).map((i) => i.id)).not.toContain(id);
+      expect(await provider.deleteInstance(id)).toBe(false);
+    });
+  });
+}
