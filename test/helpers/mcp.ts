@@ -1,0 +1,83 @@
+/**
+ * Launches the MCP server the way a client does: from mcp.json, over stdio, with a real SDK Client.
+ */
+import { Client } from '@modelcontextprotocol/sdk/client/index.js';
+import { StdioClientTransport } from '@modelcontextprotocol/sdk/client/stdio.js';
+import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { TEST_IMAGE } from './docker.js';
+
+export const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+
+interface ServerEntry {
+  command: string;
+  args: string[];
+  env?: Record<string, string>;
+}
+
+export function mcpServerEntry(name = 'vscode-swarm'): ServerEntry {
+  const file = JSON.parse(readFileSync(path.join(REPO_ROOT, 'mcp.json'), 'utf8')) as { mcpServers: Record<string, ServerEntry> };
+  const entry = file.mcpServers[name];
+  if (!entry) throw new Error(`mcp.json has no server ${name}`);
+  return entry;
+}
+
+export interface LaunchedServer {
+  client: Client;
+  transport: StdioClientTransport;
+  pid: number;
+  stderr: () => string;
+  close: () => Promise<void>;
+}
+
+/** Starts the server from mcp.json with extra environment (state folder, test image, ...). */
+export async function launchFromMcpJson(env: Record<string, string>): Promise<LaunchedServer> {
+  const entry = mcpServerEntry();
+  const transport = new StdioClientTransport({
+    command: entry.command === 'node' ? process.execPath : entry.command,
+    args: entry.args,
+    cwd: REPO_ROOT,
+    env: {
+      PATH: process.env.PATH ?? '',
+      HOME: process.env.HOME ?? '/root',
+      ...entry.env,
+      VSCODE_SWARM_DOCKER_IMAGE: TEST_IMAGE,
+      VSCODE_SWARM_DOCKER_PULL: '0',
+      ...env,
+    },
+    stderr: 'pipe',
+  });
+  let stderr = '';
+  transport.stderr?.on('data', (chunk: Buffer) => {
+    stderr += chunk.toString();
+  });
+  const client = new Client({ name: 'vscode-swarm-e2e', version: '1.0.0' });
+  await client.connect(transport);
+  return {
+    client,
+    transport,
+    pid: transport.pid!,
+    stderr: () => stderr,
+    close: () => client.close(),
+  };
+}
+
+export type ToolResult = CallToolResult & { structuredContent?: Record<string, unknown> };
+
+export async function callTool(client: Client, name: string, args: Record<string, unknown> = {}, onprogress?: (p: { progress: number; message?: string }) => void): Promise<ToolResult> {
+  return (await client.callTool({ name, arguments: args }, undefined, {
+    ...(onprogress ? { onprogress } : {}),
+    timeout: 170_000,
+  })) as ToolResult;
+}
+
+export function errorText(result: ToolResult): string {
+  expectError(result);
+  return (result.content as { type: string; text: string }[]).map((c) => c.text).join('\n');
+}
+
+function expectError(result: ToolResult): void {
+  if (!result.isError) throw new Error(`expected an error result, got ${JSON.stringify(result.structuredContent ?? result.content)}`);
+}
