@@ -11,6 +11,7 @@ import { Readable, Writable } from 'node:stream';
 import { finished } from 'node:stream/promises';
 import { SwarmError, asSwarmError } from '../../src/errors.js';
 import { silentLogger, type Logger } from '../../src/logger.js';
+import { httpStatus } from '../../src/timing/http-probe.js';
 import { waitUntil } from '../../src/timing/wait-until.js';
 import type {
   CommandResult,
@@ -365,7 +366,7 @@ export class DockerProvider implements Provider {
     progress({ fraction: from + (1 - from) / 2, message: `waiting for the editor at ${started.endpoint.url}` });
     await waitUntil(
       async () => {
-        if (await probe(`${started.endpoint!.url}${path}`)) return true;
+        if ((await httpStatus(`${started.endpoint!.url}${path}`)) === 200) return true;
         const now = await this.inspect(container);
         if (now.status !== 'running' && now.status !== 'starting') {
           const logs = await this.getInstanceLogs(instanceId, { tail: 10 }).catch(() => ({ lines: [] as string[] }));
@@ -504,16 +505,6 @@ function isNotFound(err: unknown): boolean {
 
 function ignoreNotFound(err: unknown): void {
   if (!isNotFound(err)) throw err;
-}
-
-async function probe(url: string): Promise<boolean> {
-  try {
-    const res = await fetch(url, { signal: AbortSignal.timeout(2_000), redirect: 'manual' });
-    await res.body?.cancel();
-    return res.status === 200;
-  } catch {
-    return false;
-  }
 }
 
 function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {

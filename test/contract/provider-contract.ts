@@ -5,6 +5,7 @@
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { InstanceConfig, Provider } from '../../providers/provider.js';
+import { httpStatus } from '../../src/timing/http-probe.js';
 
 export interface ProviderContractOptions {
   /** Builds a fresh, uninitialised provider. */
@@ -31,8 +32,7 @@ export function describeProviderContract(label: string, options: ProviderContrac
     };
     const answers = async (url: string | undefined): Promise<boolean> => {
       if (!url || options.readinessPath === null) return true;
-      const res = await fetch(`${url}${options.readinessPath ?? '/healthz'}`, { signal: AbortSignal.timeout(5_000) }).catch(() => undefined);
-      return res?.status === 200;
+      return (await httpStatus(`${url}${options.readinessPath ?? '/healthz'}`, 5_000)) === 200;
     };
 
     beforeAll(async () => {

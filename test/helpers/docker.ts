@@ -7,6 +7,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { LABEL_MANAGED, LABEL_NAME } from '../../providers/docker/docker-mapping.js';
+export { httpStatus } from '../../src/timing/http-probe.js';
 import { parseConfig, type SwarmConfig, type SwarmConfigInput } from '../../src/config.js';
 
 /** The real code-server image, built offline by scripts/editor-image/build.sh (run by scripts/setup.sh). */
@@ -44,14 +45,4 @@ export async function cleanUp(prefix: string, stateDir?: string): Promise<void> 
 export async function containersNamed(prefix: string): Promise<Docker.ContainerInfo[]> {
   const containers = await docker.listContainers({ all: true, filters: { label: [`${LABEL_MANAGED}=true`] } });
   return containers.filter((c) => c.Labels[LABEL_NAME]?.startsWith(prefix));
-}
-
-export async function httpStatus(url: string): Promise<number> {
-  try {
-    const res = await fetch(url, { redirect: 'manual', signal: AbortSignal.timeout(5_000) });
-    await res.body?.cancel();
-    return res.status;
-  } catch {
-    return 0;
-  }
 }
