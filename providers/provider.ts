@@ -129,30 +129,32 @@ export interface InstanceFilter {
   metadata?: Record<string, string>;
 }
 
-export interface ResourceLimits {
-  minCpu: number;
-  maxCpu: number;
-  minMemoryMb: number;
-  maxMemoryMb: number;
-}
+export const ResourceLimitsSchema = z.object({
+  minCpu: z.number(),
+  maxCpu: z.number(),
+  minMemoryMb: z.number(),
+  maxMemoryMb: z.number(),
+});
+export type ResourceLimits = z.infer<typeof ResourceLimitsSchema>;
 
-export interface ProviderCapabilities {
+export const ProviderCapabilitiesSchema = z.object({
   /** CPU and memory can change without re-creating the instance. */
-  liveResize: boolean;
+  liveResize: z.boolean(),
   /** Point-in-time snapshots of an instance's workspace. */
-  snapshots: boolean;
+  snapshots: z.boolean(),
   /** Workspace files can be exported and imported (used by migration). */
-  workspaceTransfer: boolean;
+  workspaceTransfer: z.boolean(),
   /** Workspace files survive stop/start and re-creation. */
-  persistentWorkspace: boolean;
-  logs: boolean;
-  exec: boolean;
+  persistentWorkspace: z.boolean(),
+  logs: z.boolean(),
+  exec: z.boolean(),
   /** Regions or placement zones; empty when the provider has one place. */
-  regions: string[];
+  regions: z.array(z.string()),
   /** Instances one user may hold, when the provider enforces such a cap. */
-  maxInstancesPerUser?: number;
-  resourceLimits: ResourceLimits;
-}
+  maxInstancesPerUser: z.number().int().optional(),
+  resourceLimits: ResourceLimitsSchema,
+});
+export type ProviderCapabilities = z.infer<typeof ProviderCapabilitiesSchema>;
 
 export interface ProgressEvent {
   /** 0..1 of the whole operation. */

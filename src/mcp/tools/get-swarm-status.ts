@@ -1,5 +1,6 @@
 import type { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
 import { z } from 'zod';
+import { ProviderCapabilitiesSchema } from '../../../providers/provider.js';
 import { runTool, type ToolContext } from '../tool-support.js';
 
 const Counts = z.record(z.string(), z.number());
@@ -14,7 +15,7 @@ export const SwarmStatusOutputSchema = {
       type: z.string(),
       state: z.enum(['ready', 'unavailable', 'disabled']),
       reason: z.string().optional(),
-      capabilities: z.record(z.string(), z.unknown()).optional(),
+      capabilities: ProviderCapabilitiesSchema.optional(),
     }),
   ),
   execEnabled: z.boolean(),
