@@ -29,7 +29,9 @@ const DockerConfigSchema = z
     /** unix:///path or tcp://host:port; DOCKER_HOST is used when absent. */
     dockerHost: z.string().optional(),
     socketPath: z.string().optional(),
-    publishHost: z.string().default('127.0.0.1'),
+    /** null: publish nothing, reach editors on the Docker network (only the gateway is a way in). */
+    publishHost: z.string().nullable().default(null),
+    network: z.string().regex(/^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$/).default('vscode-swarm'),
     pullImages: z.boolean().default(true),
     readinessTimeoutMs: z.number().int().min(1_000).max(600_000).default(90_000),
     stopTimeoutSeconds: z.number().int().min(0).max(300).default(10),

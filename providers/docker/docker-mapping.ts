@@ -49,8 +49,17 @@ export function mapContainerState(state: Docker.ContainerInspectInfo['State']): 
   }
 }
 
+/**
+ * How the controller reaches an editor: through a port published on `publishHost`, or (publishHost null)
+ * at the container's own address on `network`, which only the Docker host can route to.
+ */
+export interface EndpointMode {
+  publishHost: string | null;
+  network: string;
+}
+
 /** Rebuilds the instance view from what the engine reports; the engine is the truth about what exists. */
-export function instanceFromContainer(info: Docker.ContainerInspectInfo, publishHost: string): VSCodeInstance {
+export function instanceFromContainer(info: Docker.ContainerInspectInfo, mode: EndpointMode): VSCodeInstance {
   const labels = info.Config.Labels ?? {};
   const id = labels[LABEL_INSTANCE]!;
   const { status, reason } = mapContainerState(info.State);
@@ -61,7 +70,8 @@ export function instanceFromContainer(info: Docker.ContainerInspectInfo, publish
     const key = entry.slice(0, eq);
     if (envKeys.has(key)) env[key] = entry.slice(eq + 1);
   }
-  const hostPort = info.NetworkSettings?.Ports?.[`${EDITOR_PORT}/tcp`]?.[0]?.HostPort;
+  const endpointHost = mode.publishHost ?? info.NetworkSettings?.Networks?.[mode.network]?.IPAddress;
+  const hostPort = mode.publishHost ? info.NetworkSettings?.Ports?.[`${EDITOR_PORT}/tcp`]?.[0]?.HostPort : String(EDITOR_PORT);
   const port = hostPort ? Number(hostPort) : undefined;
   const nanoCpus = info.HostConfig.NanoCpus ?? 0;
   const memory = info.HostConfig.Memory ?? 0;
@@ -83,7 +93,7 @@ export function instanceFromContainer(info: Docker.ContainerInspectInfo, publish
     updatedAt: new Date().toISOString(),
   };
   if (reason) instance.statusReason = reason;
-  if (status === 'running' && port) instance.endpoint = { url: `http://${publishHost}:${port}`, host: publishHost, port };
+  if (status === 'running' && port && endpointHost) instance.endpoint = { url: `http://${endpointHost}:${port}`, host: endpointHost, port };
   return instance;
 }
 

@@ -42,6 +42,7 @@ import {
   LABEL_NAME,
   WORKSPACE_PATH,
   containerName,
+  type EndpointMode,
   instanceFromContainer,
   volumeName,
 } from './docker-mapping.js';
@@ -49,8 +50,14 @@ import {
 export interface DockerProviderOptions extends DockerConnectionOptions {
   /** The editor image used when a config names none. */
   defaultImage: string;
-  /** Address the editor port is published on; loopback so that nothing outside reaches it. */
-  publishHost?: string;
+  /**
+   * Address to publish the editor port on. Null (the default) publishes nothing: the editor is reached
+   * at its address on `network`, from the Docker host only, so the gateway is the only way in.
+   * Set it (e.g. 127.0.0.1) when the engine is remote (DOCKER_HOST=tcp://...).
+   */
+  publishHost?: string | null;
+  /** The bridge network instances join; created with inter-container traffic off, so one workspace cannot reach another's editor. */
+  network?: string;
   /** Arguments after the image's entrypoint (the upstream entrypoint already binds 0.0.0.0:8080). */
   editorArgs?: string[];
   /** HTTP path polled until the editor answers 200; null to consider a running container ready. */
@@ -66,7 +73,8 @@ export interface DockerProviderOptions extends DockerConnectionOptions {
   logger?: Logger;
 }
 
-const DEFAULT_EDITOR_ARGS = ['--auth', 'none', '--disable-telemetry', WORKSPACE_PATH];
+const DEFAULT_EDITOR_ARGS = ['--auth', 'none', '--disable-telemetry', '--disable-update-check', WORKSPACE_PATH];
+export const DEFAULT_NETWORK = 'vscode-swarm';
 const DEFAULT_EXEC_TIMEOUT_MS = 30_000;
 const DEFAULT_EXEC_MAX_OUTPUT = 1024 * 1024;
 const PING_TIMEOUT_MS = 5_000;
@@ -76,14 +84,14 @@ export class DockerProvider implements Provider {
   private readonly docker: Docker;
   private readonly connection: DockerConnection;
   private readonly logger: Logger;
-  private readonly publishHost: string;
+  private readonly endpointMode: EndpointMode;
   private capabilities: ProviderCapabilities;
 
   constructor(private readonly options: DockerProviderOptions) {
     this.connection = resolveDockerConnection(options);
     this.docker = new Docker(this.connection.options);
     this.logger = (options.logger ?? silentLogger()).child({ component: 'docker-provider' });
-    this.publishHost = options.publishHost ?? '127.0.0.1';
+    this.endpointMode = { publishHost: options.publishHost ?? null, network: options.network ?? DEFAULT_NETWORK };
     this.capabilities = {
       liveResize: true,
       snapshots: false,
@@ -109,7 +117,8 @@ export class DockerProvider implements Provider {
     }
     this.capabilities.resourceLimits.maxCpu = info.NCPU ?? this.capabilities.resourceLimits.maxCpu;
     if (info.MemTotal) this.capabilities.resourceLimits.maxMemoryMb = Math.floor(info.MemTotal / 2 ** 20);
-    this.logger.info({ engine: this.connection.describe, version: info.ServerVersion }, 'docker engine reachable');
+    await this.ensureNetwork();
+    this.logger.info({ engine: this.connection.describe, version: info.ServerVersion, network: this.endpointMode.network }, 'docker engine reachable');
   }
 
   async createInstance(config: InstanceConfig & { image: string }, options: CreateOptions): Promise<VSCodeInstance> {
@@ -334,7 +343,10 @@ export class DockerProvider implements Provider {
       ExposedPorts: { [`${EDITOR_PORT}/tcp`]: {} },
       HostConfig: {
         ...resourceLimits(config.resources),
-        PortBindings: { [`${EDITOR_PORT}/tcp`]: [{ HostIp: this.publishHost, HostPort: '' }] },
+        NetworkMode: this.endpointMode.network,
+        ...(this.endpointMode.publishHost
+          ? { PortBindings: { [`${EDITOR_PORT}/tcp`]: [{ HostIp: this.endpointMode.publishHost, HostPort: '' }] } }
+          : {}),
         Mounts: [{ Type: 'volume', Source: volumeName(instanceId), Target: WORKSPACE_PATH }],
         Privileged: false,
         SecurityOpt: ['no-new-privileges'],
@@ -430,6 +442,28 @@ export class DockerProvider implements Provider {
     }
   }
 
+  private async ensureNetwork(): Promise<void> {
+    const { network } = this.endpointMode;
+    try {
+      await this.docker.getNetwork(network).inspect();
+      return;
+    } catch (err) {
+      if (!isNotFound(err)) throw this.wrap(err, `inspect network ${network}`);
+    }
+    await this.call(`create network ${network}`, () =>
+      this.docker
+        .createNetwork({
+          Name: network,
+          Driver: 'bridge',
+          Options: { 'com.docker.network.bridge.enable_icc': 'false' },
+          Labels: { [LABEL_MANAGED]: 'true' },
+        })
+        .catch((err) => {
+          if (statusCode(err) !== 409) throw err; // created meanwhile by another controller
+        }),
+    );
+  }
+
   /** Creates the workspace volume unless it exists; true when this call created it. */
   private async ensureVolume(instanceId: string, name: string): Promise<boolean> {
     const volume = this.docker.getVolume(volumeName(instanceId));
@@ -464,7 +498,7 @@ export class DockerProvider implements Provider {
   }
 
   private async inspect(container: Docker.Container): Promise<VSCodeInstance> {
-    return instanceFromContainer(await container.inspect(), this.publishHost);
+    return instanceFromContainer(await container.inspect(), this.endpointMode);
   }
 
   private demux(stream: Readable, stdout: Writable, stderr: Writable): Promise<void> {

@@ -33,6 +33,7 @@ export function createSwarm(config: SwarmConfig, options: CreateSwarmOptions = {
       ...(docker.socketPath ? { socketPath: docker.socketPath } : {}),
       ...(docker.editorArgs ? { editorArgs: docker.editorArgs } : {}),
       publishHost: docker.publishHost,
+      network: docker.network,
       pullImages: docker.pullImages,
       readinessTimeoutMs: docker.readinessTimeoutMs,
       stopTimeoutSeconds: docker.stopTimeoutSeconds,

@@ -14,6 +14,7 @@ import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs, promisify } from 'node:util';
+import { DEFAULT_NETWORK } from '../../providers/docker/docker-provider.js';
 import type { VSCodeInstance } from '../../providers/provider.js';
 import { createSwarm } from '../../src/controller/create-swarm.js';
 import { InstanceRegistry } from '../../src/registry/instance-registry.js';
@@ -147,10 +148,10 @@ async function dockerFigure(runs: number): Promise<Figure> {
 async function rawDockerRun(): Promise<number> {
   let container = '';
   const ms = await time(async () => {
-    const { stdout } = await run('docker', ['run', '-d', '-p', '127.0.0.1::8080', TEST_IMAGE, '--auth', 'none', '--disable-telemetry', '/home/coder/project']);
+    const { stdout } = await run('docker', ['run', '-d', '--network', DEFAULT_NETWORK, TEST_IMAGE, '--auth', 'none', '--disable-telemetry', '/home/coder/project']);
     container = stdout.trim();
-    const { stdout: port } = await run('docker', ['port', container, '8080/tcp']);
-    const url = `http://${port.trim().split('\n')[0]}/healthz`;
+    const { stdout: ip } = await run('docker', ['inspect', '-f', `{{(index .NetworkSettings.Networks "${DEFAULT_NETWORK}").IPAddress}}`, container]);
+    const url = `http://${ip.trim()}:8080/healthz`;
     await waitUntil(async () => ((await httpStatus(url)) === 200 ? true : undefined), { timeoutMs: 60_000, intervalMs: 50, what: 'raw docker run' });
   });
   await run('docker', ['rm', '-f', container]);

@@ -68,7 +68,10 @@ describe('MCP server over stdio, launched from mcp.json', () => {
     const [container] = await containersNamed(PREFIX);
     const inspect = await docker.getContainer(container!.Id).inspect();
     expect(inspect.HostConfig.Privileged).toBe(false);
-    expect(inspect.HostConfig.PortBindings['8080/tcp'][0].HostIp).toBe('127.0.0.1');
+    // Nothing is published: the editor is reachable only on the swarm network, whose containers cannot reach each other.
+    expect(Object.keys(inspect.HostConfig.PortBindings ?? {})).toEqual([]);
+    expect(inspect.HostConfig.NetworkMode).toBe('vscode-swarm');
+    expect((await docker.getNetwork('vscode-swarm').inspect()).Options['com.docker.network.bridge.enable_icc']).toBe('false');
     expect(inspect.HostConfig.NanoCpus).toBe(1e9);
   });
 

@@ -71,7 +71,7 @@ describe('configuration', () => {
     const config = parseConfig({});
     expect(config.defaultProvider).toBe('docker');
     expect(config.exec.enabled).toBe(false);
-    expect(config.providers.docker.publishHost).toBe('127.0.0.1');
+    expect(config.providers.docker.publishHost).toBeNull();
   });
 
   it('names the offending field', () => {
