@@ -83,6 +83,8 @@ export const InstanceConfigSchema = z.object({
   env: EnvSchema.optional(),
   region: z.string().max(64).optional(),
   metadata: MetadataSchema.optional(),
+  /** Minutes without activity before the instance is stopped; 0 never stops it. The configured default applies when absent. */
+  idleTimeoutMinutes: z.number().min(0).max(10_080).optional(),
 });
 export type InstanceConfig = z.infer<typeof InstanceConfigSchema>;
 
@@ -93,6 +95,7 @@ export const InstanceConfigPatchSchema = z
     resources: ResourcesSchema.partial().optional(),
     env: EnvSchema.optional(),
     metadata: MetadataSchema.optional(),
+    idleTimeoutMinutes: z.number().min(0).max(10_080).optional(),
   })
   .strict();
 export type InstanceConfigPatch = z.infer<typeof InstanceConfigPatchSchema>;
@@ -119,6 +122,18 @@ export const VSCodeInstanceSchema = z.object({
   providerRef: z.record(z.string(), z.string()),
   createdAt: z.string(),
   updatedAt: z.string(),
+  /** Where the user opens the editor (through the gateway), without a token. */
+  url: z.string().optional(),
+  /** Bumped to revoke every access link and session issued before. */
+  accessEpoch: z.number().int().min(0).optional(),
+  /** The last sign of use: editor heartbeat, gateway traffic, a lease, or a start. */
+  lastActivity: z.object({ at: z.string(), source: z.enum(['heartbeat', 'gateway', 'lease', 'start', 'create']) }).optional(),
+  /** A caller's promise to be back: the instance is not idle before `until`. */
+  lease: z.object({ until: z.string(), holder: z.string().max(128).optional() }).optional(),
+  /** Why and when it last stopped. */
+  lastStop: z.object({ at: z.string(), reason: z.string(), by: z.enum(['request', 'idle', 'provider']) }).optional(),
+  /** Set while the instance waits unassigned in a warm buffer; the key names the buffer. */
+  warmPool: z.string().optional(),
 });
 export type VSCodeInstance = z.infer<typeof VSCodeInstanceSchema>;
 

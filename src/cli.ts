@@ -5,11 +5,12 @@
  */
 import { StdioServerTransport } from '@modelcontextprotocol/sdk/server/stdio.js';
 import { parseArgs } from 'node:util';
-import { loadConfig, type SwarmConfigInput } from './config.js';
-import { createSwarm } from './controller/create-swarm.js';
+import { loadConfig, type SwarmConfig, type SwarmConfigInput } from './config.js';
+import { createSwarm, startSwarmServices, type SwarmServices } from './controller/create-swarm.js';
 import type { SwarmController } from './controller/swarm-controller.js';
 import { asSwarmError, invalidInput } from './errors.js';
 import { createLogger, type Logger } from './logger.js';
+import { startMcpHttp } from './mcp/http.js';
 import { createMcpServer } from './mcp/server.js';
 import { describeInstance } from './mcp/tool-support.js';
 import { PACKAGE_VERSION } from './version.js';
@@ -19,7 +20,9 @@ const USAGE = `vscode-swarm ${PACKAGE_VERSION}
 Usage: vscode-swarm <command> [options]
 
 Commands:
-  serve                      Serve MCP over stdio (what mcp.json launches)
+  up [--demo [NAME]]         Run the controller with its gateway and MCP over HTTP; print how to connect
+                             and, with --demo, the link to a working editor
+  serve                      Serve MCP over stdio with the gateway (what mcp.json launches)
   status                     Counts by provider, status and health; provider states
   list                       List workspaces   [--status S] [--provider P] [--name GLOB]
   get ID                     Show one workspace
@@ -29,6 +32,8 @@ Commands:
   update ID                  Change a workspace [--cpu N] [--memory MiB] [--image REF]
   delete ID                  Delete a workspace and its files [--keep-workspace]
   logs ID                    Recent editor output [--tail N]
+  link ID                    A fresh one-time link that opens the editor [--revoke]
+  keep-alive ID MINUTES      Hold a workspace awake
 
 Options:
   --config FILE              Config file (JSON); also VSCODE_SWARM_CONFIG
@@ -53,6 +58,8 @@ const OPTIONS = {
   force: { type: 'boolean' },
   'keep-workspace': { type: 'boolean' },
   tail: { type: 'string' },
+  demo: { type: 'boolean' },
+  revoke: { type: 'boolean' },
 } as const;
 
 type Values = ReturnType<typeof parseArgs<{ options: typeof OPTIONS; allowPositionals: true }>>['values'];
@@ -80,9 +87,10 @@ async function main(argv: string[]): Promise<number> {
   const config = await loadConfig({ ...(values.config ? { file: values.config } : {}), overrides });
   const logger = createLogger(command === 'serve' ? config.logLevel : (process.env.VSCODE_SWARM_LOG_LEVEL as 'info' | undefined) ?? 'warn');
   const controller = createSwarm(config, { logger });
-  await controller.initialize();
+  if (command === 'serve') return serve(await startSwarmServices(controller, config, logger), logger);
+  if (command === 'up') return up(await startSwarmServices(controller, config, logger), config, logger, values.demo ? (rest[0] ?? 'demo') : undefined);
 
-  if (command === 'serve') return serve(controller, logger);
+  await controller.initialize();
   try {
     const result = await runCommand(controller, command, rest, values);
     print(result, values.json ?? false);
@@ -92,25 +100,59 @@ async function main(argv: string[]): Promise<number> {
   }
 }
 
-async function serve(controller: SwarmController, logger: Logger): Promise<number> {
-  const { server } = createMcpServer({ controller, logger });
+async function serve(services: SwarmServices, logger: Logger): Promise<number> {
+  const { server } = createMcpServer({ controller: services.controller, logger });
   const transport = new StdioServerTransport();
   await server.connect(transport);
   logger.info({ version: PACKAGE_VERSION }, 'MCP server ready on stdio');
+  return untilShutdown(logger, async () => {
+    await server.close().catch(() => undefined);
+    await services.close();
+  }, (shutdown) => {
+    process.stdin.once('end', () => shutdown('stdin closed'));
+    transport.onclose = () => shutdown('transport closed');
+  });
+}
+
+/** The main job for a person: everything running, and what to do next printed on stdout. */
+async function up(services: SwarmServices, config: SwarmConfig, logger: Logger, demoName?: string): Promise<number> {
+  const { controller } = services;
+  const mcp = await startMcpHttp({ controller, host: config.mcpHttp.host, port: config.mcpHttp.port, stateDir: config.stateDir, logger });
+  const status = controller.getSwarmStatus();
+  const lines = [
+    `vscode-swarm ${PACKAGE_VERSION} is up (state: ${config.stateDir}).`,
+    ...status.providers.filter((p) => p.state !== 'disabled').map((p) => `  provider ${p.type}: ${p.state}${p.reason ? ` — ${p.reason}` : ''}`),
+    `  Editors:     ${status.gatewayUrlPattern ?? '(gateway disabled)'}  (signed-in through the gateway)`,
+    `  MCP (HTTP):  ${mcp.url}   header  Authorization: Bearer ${mcp.token}`,
+    `               npx @modelcontextprotocol/inspector --cli ${mcp.url} --transport http --header "Authorization: Bearer ${mcp.token}" --method tools/list`,
+    `  MCP (stdio): clients that launch their server use mcp.json (node dist/src/cli.js serve); run that instead of \`up\`, not beside it.`,
+  ];
+  process.stdout.write(`${lines.join('\n')}\n`);
+  if (demoName) {
+    process.stdout.write(`  Creating the demo workspace "${demoName}"...\n`);
+    const result = await controller.createInstance({ name: demoName }, { onProgress: (e) => process.stderr.write(`[${Math.round(e.fraction * 100)}%] ${e.message}\n`) });
+    const link = result.access ?? (await controller.issueAccessLink(result.instance.id));
+    process.stdout.write(`  Demo editor: ${link.accessUrl}\n               (one-time link; afterwards ${link.url} while signed in)\n`);
+  }
+  process.stdout.write('Press Ctrl+C to stop. Workspaces keep running; idle ones stop by themselves.\n');
+  return untilShutdown(logger, async () => {
+    await mcp.close();
+    await services.close();
+  });
+}
+
+function untilShutdown(logger: Logger, close: () => Promise<void>, more?: (shutdown: (why: string) => void) => void): Promise<number> {
   return new Promise<number>((resolve) => {
     let closing = false;
-    const shutdown = async (why: string): Promise<void> => {
+    const shutdown = (why: string): void => {
       if (closing) return;
       closing = true;
       logger.info({ why }, 'shutting down');
-      await server.close().catch(() => undefined);
-      await controller.close();
-      resolve(0);
+      void close().finally(() => resolve(0));
     };
-    process.once('SIGINT', () => void shutdown('SIGINT'));
-    process.once('SIGTERM', () => void shutdown('SIGTERM'));
-    process.stdin.once('end', () => void shutdown('stdin closed'));
-    transport.onclose = () => void shutdown('transport closed');
+    process.once('SIGINT', () => shutdown('SIGINT'));
+    process.once('SIGTERM', () => shutdown('SIGTERM'));
+    more?.(shutdown);
   });
 }
 
@@ -152,7 +194,7 @@ async function runCommand(controller: SwarmController, command: string, args: st
         ...(values.cpu !== undefined ? { cpu: numberFlag('--cpu', values.cpu) } : {}),
         ...(values.memory !== undefined ? { memoryMb: numberFlag('--memory', values.memory) } : {}),
       };
-      const { instance, created } = await controller.createInstance(
+      const { instance, created, access } = await controller.createInstance(
         {
           name: args[0],
           ...(values.provider ? { providerType: values.provider as never } : {}),
@@ -162,7 +204,8 @@ async function runCommand(controller: SwarmController, command: string, args: st
         },
         { onProgress: progress },
       );
-      return { text: `${created ? 'Created' : 'Already exists'}: ${describeInstance(instance)}`, json: { instance, created } };
+      const open = access ? `\nOpen: ${access.accessUrl}` : '';
+      return { text: `${created ? 'Created' : 'Already exists'}: ${describeInstance(instance)}${open}`, json: { instance, created, access } };
     }
     case 'start': {
       const instance = await controller.startInstance(id(), { onProgress: progress });
@@ -192,8 +235,17 @@ async function runCommand(controller: SwarmController, command: string, args: st
       const logs = await controller.getInstanceLogs(id(), values.tail ? { tail: numberFlag('--tail', values.tail) } : {});
       return { text: logs.lines.join('\n'), json: logs };
     }
+    case 'link': {
+      const link = await controller.issueAccessLink(id(), { revokeExisting: values.revoke ?? false });
+      return { text: link.accessUrl, json: link };
+    }
+    case 'keep-alive': {
+      if (!args[1]) throw invalidInput('MINUTES', 'a number of minutes after the id');
+      const instance = await controller.keepAlive(id(), numberFlag('MINUTES', args[1]));
+      return { text: `Kept awake until ${instance.lease?.until}`, json: instance };
+    }
     default:
-      throw invalidInput('command', `one of serve, status, list, get, create, start, stop, update, delete, logs`, command);
+      throw invalidInput('command', `one of up, serve, status, list, get, create, start, stop, update, delete, logs, link, keep-alive`, command);
   }
 }
 

@@ -39,6 +39,43 @@ const DockerConfigSchema = z
   })
   .strict();
 
+const GatewayConfigSchema = z
+  .object({
+    /** Serve the gateway with `serve` and `up`. */
+    enabled: z.boolean().default(true),
+    host: z.string().default('127.0.0.1'),
+    /** 0 picks a free port (tests). */
+    port: z.number().int().min(0).max(65_535).default(7080),
+    /** The port in the URLs handed out, when a proxy in front listens elsewhere. */
+    publicPort: z.number().int().min(1).max(65_535).optional(),
+    scheme: z.enum(['http', 'https']).default('http'),
+    /** Instances are reached at <id>.<baseDomain>; browsers resolve *.localhost to loopback by themselves. */
+    baseDomain: z.string().regex(/^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$/, 'expected a lower-case domain such as localhost or ws.example.com').default('localhost'),
+    /** Signing key; generated into <stateDir>/gateway/secret.key when absent. */
+    secret: z.string().min(32).optional(),
+    linkTtlMinutes: z.number().min(1).max(10_080).default(60),
+    sessionTtlHours: z.number().min(0.1).max(720).default(12),
+    /** A request for a stopped instance starts it and waits, instead of showing a page. */
+    autoStart: z.boolean().default(true),
+    startTimeoutMs: z.number().int().min(1_000).max(600_000).default(120_000),
+    /** Failed authentications allowed per client address per minute before it gets 429. */
+    maxFailuresPerMinute: z.number().int().min(1).max(10_000).default(20),
+  })
+  .strict();
+export type GatewayConfig = z.infer<typeof GatewayConfigSchema>;
+
+const WarmBufferSchema = z
+  .object({
+    provider: ProviderTypeSchema.default('docker'),
+    /** Defaults to the provider's image. */
+    image: ImageReferenceSchema.optional(),
+    /** Defaults to `defaults`. */
+    resources: z.object({ cpu: z.number().min(0.1).max(256), memoryMb: z.number().int().min(256) }).strict().optional(),
+    size: z.number().int().min(0).max(100),
+  })
+  .strict();
+export type WarmBufferConfig = z.infer<typeof WarmBufferSchema>;
+
 export const SwarmConfigSchema = z
   .object({
     stateDir: z.string().min(1).default(DEFAULT_STATE_DIR),
@@ -57,6 +94,26 @@ export const SwarmConfigSchema = z
       })
       .strict()
       .prefault({}),
+    gateway: GatewayConfigSchema.prefault({}),
+    /** MCP over Streamable HTTP, served by `up` (bearer token in <stateDir>/mcp-http.token). */
+    mcpHttp: z
+      .object({
+        host: z.string().default('127.0.0.1'),
+        port: z.number().int().min(0).max(65_535).default(7081),
+      })
+      .strict()
+      .prefault({}),
+    idle: z
+      .object({
+        enabled: z.boolean().default(true),
+        /** Default for instances that set none; 0 never stops them. */
+        timeoutMinutes: z.number().min(0).max(10_080).default(15),
+        checkIntervalMs: z.number().int().min(100).max(3_600_000).default(30_000),
+      })
+      .strict()
+      .prefault({}),
+    /** Ready, unassigned instances kept per provider, image and size; a matching create takes one. */
+    warm: z.array(WarmBufferSchema).max(16).default([]),
     exec: z
       .object({
         /** execute_command runs arbitrary shell commands in a workspace: off unless turned on. */
@@ -91,6 +148,14 @@ export const ENV_OVERRIDES: Record<string, { path: string[]; parse: (v: string) 
   VSCODE_SWARM_DOCKER_IMAGE: { path: ['providers', 'docker', 'image'], parse: String },
   VSCODE_SWARM_DOCKER_PULL: { path: ['providers', 'docker', 'pullImages'], parse: parseBoolean },
   VSCODE_SWARM_ENABLE_EXEC: { path: ['exec', 'enabled'], parse: parseBoolean },
+  VSCODE_SWARM_GATEWAY_PORT: { path: ['gateway', 'port'], parse: Number },
+  VSCODE_SWARM_GATEWAY_HOST: { path: ['gateway', 'host'], parse: String },
+  VSCODE_SWARM_MCP_HTTP_PORT: { path: ['mcpHttp', 'port'], parse: Number },
+  VSCODE_SWARM_BASE_DOMAIN: { path: ['gateway', 'baseDomain'], parse: String },
+  VSCODE_SWARM_GATEWAY_SECRET: { path: ['gateway', 'secret'], parse: String },
+  VSCODE_SWARM_IDLE_TIMEOUT_MINUTES: { path: ['idle', 'timeoutMinutes'], parse: Number },
+  VSCODE_SWARM_IDLE_CHECK_MS: { path: ['idle', 'checkIntervalMs'], parse: Number },
+  VSCODE_SWARM_WARM_SIZE: { path: ['warm'], parse: (v) => [{ provider: 'docker', size: Number(v) }] },
 };
 
 export async function loadConfig(options: LoadConfigOptions = {}): Promise<SwarmConfig> {

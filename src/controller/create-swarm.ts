@@ -7,6 +7,11 @@ import { ProviderFactory, type Provider, type ProviderType } from '../../provide
 import type { SwarmConfig } from '../config.js';
 import { silentLogger, type Logger } from '../logger.js';
 import { InstanceRegistry } from '../registry/instance-registry.js';
+import { ActivityTracker } from '../activity/activity-tracker.js';
+import { IdleMonitor } from '../activity/idle-monitor.js';
+import { SwarmError } from '../errors.js';
+import { AccessLinks } from '../gateway/access-links.js';
+import { Gateway } from '../gateway/gateway.js';
 import { SwarmController } from './swarm-controller.js';
 
 export interface CreateSwarmOptions {
@@ -42,5 +47,47 @@ export function createSwarm(config: SwarmConfig, options: CreateSwarmOptions = {
     });
   }
   const registry = new InstanceRegistry({ stateDir: config.stateDir, logger });
-  return new SwarmController({ config, registry, providers, logger });
+  const access = config.gateway.enabled ? new AccessLinks(config.gateway, config.stateDir) : undefined;
+  return new SwarmController({ config, registry, providers, logger, activity: new ActivityTracker(), ...(access ? { access } : {}) });
+}
+
+export interface SwarmServices {
+  controller: SwarmController;
+  gateway?: Gateway;
+  idle?: IdleMonitor;
+  /** Stops the idle monitor and the gateway, then closes the controller. */
+  close: () => Promise<void>;
+}
+
+/**
+ * Initialises the controller and starts what runs beside it: the gateway (when enabled) and the idle
+ * monitor. The MCP server (stdio) and `up` both run on this.
+ */
+export async function startSwarmServices(controller: SwarmController, config: SwarmConfig, logger: Logger = silentLogger()): Promise<SwarmServices> {
+  await controller.initialize();
+  let gateway: Gateway | undefined;
+  if (controller.access) {
+    gateway = new Gateway({ controller, access: controller.access, activity: controller.activity, config: config.gateway, logger });
+    try {
+      await gateway.listen();
+    } catch (err) {
+      await controller.close();
+      throw new SwarmError('CONFLICT', `gateway: cannot listen on ${config.gateway.host}:${config.gateway.port} (${(err as Error).message}); set gateway.port or VSCODE_SWARM_GATEWAY_PORT`, { cause: err });
+    }
+  }
+  let idle: IdleMonitor | undefined;
+  if (config.idle.enabled) {
+    idle = new IdleMonitor({ controller, activity: controller.activity, checkIntervalMs: config.idle.checkIntervalMs, logger });
+    idle.start();
+  }
+  return {
+    controller,
+    ...(gateway ? { gateway } : {}),
+    ...(idle ? { idle } : {}),
+    close: async () => {
+      await idle?.stop();
+      await gateway?.close();
+      await controller.close();
+    },
+  };
 }

@@ -35,6 +35,10 @@ import type { SwarmConfig } from '../config.js';
 import { SwarmError, asSwarmError, invalidInput } from '../errors.js';
 import { silentLogger, type Logger } from '../logger.js';
 import type { InstanceRegistry } from '../registry/instance-registry.js';
+import { ActivityTracker } from '../activity/activity-tracker.js';
+import type { AccessLink, AccessLinks } from '../gateway/access-links.js';
+import { WarmPool, type WarmSpec, type WarmStatus } from '../warm/warm-pool.js';
+import { StateLock } from '../state/state-lock.js';
 import { KeyedMutex } from './keyed-mutex.js';
 
 /** What a caller may ask for when creating; everything but the name has a default. */
@@ -47,6 +51,7 @@ export const CreateRequestSchema = z
     env: EnvSchema.optional(),
     metadata: MetadataSchema.optional(),
     region: z.string().max(64).optional(),
+    idleTimeoutMinutes: z.number().min(0).max(10_080).optional().describe('Minutes without use before it is stopped; 0 never'),
   })
   .strict();
 export type CreateRequest = z.infer<typeof CreateRequestSchema>;
@@ -59,6 +64,8 @@ export const ListFilterSchema = z
     namePattern: z.string().max(128).optional(),
     metadataKey: z.string().max(63).optional(),
     metadataValue: z.string().max(256).optional(),
+    /** Include unassigned warm-buffer members (hidden by default). */
+    includeWarm: z.boolean().optional(),
   })
   .strict();
 export type ListFilter = z.infer<typeof ListFilterSchema>;
@@ -83,8 +90,29 @@ export interface SwarmStatus {
   byHealth: Record<HealthStatus, number>;
   byProvider: Partial<Record<ProviderType, { total: number; byStatus: Partial<Record<InstanceStatus, number>>; byHealth: Partial<Record<HealthStatus, number>> }>>;
   providers: ProviderStatus[];
+  /** Warm buffers: ready and warming members per provider, image and size (not counted above). */
+  warm: WarmStatus[];
+  /** Where instances are opened, e.g. http://<id>.localhost:7080/; absent without a gateway. */
+  gatewayUrlPattern?: string;
+  idleTimeoutMinutes: number;
   execEnabled: boolean;
   stateDir: string;
+}
+
+export interface CreateResult {
+  instance: VSCodeInstance;
+  created: boolean;
+  /** Served from the warm buffer rather than started for this request. */
+  fromWarmPool: boolean;
+  /** A fresh one-time link that opens the editor, when a gateway is configured. */
+  access?: AccessLink;
+}
+
+export interface StopOptions {
+  force?: boolean;
+  /** Recorded as the reason of the stop. */
+  reason?: string;
+  by?: 'request' | 'idle' | 'provider';
 }
 
 export interface ReconcileReport {
@@ -103,7 +131,16 @@ export interface SwarmControllerDeps {
   logger?: Logger;
   now?: () => Date;
   randomId?: () => string;
+  /** Issues the links users open through the gateway; without it instances have no URL. */
+  access?: AccessLinks;
+  /** Signs of use seen in this process, shared with the gateway and the idle monitor. */
+  activity?: ActivityTracker;
+  /** Take the state directory's lock on initialize (default true): one controller per state directory. */
+  lockStateDir?: boolean;
 }
+
+/** Metadata key (and so container label content) that marks a warm-buffer member, so adoption can restore it. */
+export const WARM_METADATA_KEY = 'vscode-swarm/warm-pool';
 
 /** How long after a failed provider initialisation the next use tries again. */
 const PROVIDER_RETRY_MS = 5_000;
@@ -125,6 +162,10 @@ export class SwarmController {
   private readonly randomId: () => string;
   private readonly slots = new Map<ProviderType, ProviderSlot>();
   private readonly locks = new KeyedMutex();
+  readonly access?: AccessLinks;
+  readonly activity: ActivityTracker;
+  readonly warm: WarmPool;
+  private readonly lock?: StateLock;
 
   constructor(deps: SwarmControllerDeps) {
     this.config = deps.config;
@@ -132,6 +173,20 @@ export class SwarmController {
     this.logger = (deps.logger ?? silentLogger()).child({ component: 'controller' });
     this.now = deps.now ?? (() => new Date());
     this.randomId = deps.randomId ?? (() => randomBytes(4).toString('hex'));
+    if (deps.access) this.access = deps.access;
+    if (deps.lockStateDir !== false) this.lock = new StateLock(this.config.stateDir);
+    this.activity = deps.activity ?? new ActivityTracker();
+    this.warm = new WarmPool(
+      this.config.warm.flatMap((w) =>
+        this.slots.has(w.provider) ? [{ provider: w.provider, image: w.image ?? this.defaultImage(w.provider), resources: w.resources ?? this.config.defaults, size: w.size }] : [],
+      ),
+      {
+        registry: this.registry,
+        createMember: (spec) => this.createWarmMember(spec),
+        deleteMember: (id) => this.deleteInstance(id).then(() => undefined),
+        logger: this.logger,
+      },
+    );
     for (const [type, provider] of Object.entries(deps.providers) as [ProviderType, Provider][]) {
       this.slots.set(type, { provider, state: 'unavailable', reason: 'not initialised yet', lastAttempt: 0 });
     }
@@ -139,6 +194,8 @@ export class SwarmController {
 
   /** Loads the registry, connects every provider (one that fails is reported, not fatal) and reconciles. */
   async initialize(): Promise<{ reconciled: ReconcileReport[]; unavailable: ProviderStatus[] }> {
+    await this.lock?.acquire();
+    await this.access?.initialize();
     const load = await this.registry.load();
     if (load.setAside.length) this.logger.warn({ setAside: load.setAside }, 'some state files were set aside');
     await Promise.all([...this.slots.keys()].map((type) => this.connect(type)));
@@ -148,6 +205,7 @@ export class SwarmController {
     }
     const unavailable = this.providerStatuses().filter((p) => p.state === 'unavailable');
     for (const p of unavailable) this.logger.warn({ provider: p.type, reason: p.reason }, 'provider unavailable');
+    void this.warm.refill();
     return { reconciled, unavailable };
   }
 
@@ -164,8 +222,10 @@ export class SwarmController {
       await this.locks.run(id, async () => {
         const known = this.registry.get(id);
         if (!known) {
+          const warmPool = observed.config.metadata?.[WARM_METADATA_KEY];
           await this.registry.register({
             ...observed,
+            ...(warmPool ? { warmPool } : {}),
             statusReason: `adopted: found on ${type} without a registry record${observed.statusReason ? `; ${observed.statusReason}` : ''}`,
           });
           report.adopted.push(id);
@@ -199,13 +259,13 @@ export class SwarmController {
     return report;
   }
 
-  /** Creates a workspace, or returns the existing one of the same name. */
-  async createInstance(request: CreateRequest, options: OperationOptions = {}): Promise<{ instance: VSCodeInstance; created: boolean }> {
+  /** Creates a workspace (from the warm buffer when one matches), or returns the existing one of the same name. */
+  async createInstance(request: CreateRequest, options: OperationOptions = {}): Promise<CreateResult> {
     const req = parseInput(CreateRequestSchema, request);
     const type = req.providerType ?? this.config.defaultProvider;
     return this.locks.run(`name:${req.name}`, async () => {
-      const existing = this.registry.list().find((i) => i.name === req.name && i.status !== 'deleted');
-      if (existing) return { instance: existing, created: false };
+      const existing = this.registry.list().find((i) => i.name === req.name && !i.warmPool);
+      if (existing) return this.createResult(existing, false, false);
 
       const provider = await this.provider(type);
       const config: InstanceConfig & { image: string } = {
@@ -218,33 +278,57 @@ export class SwarmController {
         ...(req.env ? { env: req.env } : {}),
         ...(req.metadata ? { metadata: req.metadata } : {}),
         ...(req.region ? { region: req.region } : {}),
+        ...(req.idleTimeoutMinutes !== undefined ? { idleTimeoutMinutes: req.idleTimeoutMinutes } : {}),
       };
       checkResources(config.resources, provider.getCapabilities(), type);
-      const id = this.newId(req.name);
-      const at = this.now().toISOString();
-      // Recorded before the provider acts, so a crash mid-create leaves a trace that reconcile settles.
-      await this.registry.register({
-        id, name: req.name, providerType: type, status: 'creating', health: 'unknown', config, providerRef: {}, createdAt: at, updatedAt: at,
+
+      const claimed = req.env || req.region ? undefined : await this.claimWarm(type, config, provider);
+      if (claimed) return this.createResult(claimed, true, true);
+
+      const instance = await this.provision(type, provider, config, this.newId(req.name), options);
+      return this.createResult(instance, true, false);
+    });
+  }
+
+  /** A fresh one-time link to open the instance; `revokeExisting` first invalidates every earlier link and session. */
+  async issueAccessLink(instanceId: string, options: { ttlMinutes?: number; revokeExisting?: boolean } = {}): Promise<AccessLink> {
+    if (!this.access) throw new SwarmError('DISABLED', 'the gateway is turned off in the configuration, so there is no link to open an editor with');
+    if (options.ttlMinutes !== undefined && !(options.ttlMinutes >= 1 && options.ttlMinutes <= 10_080)) {
+      throw invalidInput('ttlMinutes', 'a number of minutes from 1 to 10080', options.ttlMinutes);
+    }
+    this.registry.require(checkId(instanceId));
+    return this.locks.run(instanceId, async () => {
+      let current = this.registry.require(instanceId);
+      if (current.warmPool) throw new SwarmError('CONFLICT', `instance ${instanceId} is an unassigned warm-buffer member; create a workspace to get one`);
+      if (options.revokeExisting) {
+        current = await this.registry.update(instanceId, { accessEpoch: (current.accessEpoch ?? 0) + 1 });
+        this.logger.info({ instanceId, accessEpoch: current.accessEpoch }, 'access revoked; earlier links and sessions no longer work');
+      }
+      return this.access!.link(instanceId, current.accessEpoch ?? 0, options.ttlMinutes);
+    });
+  }
+
+  /** Holds the instance awake for `minutes`, whatever its other activity: for an assistant that will be back. */
+  async keepAlive(instanceId: string, minutes: number, holder?: string): Promise<VSCodeInstance> {
+    if (!(minutes > 0 && minutes <= 1_440)) throw invalidInput('minutes', 'a number of minutes above 0 and at most 1440', minutes);
+    this.registry.require(checkId(instanceId));
+    return this.locks.run(instanceId, async () => {
+      const at = this.now();
+      const until = new Date(at.getTime() + minutes * 60_000).toISOString();
+      this.activity.touch(instanceId, 'lease', at.getTime());
+      const updated = await this.registry.update(instanceId, {
+        lease: { until, ...(holder ? { holder } : {}) },
+        lastActivity: { at: at.toISOString(), source: 'lease' },
       });
-      return this.locks.run(id, async () => {
-        try {
-          const observed = await provider.createInstance(config, { instanceId: id, ...options });
-          const instance = await this.registry.update(id, (current) => this.merge(current, observed));
-          this.logger.info({ instanceId: id, provider: type, endpoint: instance.endpoint?.url }, 'instance created');
-          return { instance, created: true };
-        } catch (err) {
-          await this.registry.remove(id).catch((e) => this.logger.error({ instanceId: id, err: e }, 'could not drop the record of a failed create'));
-          throw asSwarmError(err, 'PROVIDER_ERROR');
-        }
-      });
+      return this.present(updated);
     });
   }
 
   /** The instance, refreshed from its provider when that answers. */
   async getInstance(instanceId: string): Promise<VSCodeInstance> {
     this.registry.require(checkId(instanceId));
-    if (this.locks.isLocked(instanceId)) return this.registry.require(instanceId);
-    return this.locks.run(instanceId, () => this.refresh(instanceId));
+    if (this.locks.isLocked(instanceId)) return this.present(this.registry.require(instanceId));
+    return this.present(await this.locks.run(instanceId, () => this.refresh(instanceId)));
   }
 
   /** Instances matching the filter, refreshed from every provider that answers. */
@@ -262,7 +346,9 @@ export class SwarmController {
       list = list.filter((i) => keep.has(i.id));
     }
     const statuses = f.status === undefined ? undefined : new Set([f.status].flat());
-    return list.filter((i) => (!f.providerType || i.providerType === f.providerType) && (!statuses || statuses.has(i.status)));
+    return list
+      .filter((i) => (f.includeWarm || !i.warmPool) && (!f.providerType || i.providerType === f.providerType) && (!statuses || statuses.has(i.status)))
+      .map((i) => this.present(i));
   }
 
   async startInstance(instanceId: string, options: OperationOptions = {}): Promise<VSCodeInstance> {
@@ -273,16 +359,27 @@ export class SwarmController {
       const observed = exists
         ? await provider.startInstance(instanceId, options)
         : await provider.createInstance(current.config, { instanceId, ...options });
-      return this.registry.update(instanceId, (now) => this.merge(now, observed, exists ? undefined : 're-created: its container had gone missing'));
+      const at = this.now();
+      this.activity.touch(instanceId, 'start', at.getTime());
+      const started = await this.registry.update(instanceId, (now) => ({
+        ...this.merge(now, observed, exists ? undefined : 're-created: its container had gone missing'),
+        lastActivity: { at: at.toISOString(), source: 'start' },
+      }));
+      return this.present(started);
     });
   }
 
-  async stopInstance(instanceId: string, options: { force?: boolean } = {}): Promise<VSCodeInstance> {
+  async stopInstance(instanceId: string, options: StopOptions = {}): Promise<VSCodeInstance> {
     return this.withInstance(instanceId, async (_current, provider) => {
       await this.requireOnProvider(instanceId, provider);
       await this.registry.update(instanceId, { status: 'stopping', statusReason: undefined });
       const observed = await provider.stopInstance(instanceId, options.force ?? false);
-      return this.registry.update(instanceId, (now) => this.merge(now, observed, options.force ? 'stopped by request (forced)' : 'stopped by request'));
+      const reason = options.reason ?? (options.force ? 'stopped by request (forced)' : 'stopped by request');
+      const stopped = await this.registry.update(instanceId, (now) => ({
+        ...this.merge(now, observed, reason),
+        lastStop: { at: this.now().toISOString(), reason, by: options.by ?? 'request' },
+      }));
+      return this.present(stopped);
     });
   }
 
@@ -292,6 +389,7 @@ export class SwarmController {
       await this.registry.update(instanceId, { status: 'deleting', statusReason: undefined });
       await provider.deleteInstance(instanceId, { keepWorkspace: options.keepWorkspace ?? false });
       await this.registry.remove(instanceId);
+      this.activity.forget(instanceId);
       this.logger.info({ instanceId }, 'instance deleted');
       return { instanceId, deleted: true as const, workspaceKept: options.keepWorkspace ?? false };
     });
@@ -300,7 +398,9 @@ export class SwarmController {
   /** Changes image, env, metadata or resources: live where the provider can, else by re-creating around the same workspace. */
   async updateInstance(instanceId: string, patch: InstanceConfigPatch, options: OperationOptions = {}): Promise<VSCodeInstance & { updateMode: UpdateMode }> {
     const p = parseInput(InstanceConfigPatchSchema, patch);
-    if (!p.image && !p.env && !p.metadata && !p.resources) throw invalidInput('patch', 'at least one of image, env, metadata, resources');
+    if (!p.image && !p.env && !p.metadata && !p.resources && p.idleTimeoutMinutes === undefined) {
+      throw invalidInput('patch', 'at least one of image, env, metadata, resources, idleTimeoutMinutes');
+    }
     return this.withInstance(instanceId, async (current, provider) => {
       checkResources({ ...current.config.resources, ...p.resources }, provider.getCapabilities(), current.providerType);
       await this.requireOnProvider(instanceId, provider);
@@ -314,10 +414,11 @@ export class SwarmController {
             ...(p.image ? { image: p.image } : {}),
             ...(p.env ? { env: p.env } : {}),
             ...(p.metadata ? { metadata: p.metadata } : {}),
+            ...(p.idleTimeoutMinutes !== undefined ? { idleTimeoutMinutes: p.idleTimeoutMinutes } : {}),
           },
         };
       });
-      return { ...updated, updateMode: observed.updateMode ?? 'recreate' };
+      return { ...this.present(updated), updateMode: observed.updateMode ?? 'recreate' };
     });
   }
 
@@ -353,7 +454,7 @@ export class SwarmController {
     const byStatus = Object.fromEntries(INSTANCE_STATUSES.map((s) => [s, 0])) as Record<InstanceStatus, number>;
     const byHealth = Object.fromEntries(HEALTH_STATUSES.map((h) => [h, 0])) as Record<HealthStatus, number>;
     const byProvider: SwarmStatus['byProvider'] = {};
-    const instances = this.registry.list();
+    const instances = this.registry.list().filter((i) => !i.warmPool);
     for (const i of instances) {
       byStatus[i.status]++;
       byHealth[i.health]++;
@@ -362,7 +463,18 @@ export class SwarmController {
       p.byStatus[i.status] = (p.byStatus[i.status] ?? 0) + 1;
       p.byHealth[i.health] = (p.byHealth[i.health] ?? 0) + 1;
     }
-    return { total: instances.length, byStatus, byHealth, byProvider, providers: this.providerStatuses(), execEnabled: this.config.exec.enabled, stateDir: this.config.stateDir };
+    return {
+      total: instances.length,
+      byStatus,
+      byHealth,
+      byProvider,
+      providers: this.providerStatuses(),
+      warm: this.warm.status(),
+      ...(this.access ? { gatewayUrlPattern: this.access.urlFor('<id>') } : {}),
+      idleTimeoutMinutes: this.config.idle.timeoutMinutes,
+      execEnabled: this.config.exec.enabled,
+      stateDir: this.config.stateDir,
+    };
   }
 
   providerStatuses(): ProviderStatus[] {
@@ -380,11 +492,117 @@ export class SwarmController {
 
   /** Waits for in-flight writes and releases provider resources. */
   async close(): Promise<void> {
+    this.warm.close();
     await this.registry.flush();
     await Promise.all([...this.slots.values()].map((s) => s.provider.close?.().catch(() => undefined)));
+    await this.lock?.release();
+  }
+
+  /** Records the newest sign of use (from the idle monitor); skipped while an operation holds the instance. */
+  async recordActivity(instanceId: string, sign: { at: number; source: NonNullable<VSCodeInstance['lastActivity']>['source'] }): Promise<void> {
+    if (this.locks.isLocked(instanceId)) return;
+    await this.locks.run(instanceId, async () => {
+      const current = this.registry.get(instanceId);
+      if (!current || current.status !== 'running') return;
+      if (current.lastActivity && Date.parse(current.lastActivity.at) >= sign.at) return;
+      await this.registry.update(instanceId, { lastActivity: { at: new Date(sign.at).toISOString(), source: sign.source } });
+    });
+  }
+
+  /** The idle timeout that applies to an instance, in minutes (0: never). */
+  idleTimeoutOf(instance: VSCodeInstance): number {
+    return instance.config.idleTimeoutMinutes ?? this.config.idle.timeoutMinutes;
   }
 
   // ---- internals ----
+
+  /** Adds what is derived rather than stored: the URL users open. */
+  private present(instance: VSCodeInstance): VSCodeInstance {
+    return this.access ? { ...instance, url: this.access.urlFor(instance.id) } : instance;
+  }
+
+  private createResult(instance: VSCodeInstance, created: boolean, fromWarmPool: boolean): CreateResult {
+    const access = this.access?.link(instance.id, instance.accessEpoch ?? 0);
+    return { instance: this.present(instance), created, fromWarmPool, ...(access ? { access } : {}) };
+  }
+
+  /**
+   * Registers, then asks the provider to create. The record is written before the provider acts, so a
+   * crash mid-create leaves a trace that reconcile settles; a failed create leaves nothing behind.
+   */
+  private async provision(
+    type: ProviderType,
+    provider: Provider,
+    config: InstanceConfig & { image: string },
+    id: string,
+    options: OperationOptions,
+    warmPool?: string,
+  ): Promise<VSCodeInstance> {
+    const at = this.now().toISOString();
+    await this.registry.register({
+      id, name: config.name, providerType: type, status: 'creating', health: 'unknown', config, providerRef: {}, createdAt: at, updatedAt: at,
+      ...(warmPool ? { warmPool } : {}),
+    });
+    return this.locks.run(id, async () => {
+      try {
+        const observed = await provider.createInstance(config, { instanceId: id, ...options });
+        this.activity.touch(id, 'create');
+        const instance = await this.registry.update(id, (current) => ({
+          ...this.merge(current, observed),
+          lastActivity: { at: this.now().toISOString(), source: 'create' },
+        }));
+        this.logger.info({ instanceId: id, provider: type, endpoint: instance.endpoint?.url, warmPool }, warmPool ? 'warm member ready' : 'instance created');
+        return instance;
+      } catch (err) {
+        await this.registry.remove(id).catch((e) => this.logger.error({ instanceId: id, err: e }, 'could not drop the record of a failed create'));
+        throw asSwarmError(err, 'PROVIDER_ERROR');
+      }
+    });
+  }
+
+  private async createWarmMember(spec: WarmSpec): Promise<void> {
+    const provider = await this.provider(spec.provider);
+    const id = `warm-${this.randomId()}${this.randomId()}`;
+    const config = { name: id, image: spec.image, resources: spec.resources, metadata: { [WARM_METADATA_KEY]: spec.key } };
+    await this.provision(spec.provider, provider, config, id, {}, spec.key);
+  }
+
+  /**
+   * Hands a ready warm member to this request: checked alive with its provider, then renamed in the
+   * registry. The container keeps its creation labels; the registry holds the new name and metadata.
+   */
+  private async claimWarm(type: ProviderType, config: InstanceConfig & { image: string }, provider: Provider): Promise<VSCodeInstance | undefined> {
+    for (let member = this.warm.take(type, config.image, config.resources); member; member = this.warm.take(type, config.image, config.resources)) {
+      const id = member.id;
+      try {
+        const claimed = await this.locks.run(id, async () => {
+          const live = await provider.getInstance(id);
+          if (live?.status !== 'running') return undefined;
+          const at = this.now();
+          this.activity.touch(id, 'create', at.getTime());
+          return this.registry.update(id, (now) => ({
+            ...this.merge(now, live),
+            name: config.name,
+            config: { ...now.config, name: config.name, metadata: config.metadata, idleTimeoutMinutes: config.idleTimeoutMinutes },
+            warmPool: undefined,
+            lastActivity: { at: at.toISOString(), source: 'create' },
+          }));
+        });
+        if (claimed) {
+          this.logger.info({ instanceId: id, name: config.name }, 'served from the warm buffer');
+          this.warm.settle(id);
+          return claimed;
+        }
+        this.warm.settle(id); // dead member: the refill drops and replaces it
+        await this.refresh(id).catch(() => undefined);
+      } catch (err) {
+        this.warm.release(id);
+        this.logger.warn({ instanceId: id, err: (err as Error).message }, 'warm claim failed; creating instead');
+        return undefined;
+      }
+    }
+    return undefined;
+  }
 
   private async withInstance<T>(instanceId: string, task: (current: VSCodeInstance, provider: Provider) => Promise<T>): Promise<T> {
     this.registry.require(checkId(instanceId));

@@ -10,9 +10,11 @@ import type { ToolContext } from './tool-support.js';
 import { registerCreateSwarmInstanceTool } from './tools/create-swarm-instance.js';
 import { registerDeleteSwarmInstanceTool } from './tools/delete-swarm-instance.js';
 import { registerExecuteCommandTool } from './tools/execute-command.js';
+import { registerGetInstanceAccessLinkTool } from './tools/get-instance-access-link.js';
 import { registerGetInstanceLogsTool } from './tools/get-instance-logs.js';
 import { registerGetSwarmInstanceTool } from './tools/get-swarm-instance.js';
 import { registerGetSwarmStatusTool } from './tools/get-swarm-status.js';
+import { registerKeepInstanceAliveTool } from './tools/keep-instance-alive.js';
 import { registerListSwarmInstancesTool } from './tools/list-swarm-instances.js';
 import { registerStartSwarmInstanceTool } from './tools/start-swarm-instance.js';
 import { registerStopSwarmInstanceTool } from './tools/stop-swarm-instance.js';
@@ -34,7 +36,7 @@ export function createMcpServer(deps: McpServerDeps): { server: McpServer; close
     {
       capabilities: { logging: {} },
       instructions:
-        'Manages VS Code (code-server) workspaces on demand. Create one with create_swarm_instance (names are unique; asking twice returns the same workspace), inspect with get_swarm_instance or list_swarm_instances, and stop workspaces you no longer use.',
+        'Manages VS Code (code-server) workspaces on demand. Create one with create_swarm_instance (names are unique; asking twice returns the same workspace) and give the person its access.accessUrl; get_instance_access_link issues a new link. Workspaces stop after their idle timeout: use keep_instance_alive while you work elsewhere and will be back.',
     },
   );
   const ctx: ToolContext = { controller, logger };
@@ -50,6 +52,8 @@ export function createMcpServer(deps: McpServerDeps): { server: McpServer; close
   registerGetSwarmStatusTool(server, ctx);
   registerGetInstanceLogsTool(server, ctx);
   registerExecuteCommandTool(server, ctx, execEnabled);
+  registerGetInstanceAccessLinkTool(server, ctx);
+  registerKeepInstanceAliveTool(server, ctx);
 
   server.registerResource(
     'swarm-status',

@@ -19,6 +19,12 @@ export interface ToolContext {
 
 export const InstanceOutputSchema = VSCodeInstanceSchema;
 
+export const AccessLinkSchema = z.object({
+  url: z.string().describe('The workspace address, without credentials'),
+  accessUrl: z.string().describe('Opens the editor: a one-time link that signs the browser in'),
+  expiresAt: z.string(),
+});
+
 export const instanceIdInput = z.string().describe('The instance id, as returned by create_swarm_instance or list_swarm_instances');
 
 /** A progress callback that sends MCP progress notifications when the caller asked for them. */
@@ -58,7 +64,7 @@ export async function runTool<T extends Record<string, unknown>>(
 
 /** One line a person can read about an instance. */
 export function describeInstance(i: VSCodeInstance): string {
-  const where = i.endpoint ? ` at ${i.endpoint.url}` : '';
+  const where = i.url ? ` at ${i.url}` : i.endpoint ? ` at ${i.endpoint.url}` : '';
   const why = i.statusReason ? ` (${i.statusReason})` : '';
   return `${i.name} [${i.id}] on ${i.providerType}: ${i.status}${why}${where}; ${i.config.resources.cpu} CPU, ${i.config.resources.memoryMb} MiB, image ${i.config.image}`;
 }

@@ -16,3 +16,21 @@ export async function httpStatus(url: string, timeoutMs = 500): Promise<number> 
     clearTimeout(timer);
   }
 }
+
+/** GET and parse JSON, or undefined when nothing usable answered in time. */
+export async function httpGetJson<T>(url: string, timeoutMs = 500): Promise<T | undefined> {
+  const abort = new AbortController();
+  const timer = setTimeout(() => abort.abort(), timeoutMs);
+  try {
+    const res = await fetch(url, { signal: abort.signal, redirect: 'manual' });
+    if (res.status !== 200) {
+      await res.body?.cancel();
+      return undefined;
+    }
+    return (await res.json()) as T;
+  } catch {
+    return undefined;
+  } finally {
+    clearTimeout(timer);
+  }
+}

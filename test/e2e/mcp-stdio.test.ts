@@ -12,8 +12,9 @@ import { callTool, errorText, launchFromMcpJson, type LaunchedServer } from '../
 
 const PREFIX = 'e2e-mcp';
 const TOOLS = [
-  'create_swarm_instance', 'delete_swarm_instance', 'execute_command', 'get_instance_logs', 'get_swarm_instance',
-  'get_swarm_status', 'list_swarm_instances', 'start_swarm_instance', 'stop_swarm_instance', 'update_swarm_instance',
+  'create_swarm_instance', 'delete_swarm_instance', 'execute_command', 'get_instance_access_link', 'get_instance_logs',
+  'get_swarm_instance', 'get_swarm_status', 'keep_instance_alive', 'list_swarm_instances', 'start_swarm_instance',
+  'stop_swarm_instance', 'update_swarm_instance',
 ];
 
 describe('MCP server over stdio, launched from mcp.json', () => {

@@ -24,6 +24,7 @@ export function testConfig(stateDir: string, extra: SwarmConfigInput = {}): Swar
     stateDir,
     logLevel: 'silent',
     ...extra,
+    gateway: { port: 0, ...extra.gateway },
     providers: { docker: { image: TEST_IMAGE, pullImages: false, stopTimeoutSeconds: 2, ...extra.providers?.docker } },
   });
 }

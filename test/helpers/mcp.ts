@@ -45,6 +45,7 @@ export async function launchFromMcpJson(env: Record<string, string>): Promise<La
       ...entry.env,
       VSCODE_SWARM_DOCKER_IMAGE: TEST_IMAGE,
       VSCODE_SWARM_DOCKER_PULL: '0',
+      VSCODE_SWARM_GATEWAY_PORT: '0',
       ...env,
     },
     stderr: 'pipe',

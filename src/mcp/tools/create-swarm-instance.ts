@@ -1,7 +1,7 @@
 import type { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
 import { z } from 'zod';
 import { CreateRequestSchema } from '../../controller/swarm-controller.js';
-import { InstanceOutputSchema, describeInstance, progressFor, runTool, type ToolContext } from '../tool-support.js';
+import { AccessLinkSchema, InstanceOutputSchema, describeInstance, progressFor, runTool, type ToolContext } from '../tool-support.js';
 
 export function registerCreateSwarmInstanceTool(server: McpServer, ctx: ToolContext): void {
   server.registerTool(
@@ -9,16 +9,18 @@ export function registerCreateSwarmInstanceTool(server: McpServer, ctx: ToolCont
     {
       title: 'Create a workspace',
       description:
-        'Creates a VS Code (code-server) workspace and waits until the editor answers. Names are unique: asking again for an existing name returns that workspace (created: false) instead of a second one. Resources default from the configuration; cpu is in cores, memoryMb in MiB.',
+        'Creates a VS Code (code-server) workspace and waits until the editor answers; served in milliseconds from the warm buffer when one matches. Names are unique: asking again for an existing name returns that workspace (created: false) instead of a second one. Resources default from the configuration; cpu is in cores, memoryMb in MiB. The result has access.accessUrl: a one-time link that opens the editor in a browser. It stops after idleTimeoutMinutes without use.',
       inputSchema: CreateRequestSchema.shape,
-      outputSchema: { instance: InstanceOutputSchema, created: z.boolean() },
+      outputSchema: { instance: InstanceOutputSchema, created: z.boolean(), fromWarmPool: z.boolean(), access: AccessLinkSchema.optional() },
       annotations: { readOnlyHint: false, destructiveHint: false, idempotentHint: true, openWorldHint: false },
     },
     (args, extra) =>
       runTool(ctx, 'create_swarm_instance', async () => {
         const onProgress = progressFor(extra);
-        const { instance, created } = await ctx.controller.createInstance(args, { ...(onProgress ? { onProgress } : {}), signal: extra.signal });
-        return { text: `${created ? 'Created' : 'Already exists'}: ${describeInstance(instance)}`, structured: { instance, created } };
+        const result = await ctx.controller.createInstance(args, { ...(onProgress ? { onProgress } : {}), signal: extra.signal });
+        const verb = result.created ? (result.fromWarmPool ? 'Created (from the warm buffer)' : 'Created') : 'Already exists';
+        const open = result.access ? `\nOpen it: ${result.access.accessUrl} (one-time link, valid until ${result.access.expiresAt})` : '';
+        return { text: `${verb}: ${describeInstance(result.instance)}${open}`, structured: { ...result } };
       }),
   );
 }

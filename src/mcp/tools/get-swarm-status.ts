@@ -18,6 +18,19 @@ export const SwarmStatusOutputSchema = {
       capabilities: ProviderCapabilitiesSchema.optional(),
     }),
   ),
+  warm: z.array(
+    z.object({
+      key: z.string(),
+      provider: z.string(),
+      image: z.string(),
+      resources: z.object({ cpu: z.number(), memoryMb: z.number() }),
+      size: z.number().int(),
+      ready: z.number().int(),
+      warming: z.number().int(),
+    }),
+  ),
+  gatewayUrlPattern: z.string().optional(),
+  idleTimeoutMinutes: z.number(),
   execEnabled: z.boolean(),
   stateDir: z.string(),
 };
@@ -37,7 +50,8 @@ export function registerGetSwarmStatusTool(server: McpServer, ctx: ToolContext):
         const status = ctx.controller.getSwarmStatus();
         const providers = status.providers.map((p) => `${p.type}: ${p.state}${p.reason ? ` (${p.reason})` : ''}`).join('; ');
         const states = Object.entries(status.byStatus).filter(([, n]) => n > 0).map(([s, n]) => `${n} ${s}`).join(', ');
-        return { text: `${status.total} workspace(s)${states ? `: ${states}` : ''}. Providers: ${providers}.`, structured: { ...status } };
+        const warm = status.warm.map((w) => `${w.ready}/${w.size} ready for ${w.image} (${w.resources.cpu} CPU, ${w.resources.memoryMb} MiB)`).join('; ');
+        return { text: `${status.total} workspace(s)${states ? `: ${states}` : ''}. Providers: ${providers}.${warm ? ` Warm buffer: ${warm}.` : ''}`, structured: { ...status } };
       }),
   );
 }

@@ -1,0 +1,81 @@
+/**
+ * Where users open an instance and the tokens that let them in: `<scheme>://<id>.<baseDomain>:<port>/`.
+ * The controller issues links with it; the gateway checks what comes back with the same keys.
+ */
+import type { GatewayConfig } from '../config.js';
+import { AccessTokens, SpentLinks, loadOrCreateSecret, type TokenClaims } from './access-tokens.js';
+
+export const TOKEN_PARAM = 'swarm_token';
+export const SESSION_COOKIE = 'swarm_session';
+
+export interface AccessLink {
+  /** The instance's address, no credentials. */
+  url: string;
+  /** The address with a one-time token; opening it sets the session cookie. */
+  accessUrl: string;
+  expiresAt: string;
+}
+
+export class AccessLinks {
+  private tokens?: AccessTokens;
+  readonly spent: SpentLinks;
+  /** The port users connect to; the gateway sets it once it listens. */
+  port: number;
+
+  constructor(
+    private readonly config: GatewayConfig,
+    private readonly stateDir: string,
+    private readonly now: () => number = Date.now,
+  ) {
+    this.port = config.publicPort ?? config.port;
+    this.spent = new SpentLinks(stateDir, now);
+  }
+
+  async initialize(): Promise<void> {
+    this.tokens ??= new AccessTokens(await loadOrCreateSecret(this.stateDir, this.config.secret), this.now);
+  }
+
+  urlFor(instanceId: string): string {
+    const port = (this.config.scheme === 'https' && this.port === 443) || (this.config.scheme === 'http' && this.port === 80) ? '' : `:${this.port}`;
+    return `${this.config.scheme}://${instanceId}.${this.config.baseDomain}${port}/`;
+  }
+
+  /** The instance id named by a Host header, or undefined when it names none. */
+  instanceIdFromHost(host: string | undefined): string | undefined {
+    if (!host) return undefined;
+    const name = host.replace(/:\d+$/, '').toLowerCase();
+    const suffix = `.${this.config.baseDomain}`;
+    if (!name.endsWith(suffix)) return undefined;
+    const id = name.slice(0, -suffix.length);
+    return /^[a-z0-9][a-z0-9-]{0,62}$/.test(id) ? id : undefined;
+  }
+
+  link(instanceId: string, epoch: number, ttlMinutes?: number): AccessLink {
+    const ttlMs = (ttlMinutes ?? this.config.linkTtlMinutes) * 60_000;
+    const { token, claims } = this.require().issue('link', instanceId, epoch, ttlMs);
+    const url = this.urlFor(instanceId);
+    return { url, accessUrl: `${url}?${TOKEN_PARAM}=${token}`, expiresAt: new Date(claims.expiresAt).toISOString() };
+  }
+
+  session(instanceId: string, epoch: number): { token: string; maxAgeSeconds: number } {
+    const ttlMs = this.config.sessionTtlHours * 3_600_000;
+    return { token: this.require().issue('session', instanceId, epoch, ttlMs).token, maxAgeSeconds: Math.floor(ttlMs / 1000) };
+  }
+
+  verify(token: string | undefined, kind: 'link' | 'session'): ReturnType<AccessTokens['verify']> {
+    return this.require().verify(token, kind);
+  }
+
+  spend(claims: TokenClaims): Promise<boolean> {
+    return this.spent.spend(claims);
+  }
+
+  get secureCookies(): boolean {
+    return this.config.scheme === 'https';
+  }
+
+  private require(): AccessTokens {
+    if (!this.tokens) throw new Error('AccessLinks used before initialize()');
+    return this.tokens;
+  }
+}

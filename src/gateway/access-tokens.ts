@@ -1,0 +1,138 @@
+/**
+ * Access tokens for the gateway: HMAC-SHA256 signed, expiring, bound to one instance and to that
+ * instance's access epoch (bumping the epoch revokes every token and session issued before).
+ *
+ * Two kinds share one format, `v1.<payload>.<signature>` (base64url):
+ *   - a link token travels in the URL the controller hands out and is good for one exchange;
+ *   - a session token lives in an HttpOnly cookie scoped to the instance's host name.
+ * The kind is inside the signed payload, so one can never stand in for the other.
+ */
+import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
+import { promises as fs } from 'node:fs';
+import path from 'node:path';
+import { SwarmError } from '../errors.js';
+import { writeFileAtomic } from '../state/atomic-file.js';
+
+export type TokenKind = 'link' | 'session';
+
+export interface TokenClaims {
+  kind: TokenKind;
+  instanceId: string;
+  epoch: number;
+  /** Expiry, ms since the epoch. */
+  expiresAt: number;
+  /** Unique id; link tokens are spent by it. */
+  jti: string;
+}
+
+export type VerifyResult = { ok: true; claims: TokenClaims } | { ok: false; reason: 'malformed' | 'bad-signature' | 'expired' | 'wrong-kind' };
+
+const VERSION = 'v1';
+/** Far beyond any real token; longer input is refused before any work. */
+export const MAX_TOKEN_LENGTH = 512;
+
+export class AccessTokens {
+  constructor(
+    private readonly secret: Buffer,
+    private readonly now: () => number = Date.now,
+  ) {
+    if (secret.length < 32) throw new SwarmError('INVALID_INPUT', 'gateway secret: expected at least 32 bytes');
+  }
+
+  issue(kind: TokenKind, instanceId: string, epoch: number, ttlMs: number): { token: string; claims: TokenClaims } {
+    const claims: TokenClaims = { kind, instanceId, epoch, expiresAt: this.now() + ttlMs, jti: randomBytes(12).toString('base64url') };
+    const payload = Buffer.from(JSON.stringify({ k: kind, i: instanceId, e: epoch, x: claims.expiresAt, j: claims.jti })).toString('base64url');
+    return { token: `${VERSION}.${payload}.${this.sign(payload)}`, claims };
+  }
+
+  /** Checks format, signature, kind and expiry; the caller checks instance, epoch and (for links) reuse. */
+  verify(token: string | undefined, kind: TokenKind): VerifyResult {
+    if (!token || token.length > MAX_TOKEN_LENGTH) return { ok: false, reason: 'malformed' };
+    const parts = token.split('.');
+    if (parts.length !== 3 || parts[0] !== VERSION || !parts[1] || !parts[2]) return { ok: false, reason: 'malformed' };
+    const expected = Buffer.from(this.sign(parts[1]));
+    const given = Buffer.from(parts[2]);
+    if (given.length !== expected.length || !timingSafeEqual(given, expected)) return { ok: false, reason: 'bad-signature' };
+    let raw: { k?: unknown; i?: unknown; e?: unknown; x?: unknown; j?: unknown };
+    try {
+      raw = JSON.parse(Buffer.from(parts[1], 'base64url').toString('utf8'));
+    } catch {
+      return { ok: false, reason: 'malformed' };
+    }
+    if (typeof raw.i !== 'string' || typeof raw.e !== 'number' || typeof raw.x !== 'number' || typeof raw.j !== 'string') {
+      return { ok: false, reason: 'malformed' };
+    }
+    if (raw.k !== kind) return { ok: false, reason: 'wrong-kind' };
+    if (raw.x <= this.now()) return { ok: false, reason: 'expired' };
+    return { ok: true, claims: { kind, instanceId: raw.i, epoch: raw.e, expiresAt: raw.x, jti: raw.j } };
+  }
+
+  private sign(payload: string): string {
+    return createHmac('sha256', this.secret).update(`${VERSION}.${payload}`).digest('base64url');
+  }
+}
+
+/** The signing key: from configuration, else `<stateDir>/gateway/secret.key` (created once, mode 0600). */
+export async function loadOrCreateSecret(stateDir: string, configured?: string): Promise<Buffer> {
+  if (configured) return Buffer.from(configured, 'utf8');
+  const file = path.join(stateDir, 'gateway', 'secret.key');
+  try {
+    const existing = Buffer.from((await fs.readFile(file, 'utf8')).trim(), 'base64url');
+    if (existing.length >= 32) return existing;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+  }
+  await fs.mkdir(path.dirname(file), { recursive: true, mode: 0o700 });
+  const secret = randomBytes(32);
+  await writeFileAtomic(file, secret.toString('base64url'));
+  return secret;
+}
+
+/**
+ * Link tokens already exchanged, until they expire: a link works once, so a leaked URL (history,
+ * screenshots, logs) does not open the editor again. Persisted so a restart does not re-arm them.
+ */
+export class SpentLinks {
+  private readonly spent = new Map<string, number>();
+  private readonly file: string;
+  private loaded = false;
+  private writing: Promise<void> = Promise.resolve();
+
+  constructor(
+    stateDir: string,
+    private readonly now: () => number = Date.now,
+  ) {
+    this.file = path.join(stateDir, 'gateway', 'spent-links.json');
+  }
+
+  /** Marks a link spent; false when it already was. */
+  async spend(claims: TokenClaims): Promise<boolean> {
+    await this.load();
+    this.prune();
+    if (this.spent.has(claims.jti)) return false;
+    this.spent.set(claims.jti, claims.expiresAt);
+    const snapshot = JSON.stringify(Object.fromEntries(this.spent));
+    this.writing = this.writing.then(async () => {
+      await fs.mkdir(path.dirname(this.file), { recursive: true, mode: 0o700 });
+      await writeFileAtomic(this.file, snapshot);
+    });
+    await this.writing;
+    return true;
+  }
+
+  private async load(): Promise<void> {
+    if (this.loaded) return;
+    this.loaded = true;
+    try {
+      const raw = JSON.parse(await fs.readFile(this.file, 'utf8')) as Record<string, number>;
+      for (const [jti, exp] of Object.entries(raw)) if (typeof exp === 'number') this.spent.set(jti, exp);
+    } catch {
+      // missing or unreadable: start empty; links still expire on their own
+    }
+  }
+
+  private prune(): void {
+    const now = this.now();
+    for (const [jti, exp] of this.spent) if (exp <= now) this.spent.delete(jti);
+  }
+}

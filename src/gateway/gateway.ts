@@ -1,0 +1,278 @@
+/**
+ * The gateway: the only way a person reaches an editor. It routes by host name (`<id>.<baseDomain>`),
+ * admits a request with a one-time link token (exchanged for an HttpOnly session cookie scoped to that
+ * host) or with that cookie, and proxies HTTP and WebSockets to the instance's endpoint. Its own
+ * credentials are never forwarded. Failed authentication is rate-limited per client address.
+ *
+ * Order of checks, so that nothing leaks before authentication: host → credentials → instance state.
+ * A host that names no valid id is 404 at once; an id that parses but has no instance is 404 only
+ * after a validly signed credential for it was shown.
+ */
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import type { Duplex } from 'node:stream';
+import httpProxy from 'http-proxy';
+import type { VSCodeInstance } from '../../providers/provider.js';
+import type { ActivityTracker } from '../activity/activity-tracker.js';
+import type { GatewayConfig } from '../config.js';
+import type { SwarmController } from '../controller/swarm-controller.js';
+import { asSwarmError } from '../errors.js';
+import { silentLogger, type Logger } from '../logger.js';
+import { SESSION_COOKIE, TOKEN_PARAM, type AccessLinks } from './access-links.js';
+import { FailureLimiter } from './failure-limiter.js';
+import { page } from './pages.js';
+
+export interface GatewayDeps {
+  controller: SwarmController;
+  access: AccessLinks;
+  activity: ActivityTracker;
+  config: GatewayConfig;
+  logger?: Logger;
+  now?: () => number;
+}
+
+/** Headers beyond this size are refused (431) by the HTTP parser before any of our code runs. */
+export const MAX_HEADER_BYTES = 16 * 1024;
+
+type Denial = { status: 400 | 401 | 403 | 404 | 410; title: string; message: string; counts: boolean };
+type Admission =
+  | { ok: true; instance: Readonly<VSCodeInstance>; setCookie?: string; redirectTo?: string }
+  | { ok: false; denial: Denial };
+
+const STARTABLE = new Set(['stopped', 'failed', 'creating', 'starting', 'stopping', 'unknown']);
+
+export class Gateway {
+  private readonly server: http.Server;
+  private readonly proxy: httpProxy;
+  private readonly limiter: FailureLimiter;
+  private readonly logger: Logger;
+  private readonly sockets = new Set<Duplex>();
+
+  constructor(private readonly deps: GatewayDeps) {
+    this.logger = (deps.logger ?? silentLogger()).child({ component: 'gateway' });
+    this.limiter = new FailureLimiter(deps.config.maxFailuresPerMinute, deps.now);
+    this.proxy = httpProxy.createProxyServer({ xfwd: true, ws: true, changeOrigin: false });
+    this.proxy.on('error', (err, _req, target) => {
+      this.logger.warn({ err: err.message }, 'editor did not answer');
+      if (target instanceof http.ServerResponse) {
+        if (!target.headersSent) this.send(target, 502, 'Editor not answering', 'The workspace is running but its editor did not answer. Try again in a moment.');
+        else target.destroy();
+      } else {
+        (target as Duplex | undefined)?.destroy();
+      }
+    });
+    this.server = http.createServer({ maxHeaderSize: MAX_HEADER_BYTES, headersTimeout: 30_000, requestTimeout: 0 }, (req, res) => {
+      this.onRequest(req, res).catch((err) => {
+        this.logger.error({ err: asSwarmError(err).message }, 'gateway request failed');
+        if (!res.headersSent) this.send(res, 500, 'Gateway error', 'Something went wrong in the gateway.');
+        else res.destroy();
+      });
+    });
+    this.server.on('upgrade', (req, socket, head) => {
+      socket.on('error', () => undefined);
+      this.onUpgrade(req, socket, head).catch(() => socket.destroy());
+    });
+    this.server.on('clientError', (err: NodeJS.ErrnoException, socket) => {
+      const status = err.code === 'HPE_HEADER_OVERFLOW' ? '431 Request Header Fields Too Large' : '400 Bad Request';
+      if (socket.writable) socket.end(`HTTP/1.1 ${status}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`);
+      else socket.destroy();
+    });
+    this.server.on('connection', (socket) => {
+      this.sockets.add(socket);
+      socket.on('close', () => this.sockets.delete(socket));
+    });
+  }
+
+  /** Starts listening; the handed-out URLs follow the actual port unless a public port is configured. */
+  async listen(): Promise<{ host: string; port: number }> {
+    await new Promise<void>((resolve, reject) => {
+      this.server.once('error', reject);
+      this.server.listen(this.deps.config.port, this.deps.config.host, () => {
+        this.server.off('error', reject);
+        resolve();
+      });
+    });
+    const { port } = this.server.address() as AddressInfo;
+    if (this.deps.config.publicPort === undefined) this.deps.access.port = port;
+    this.logger.info({ host: this.deps.config.host, port, urls: this.deps.access.urlFor('<id>') }, 'gateway listening');
+    return { host: this.deps.config.host, port };
+  }
+
+  async close(): Promise<void> {
+    for (const socket of this.sockets) socket.destroy();
+    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+    this.proxy.close();
+  }
+
+  private async onRequest(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+    const client = req.socket.remoteAddress ?? 'unknown';
+    const wait = this.limiter.retryAfter(client);
+    if (wait) {
+      res.setHeader('Retry-After', String(wait));
+      return this.send(res, 429, 'Too many attempts', `Too many failed sign-ins from this address. Try again in ${wait} s.`);
+    }
+    const admission = await this.admit(req, true);
+    if (!admission.ok) return this.deny(res, client, admission.denial);
+    if (admission.setCookie) res.setHeader('Set-Cookie', admission.setCookie);
+    if (admission.redirectTo) {
+      res.setHeader('Location', admission.redirectTo);
+      res.setHeader('Cache-Control', 'no-store');
+      res.setHeader('Referrer-Policy', 'no-referrer');
+      return this.send(res, 302, 'Signed in', 'Continue to your workspace.');
+    }
+
+    const instance = await this.ensureRunning(admission.instance, res);
+    if (!instance) return;
+    this.deps.activity.touch(instance.id, 'gateway');
+    stripOwnCredentials(req);
+    this.proxy.web(req, res, { target: instance.endpoint!.url });
+  }
+
+  private async onUpgrade(req: http.IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
+    const client = req.socket.remoteAddress ?? 'unknown';
+    const refuse = (status: string): void => {
+      if (socket.writable) socket.end(`HTTP/1.1 ${status}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`);
+      else socket.destroy();
+    };
+    if (this.limiter.retryAfter(client)) return refuse('429 Too Many Requests');
+    const admission = await this.admit(req, false);
+    if (!admission.ok) {
+      if (admission.denial.counts) this.limiter.fail(client);
+      return refuse(`${admission.denial.status} ${http.STATUS_CODES[admission.denial.status]}`);
+    }
+    const instance = admission.instance;
+    if (instance.status !== 'running' || !instance.endpoint) return refuse('503 Service Unavailable');
+    const id = instance.id;
+    this.deps.activity.touch(id, 'gateway');
+    socket.on('data', () => this.deps.activity.touch(id, 'gateway'));
+    stripOwnCredentials(req);
+    this.proxy.ws(req, socket, head, { target: instance.endpoint.url });
+  }
+
+  /** Decides whether a request may reach an instance, and with which cookie or redirect. */
+  private async admit(req: http.IncomingMessage, allowLink: boolean): Promise<Admission> {
+    const { access, controller } = this.deps;
+    if (!req.url?.startsWith('/')) return deny(400, 'Bad request', 'The request target must be a path.', false);
+    const id = access.instanceIdFromHost(req.headers.host);
+    if (!id) return deny(404, 'No such workspace', 'This address names no workspace.', false);
+    const url = new URL(req.url, 'http://gateway.invalid');
+    const links = url.searchParams.getAll(TOKEN_PARAM);
+    if (links.length > 1) return deny(400, 'Bad request', 'More than one access token was given.', true);
+    if (links.length === 1 && !allowLink) return deny(401, 'Sign-in required', 'Access links are not accepted on WebSocket connections.', true);
+
+    const session = this.checkSession(id, readCookie(req.headers.cookie, SESSION_COOKIE));
+    if (links.length === 0) return session;
+
+    url.searchParams.delete(TOKEN_PARAM);
+    const cleanPath = `/${url.pathname.replace(/^\/+/, '')}${url.search}`; // never a protocol-relative "//host" redirect
+    const verified = access.verify(links[0], 'link');
+    if (!verified.ok) {
+      // A stale link in a browser that is already signed in just drops the link.
+      if (session.ok) return { ...session, redirectTo: cleanPath };
+      return deny(401, 'Sign-in link not valid', linkMessage(verified.reason), true);
+    }
+    const { claims } = verified;
+    if (claims.instanceId !== id) return deny(403, 'Wrong workspace', 'This access link is for another workspace.', true);
+    const instance = controller.registry.get(id);
+    if (!instance || instance.warmPool) return deny(404, 'No such workspace', 'This workspace no longer exists.', false);
+    if (claims.epoch !== (instance.accessEpoch ?? 0)) return deny(401, 'Sign-in link revoked', 'Access to this workspace was revoked. Ask for a new link.', true);
+    if (!(await access.spend(claims))) {
+      if (session.ok) return { ...session, redirectTo: cleanPath };
+      return deny(401, 'Sign-in link already used', 'This link has already been used. Ask for a new link (get_instance_access_link).', true);
+    }
+    const cookie = access.session(id, claims.epoch);
+    const setCookie = `${SESSION_COOKIE}=${cookie.token}; Path=/; HttpOnly; SameSite=Lax; Max-Age=${cookie.maxAgeSeconds}${access.secureCookies ? '; Secure' : ''}`;
+    this.logger.info({ instanceId: id }, 'access link exchanged for a session');
+    return { ok: true, instance, setCookie, redirectTo: cleanPath };
+  }
+
+  private checkSession(id: string, token: string | undefined): Admission {
+    if (!token) return deny(401, 'Sign-in required', 'Open this workspace with the link vscode-swarm gave you; get_instance_access_link issues a new one.', true);
+    const verified = this.deps.access.verify(token, 'session');
+    if (!verified.ok) return deny(401, 'Session not valid', 'Your session has expired or is not valid. Ask for a new link.', true);
+    if (verified.claims.instanceId !== id) return deny(403, 'Wrong workspace', 'This session is for another workspace.', true);
+    const instance = this.deps.controller.registry.get(id);
+    if (!instance || instance.warmPool) return deny(404, 'No such workspace', 'This workspace no longer exists.', false);
+    if (verified.claims.epoch !== (instance.accessEpoch ?? 0)) return deny(401, 'Session revoked', 'Access to this workspace was revoked. Ask for a new link.', true);
+    return { ok: true, instance };
+  }
+
+  /** The instance, running; starts it first when allowed, else answers with a page and returns undefined. */
+  private async ensureRunning(instance: Readonly<VSCodeInstance>, res: http.ServerResponse): Promise<Readonly<VSCodeInstance> | undefined> {
+    if (instance.status === 'running' && instance.endpoint) return instance;
+    if (!STARTABLE.has(instance.status)) {
+      this.send(res, 410, 'Workspace unavailable', `This workspace is ${instance.status}.`);
+      return undefined;
+    }
+    if (!this.deps.config.autoStart) {
+      res.setHeader('Retry-After', '5');
+      this.send(res, 503, 'Workspace stopped', `This workspace is ${instance.status}${instance.lastStop ? ` (${instance.lastStop.reason})` : ''}. Start it with start_swarm_instance.`);
+      return undefined;
+    }
+    this.logger.info({ instanceId: instance.id, status: instance.status }, 'starting a workspace for a visitor');
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      const started = await Promise.race([
+        this.deps.controller.startInstance(instance.id),
+        new Promise<never>((_, reject) => {
+          timer = setTimeout(() => reject(new Error('timed out')), this.deps.config.startTimeoutMs);
+        }),
+      ]);
+      if (started.status === 'running' && started.endpoint) return started;
+      throw new Error(`it is ${started.status}`);
+    } catch (err) {
+      res.setHeader('Retry-After', '5');
+      this.send(res, 503, 'Workspace starting', `This workspace could not be started yet (${asSwarmError(err).message}). This page retries by itself.`, 5);
+      return undefined;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  private deny(res: http.ServerResponse, client: string, denial: Denial): void {
+    if (denial.counts) this.limiter.fail(client);
+    this.send(res, denial.status, denial.title, denial.message);
+  }
+
+  private send(res: http.ServerResponse, status: number, title: string, message: string, refreshSeconds?: number): void {
+    const body = page(title, message, refreshSeconds ? { refreshSeconds } : {});
+    res.writeHead(status, {
+      'Content-Type': 'text/html; charset=utf-8',
+      'Content-Length': Buffer.byteLength(body),
+      'Cache-Control': 'no-store',
+      'X-Content-Type-Options': 'nosniff',
+    });
+    res.end(body);
+  }
+}
+
+function deny(status: Denial['status'], title: string, message: string, counts: boolean): Admission {
+  return { ok: false, denial: { status, title, message, counts } };
+}
+
+function linkMessage(reason: 'malformed' | 'bad-signature' | 'expired' | 'wrong-kind'): string {
+  if (reason === 'expired') return 'This access link has expired. Ask for a new link (get_instance_access_link).';
+  return 'This access link is not valid. Ask for a new link (get_instance_access_link).';
+}
+
+export function readCookie(header: string | undefined, name: string): string | undefined {
+  if (!header) return undefined;
+  for (const part of header.split(';')) {
+    const eq = part.indexOf('=');
+    if (eq > 0 && part.slice(0, eq).trim() === name) return part.slice(eq + 1).trim();
+  }
+  return undefined;
+}
+
+/** Our session cookie is for the gateway alone; the editor never sees it. */
+function stripOwnCredentials(req: http.IncomingMessage): void {
+  const cookie = req.headers.cookie;
+  if (!cookie) return;
+  const kept = cookie
+    .split(';')
+    .filter((part) => part.slice(0, part.indexOf('=')).trim() !== SESSION_COOKIE)
+    .join(';')
+    .trim();
+  if (kept) req.headers.cookie = kept;
+  else delete req.headers.cookie;
+}

@@ -1,0 +1,97 @@
+/**
+ * MCP over Streamable HTTP, stateless: each POST gets a fresh server and transport over the one
+ * controller, so nothing is kept between requests. Guarded by a bearer token (generated into
+ * `<stateDir>/mcp-http.token`, mode 0600) because anyone who can call these tools can start containers.
+ */
+import { StreamableHTTPServerTransport } from '@modelcontextprotocol/sdk/server/streamableHttp.js';
+import { randomBytes, timingSafeEqual } from 'node:crypto';
+import { promises as fs } from 'node:fs';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import path from 'node:path';
+import type { SwarmController } from '../controller/swarm-controller.js';
+import { silentLogger, type Logger } from '../logger.js';
+import { writeFileAtomic } from '../state/atomic-file.js';
+import { createMcpServer } from './server.js';
+
+export interface McpHttpOptions {
+  controller: SwarmController;
+  host: string;
+  port: number;
+  stateDir: string;
+  logger?: Logger;
+}
+
+const MAX_BODY_BYTES = 4 * 1024 * 1024;
+
+export async function startMcpHttp(options: McpHttpOptions): Promise<{ url: string; token: string; close: () => Promise<void> }> {
+  const logger = (options.logger ?? silentLogger()).child({ component: 'mcp-http' });
+  const token = await loadOrCreateToken(options.stateDir);
+  const expected = Buffer.from(`Bearer ${token}`);
+  const server = http.createServer((req, res) => {
+    void (async () => {
+      const url = new URL(req.url ?? '/', 'http://mcp.invalid');
+      if (url.pathname !== '/mcp') return reply(res, 404, 'not found: the MCP endpoint is /mcp');
+      const given = Buffer.from(req.headers.authorization ?? '');
+      if (given.length !== expected.length || !timingSafeEqual(given, expected)) return reply(res, 401, 'missing or wrong bearer token');
+      if (req.method !== 'POST') return reply(res, 405, 'stateless server: POST only');
+      const body = await readJson(req);
+      if (body === undefined) return reply(res, 400, 'body: expected JSON of at most 4 MiB');
+      const { server: mcp } = createMcpServer({ controller: options.controller, logger });
+      const transport = new StreamableHTTPServerTransport({ sessionIdGenerator: undefined });
+      res.on('close', () => {
+        void transport.close();
+        void mcp.close();
+      });
+      await mcp.connect(transport);
+      await transport.handleRequest(req, res, body);
+    })().catch((err) => {
+      logger.error({ err: (err as Error).message }, 'MCP HTTP request failed');
+      if (!res.headersSent) reply(res, 500, 'internal error');
+    });
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(options.port, options.host, () => resolve());
+  });
+  const { port } = server.address() as AddressInfo;
+  return {
+    url: `http://${options.host}:${port}/mcp`,
+    token,
+    close: () => new Promise<void>((resolve) => server.close(() => resolve())),
+  };
+}
+
+function reply(res: http.ServerResponse, status: number, message: string): void {
+  res.writeHead(status, { 'Content-Type': 'application/json' });
+  res.end(JSON.stringify({ jsonrpc: '2.0', error: { code: -32000, message }, id: null }));
+}
+
+async function readJson(req: http.IncomingMessage): Promise<unknown> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of req as AsyncIterable<Buffer>) {
+    size += chunk.length;
+    if (size > MAX_BODY_BYTES) return undefined;
+    chunks.push(chunk);
+  }
+  try {
+    return JSON.parse(Buffer.concat(chunks).toString('utf8'));
+  } catch {
+    return undefined;
+  }
+}
+
+async function loadOrCreateToken(stateDir: string): Promise<string> {
+  const file = path.join(stateDir, 'mcp-http.token');
+  try {
+    const existing = (await fs.readFile(file, 'utf8')).trim();
+    if (existing.length >= 32) return existing;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+  }
+  const token = randomBytes(24).toString('base64url');
+  await fs.mkdir(stateDir, { recursive: true });
+  await writeFileAtomic(file, token);
+  return token;
+}

@@ -1,0 +1,26 @@
+import type { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
+import { z } from 'zod';
+import { InstanceOutputSchema, instanceIdInput, runTool, type ToolContext } from '../tool-support.js';
+
+export function registerKeepInstanceAliveTool(server: McpServer, ctx: ToolContext): void {
+  server.registerTool(
+    'keep_instance_alive',
+    {
+      title: 'Keep a workspace awake',
+      description:
+        'Holds a workspace awake for the next N minutes even with no editor or browser activity, e.g. while an assistant works elsewhere and will be back. Call again to extend; the idle timeout counts from when the lease ends.',
+      inputSchema: {
+        instanceId: instanceIdInput,
+        minutes: z.number().gt(0).max(1_440).describe('Minutes to keep it awake (at most 1440)'),
+        holder: z.string().max(128).optional().describe('Who holds the lease, shown in the instance'),
+      },
+      outputSchema: { instance: InstanceOutputSchema },
+      annotations: { readOnlyHint: false, destructiveHint: false, idempotentHint: true, openWorldHint: false },
+    },
+    ({ instanceId, minutes, holder }) =>
+      runTool(ctx, 'keep_instance_alive', async () => {
+        const instance = await ctx.controller.keepAlive(instanceId, minutes, holder);
+        return { text: `Kept awake until ${instance.lease?.until}.`, structured: { instance } };
+      }),
+  );
+}
