@@ -3,11 +3,20 @@
 # Docker engine, and an editor image. Idempotent and quick when everything is already there.
 # Everything it prints goes to stderr: stdout may be an MCP stdio channel.
 #
-#   bash scripts/setup.sh            # deps + engine + editor image
+#   bash scripts/setup.sh                  # deps + engine + editor image
+#   bash scripts/setup.sh --with-browser   # and Debian's chromium, for the browser tests
 #   SKIP_EDITOR_IMAGE=1 bash scripts/setup.sh
 set -euo pipefail
 exec 1>&2
 cd "$(dirname "$0")/.."
+
+with_browser=0
+for arg in "$@"; do
+  case "$arg" in
+    --with-browser) with_browser=1 ;;
+    *) echo "setup.sh: unknown option $arg" >&2; exit 2 ;;
+  esac
+done
 
 log() { printf '[setup %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 
@@ -55,5 +64,10 @@ if [ -z "${SKIP_EDITOR_IMAGE:-}" ]; then
       log "wrote $config_file: the Docker provider uses vscode-swarm/code-server:4.99.3 and does not pull"
     fi
   fi
+fi
+# 4. A browser for the end-to-end tests: Debian's chromium, driven by playwright-core.
+if [ "$with_browser" = 1 ] && ! command -v chromium >/dev/null 2>&1; then
+  log "installing Debian's chromium"
+  apt_install chromium
 fi
 log "ready"
