@@ -176,6 +176,9 @@ export class SwarmController {
     if (deps.access) this.access = deps.access;
     if (deps.lockStateDir !== false) this.lock = new StateLock(this.config.stateDir);
     this.activity = deps.activity ?? new ActivityTracker();
+    for (const [type, provider] of Object.entries(deps.providers) as [ProviderType, Provider][]) {
+      this.slots.set(type, { provider, state: 'unavailable', reason: 'not initialised yet', lastAttempt: 0 });
+    }
     this.warm = new WarmPool(
       this.config.warm.flatMap((w) =>
         this.slots.has(w.provider) ? [{ provider: w.provider, image: w.image ?? this.defaultImage(w.provider), resources: w.resources ?? this.config.defaults, size: w.size }] : [],
@@ -187,9 +190,6 @@ export class SwarmController {
         logger: this.logger,
       },
     );
-    for (const [type, provider] of Object.entries(deps.providers) as [ProviderType, Provider][]) {
-      this.slots.set(type, { provider, state: 'unavailable', reason: 'not initialised yet', lastAttempt: 0 });
-    }
   }
 
   /** Loads the registry, connects every provider (one that fails is reported, not fatal) and reconciles. */
