@@ -130,9 +130,15 @@ async function up(services: SwarmServices, config: SwarmConfig, logger: Logger, 
   process.stdout.write(`${lines.join('\n')}\n`);
   if (demoName) {
     process.stdout.write(`  Creating the demo workspace "${demoName}"...\n`);
-    const result = await controller.createInstance({ name: demoName }, { onProgress: (e) => process.stderr.write(`[${Math.round(e.fraction * 100)}%] ${e.message}\n`) });
-    const link = result.access ?? (await controller.issueAccessLink(result.instance.id));
-    process.stdout.write(`  Demo editor: ${link.accessUrl}\n               (one-time link; afterwards ${link.url} while signed in)\n`);
+    try {
+      const result = await controller.createInstance({ name: demoName }, { onProgress: (e) => process.stderr.write(`[${Math.round(e.fraction * 100)}%] ${e.message}\n`) });
+      const link = result.access ?? (await controller.issueAccessLink(result.instance.id));
+      process.stdout.write(`  Demo editor: ${link.accessUrl}\n               (one-time link; afterwards ${link.url} while signed in)\n`);
+    } catch (err) {
+      await mcp.close();
+      await services.close();
+      throw err;
+    }
   }
   process.stdout.write('Press Ctrl+C to stop. Workspaces keep running; idle ones stop by themselves.\n');
   return untilShutdown(logger, async () => {
