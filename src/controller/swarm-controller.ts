@@ -139,7 +139,7 @@ export interface SwarmControllerDeps {
   lockStateDir?: boolean;
 }
 
-/** Metadata key (and so container label content) that marks a warm-buffer member, so adoption can restore it. */
+/** Metadata key (and so container label content) that marks what was created as a warm-buffer member. */
 export const WARM_METADATA_KEY = 'vscode-swarm/warm-pool';
 
 /** How long after a failed provider initialisation the next use tries again. */
@@ -222,10 +222,10 @@ export class SwarmController {
       await this.locks.run(id, async () => {
         const known = this.registry.get(id);
         if (!known) {
-          const warmPool = observed.config.metadata?.[WARM_METADATA_KEY];
+          // Warm membership is deliberately not restored from the label: a member claimed by a user keeps
+          // its creation labels, and handing that workspace to someone else would leak its files.
           await this.registry.register({
             ...observed,
-            ...(warmPool ? { warmPool } : {}),
             statusReason: `adopted: found on ${type} without a registry record${observed.statusReason ? `; ${observed.statusReason}` : ''}`,
           });
           report.adopted.push(id);
