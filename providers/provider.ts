@@ -132,6 +132,10 @@ export const VSCodeInstanceSchema = z.object({
   lease: z.object({ until: z.string(), holder: z.string().max(128).optional() }).optional(),
   /** Why and when it last stopped. */
   lastStop: z.object({ at: z.string(), reason: z.string(), by: z.enum(['request', 'idle', 'provider']) }).optional(),
+  /** What the controller wants: running since a create or start, stopped since a stop. The health monitor repairs the difference. */
+  desiredState: z.enum(['running', 'stopped']).optional(),
+  /** Why the health is what it is (the last check's finding). */
+  healthReason: z.string().optional(),
   /** Set while the instance waits unassigned in a warm buffer; the key names the buffer. */
   warmPool: z.string().optional(),
 });
@@ -163,6 +167,8 @@ export const ProviderCapabilitiesSchema = z.object({
   persistentWorkspace: z.boolean(),
   logs: z.boolean(),
   exec: z.boolean(),
+  /** Resource usage can be read (getInstanceStats). */
+  stats: z.boolean(),
   /** Regions or placement zones; empty when the provider has one place. */
   regions: z.array(z.string()),
   /** Instances one user may hold, when the provider enforces such a cap. */
@@ -219,6 +225,13 @@ export interface ExecOptions {
   maxOutputBytes?: number;
 }
 
+export interface InstanceStats {
+  memoryBytes: number;
+  memoryLimitBytes: number;
+  /** Percent of one core; absent when the provider cannot tell from one sample. */
+  cpuPercent?: number;
+}
+
 export interface CommandResult {
   exitCode: number | null;
   stdout: string;
@@ -259,6 +272,8 @@ export interface Provider {
   getInstanceLogs(instanceId: string, options?: LogOptions): Promise<InstanceLogs>;
   /** Runs a shell command inside the instance, bounded in time and output. */
   executeCommand(instanceId: string, command: string, options?: ExecOptions): Promise<CommandResult>;
+  /** Current resource usage, where capabilities.stats says so. */
+  getInstanceStats?(instanceId: string): Promise<InstanceStats>;
   /** Releases connections and timers. */
   close?(): Promise<void>;
 }

@@ -112,6 +112,23 @@ export const SwarmConfigSchema = z
       })
       .strict()
       .prefault({}),
+    health: z
+      .object({
+        enabled: z.boolean().default(true),
+        intervalMs: z.number().int().min(100).max(3_600_000).default(30_000),
+        timeoutMs: z.number().int().min(100).max(60_000).default(5_000),
+        slowMs: z.number().int().min(10).max(60_000).default(2_000),
+        failureThreshold: z.number().int().min(1).max(20).default(2),
+        memoryDegradedRatio: z.number().gt(0).max(1).default(0.9),
+        historySize: z.number().int().min(1).max(10_000).default(50),
+        concurrency: z.number().int().min(1).max(256).default(8),
+        autoRecover: z.boolean().default(true),
+        recoveryActions: z.array(z.enum(['restart', 'recreate'])).min(1).default(['restart', 'recreate']),
+        maxAttempts: z.number().int().min(1).max(20).default(3),
+        backoffMs: z.number().int().min(0).max(3_600_000).default(10_000),
+      })
+      .strict()
+      .prefault({}),
     /** Ready, unassigned instances kept per provider, image and size; a matching create takes one. */
     warm: z.array(WarmBufferSchema).max(16).default([]),
     exec: z
@@ -155,6 +172,8 @@ export const ENV_OVERRIDES: Record<string, { path: string[]; parse: (v: string) 
   VSCODE_SWARM_GATEWAY_SECRET: { path: ['gateway', 'secret'], parse: String },
   VSCODE_SWARM_IDLE_TIMEOUT_MINUTES: { path: ['idle', 'timeoutMinutes'], parse: Number },
   VSCODE_SWARM_IDLE_CHECK_MS: { path: ['idle', 'checkIntervalMs'], parse: Number },
+  VSCODE_SWARM_HEALTH_INTERVAL_MS: { path: ['health', 'intervalMs'], parse: Number },
+  VSCODE_SWARM_AUTO_RECOVER: { path: ['health', 'autoRecover'], parse: parseBoolean },
   VSCODE_SWARM_WARM_SIZE: { path: ['warm'], parse: (v) => [{ provider: 'docker', size: Number(v) }] },
 };
 

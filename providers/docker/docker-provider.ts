@@ -22,6 +22,7 @@ import type {
   InstanceConfigPatch,
   InstanceFilter,
   InstanceLogs,
+  InstanceStats,
   LogOptions,
   Provider,
   ProviderCapabilities,
@@ -99,6 +100,7 @@ export class DockerProvider implements Provider {
       persistentWorkspace: true,
       logs: true,
       exec: true,
+      stats: true,
       regions: [],
       resourceLimits: { minCpu: 0.1, maxCpu: os.availableParallelism(), minMemoryMb: 256, maxMemoryMb: Math.floor(os.totalmem() / 2 ** 20) },
     };
@@ -277,6 +279,22 @@ export class DockerProvider implements Provider {
     return { instanceId, lines: truncated ? lines.slice(-tail) : lines, truncated };
   }
 
+  async getInstanceStats(instanceId: string): Promise<InstanceStats> {
+    const container = await this.requireContainer(instanceId);
+    const raw = (await this.call(`stats of ${instanceId}`, () => container.stats({ stream: false, 'one-shot': true } as { stream: false }))) as unknown as {
+      memory_stats?: { usage?: number; limit?: number; stats?: { inactive_file?: number; total_inactive_file?: number } };
+      cpu_stats?: { cpu_usage?: { total_usage?: number }; system_cpu_usage?: number; online_cpus?: number };
+      precpu_stats?: { cpu_usage?: { total_usage?: number }; system_cpu_usage?: number };
+    };
+    const mem = raw.memory_stats ?? {};
+    const cache = mem.stats?.inactive_file ?? mem.stats?.total_inactive_file ?? 0;
+    const stats: InstanceStats = { memoryBytes: Math.max(0, (mem.usage ?? 0) - cache), memoryLimitBytes: mem.limit ?? 0 };
+    const cpuDelta = (raw.cpu_stats?.cpu_usage?.total_usage ?? 0) - (raw.precpu_stats?.cpu_usage?.total_usage ?? 0);
+    const systemDelta = (raw.cpu_stats?.system_cpu_usage ?? 0) - (raw.precpu_stats?.system_cpu_usage ?? 0);
+    if (raw.precpu_stats?.system_cpu_usage && systemDelta > 0) stats.cpuPercent = (cpuDelta / systemDelta) * (raw.cpu_stats?.online_cpus ?? 1) * 100;
+    return stats;
+  }
+
   async executeCommand(instanceId: string, command: string, options: ExecOptions = {}): Promise<CommandResult> {
     const timeoutMs = options.timeoutMs ?? DEFAULT_EXEC_TIMEOUT_MS;
     const maxOutputBytes = options.maxOutputBytes ?? DEFAULT_EXEC_MAX_OUTPUT;
@@ -352,7 +370,9 @@ export class DockerProvider implements Provider {
         SecurityOpt: ['no-new-privileges'],
         CapDrop: ['ALL'],
         PidsLimit: this.options.pidsLimit ?? 4096,
-        RestartPolicy: { Name: 'unless-stopped' },
+        // No engine restarts: the controller's health monitor decides, and records why, so that the registry
+        // and the engine never disagree silently about a workspace that came back on its own.
+        RestartPolicy: { Name: 'no' },
         LogConfig: { Type: 'json-file', Config: { 'max-size': '10m', 'max-file': '2' } },
       },
     };
@@ -366,6 +386,8 @@ export class DockerProvider implements Provider {
     signal?: AbortSignal,
   ): Promise<VSCodeInstance> {
     progress({ fraction: from, message: 'starting container' });
+    const state = (await container.inspect()).State;
+    if (state.Paused) await this.call(`unpause ${instanceId}`, () => container.unpause());
     await this.call(`start ${instanceId}`, () =>
       container.start().catch((err) => {
         if (statusCode(err) !== 304) throw err; // 304: already running

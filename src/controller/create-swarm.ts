@@ -9,6 +9,7 @@ import { silentLogger, type Logger } from '../logger.js';
 import { InstanceRegistry } from '../registry/instance-registry.js';
 import { ActivityTracker } from '../activity/activity-tracker.js';
 import { IdleMonitor } from '../activity/idle-monitor.js';
+import { HealthMonitor } from '../health/health-monitor.js';
 import { SwarmError } from '../errors.js';
 import { AccessLinks } from '../gateway/access-links.js';
 import { Gateway } from '../gateway/gateway.js';
@@ -55,13 +56,14 @@ export interface SwarmServices {
   controller: SwarmController;
   gateway?: Gateway;
   idle?: IdleMonitor;
-  /** Stops the idle monitor and the gateway, then closes the controller. */
+  health?: HealthMonitor;
+  /** Stops the monitors and the gateway, then closes the controller. */
   close: () => Promise<void>;
 }
 
 /**
- * Initialises the controller and starts what runs beside it: the gateway (when enabled) and the idle
- * monitor. The MCP server (stdio) and `up` both run on this.
+ * Initialises the controller and starts what runs beside it: the gateway (when enabled), the idle
+ * monitor and the health monitor. The MCP server (stdio) and `up` both run on this.
  */
 export async function startSwarmServices(controller: SwarmController, config: SwarmConfig, logger: Logger = silentLogger()): Promise<SwarmServices> {
   await controller.initialize();
@@ -80,11 +82,18 @@ export async function startSwarmServices(controller: SwarmController, config: Sw
     idle = new IdleMonitor({ controller, activity: controller.activity, checkIntervalMs: config.idle.checkIntervalMs, logger });
     idle.start();
   }
+  let health: HealthMonitor | undefined;
+  if (config.health.enabled) {
+    health = new HealthMonitor({ controller, stateDir: config.stateDir, config: config.health, logger });
+    health.start();
+  }
   return {
     controller,
     ...(gateway ? { gateway } : {}),
     ...(idle ? { idle } : {}),
+    ...(health ? { health } : {}),
     close: async () => {
+      await health?.stop();
       await idle?.stop();
       await gateway?.close();
       await controller.close();

@@ -353,7 +353,7 @@ export class SwarmController {
 
   async startInstance(instanceId: string, options: OperationOptions = {}): Promise<VSCodeInstance> {
     return this.withInstance(instanceId, async (current, provider) => {
-      await this.registry.update(instanceId, { status: 'starting', statusReason: undefined });
+      await this.registry.update(instanceId, { status: 'starting', statusReason: undefined, desiredState: 'running' });
       const exists = await provider.getInstance(instanceId);
       // A container removed behind our back is re-created around its workspace volume.
       const observed = exists
@@ -364,6 +364,7 @@ export class SwarmController {
       const started = await this.registry.update(instanceId, (now) => ({
         ...this.merge(now, observed, exists ? undefined : 're-created: its container had gone missing'),
         lastActivity: { at: at.toISOString(), source: 'start' },
+        desiredState: 'running',
       }));
       return this.present(started);
     });
@@ -372,7 +373,7 @@ export class SwarmController {
   async stopInstance(instanceId: string, options: StopOptions = {}): Promise<VSCodeInstance> {
     return this.withInstance(instanceId, async (_current, provider) => {
       await this.requireOnProvider(instanceId, provider);
-      await this.registry.update(instanceId, { status: 'stopping', statusReason: undefined });
+      await this.registry.update(instanceId, { status: 'stopping', statusReason: undefined, desiredState: 'stopped' });
       const observed = await provider.stopInstance(instanceId, options.force ?? false);
       const reason = options.reason ?? (options.force ? 'stopped by request (forced)' : 'stopped by request');
       const stopped = await this.registry.update(instanceId, (now) => ({
@@ -509,6 +510,43 @@ export class SwarmController {
     });
   }
 
+  /** Repair by restart: a stopped, paused or hung editor is stopped (forced) and started again. */
+  async restartInstance(instanceId: string, reason: string): Promise<VSCodeInstance> {
+    return this.withInstance(instanceId, async (_current, provider) => {
+      await this.requireOnProvider(instanceId, provider);
+      await provider.stopInstance(instanceId, true);
+      const observed = await provider.startInstance(instanceId);
+      this.activity.touch(instanceId, 'start');
+      return this.present(await this.registry.update(instanceId, (now) => ({ ...this.merge(now, observed, reason), desiredState: 'running' })));
+    });
+  }
+
+  /** Repair by re-creation: the container is replaced from the recorded config around the same workspace files. */
+  async recreateInstance(instanceId: string, reason: string): Promise<VSCodeInstance> {
+    return this.withInstance(instanceId, async (current, provider) => {
+      await provider.deleteInstance(instanceId, { keepWorkspace: true });
+      const observed = await provider.createInstance(current.config, { instanceId });
+      this.activity.touch(instanceId, 'start');
+      return this.present(await this.registry.update(instanceId, (now) => ({ ...this.merge(now, observed, reason), desiredState: 'running' })));
+    });
+  }
+
+  /** Records a health finding; an instance busy with an operation is left to that operation. */
+  async recordHealth(instanceId: string, health: VSCodeInstance['health'], reason: string, extra: Partial<VSCodeInstance> = {}): Promise<void> {
+    if (this.locks.isLocked(instanceId)) return;
+    await this.locks.run(instanceId, async () => {
+      const current = this.registry.get(instanceId);
+      if (!current) return;
+      if (current.health === health && current.healthReason === reason && Object.keys(extra).length === 0) return;
+      await this.registry.update(instanceId, { health, healthReason: reason, ...extra });
+    });
+  }
+
+  /** The provider behind an instance, for read-only checks by the health monitor. */
+  async providerOf(instanceId: string): Promise<Provider> {
+    return this.provider(this.registry.require(checkId(instanceId)).providerType);
+  }
+
   /** The idle timeout that applies to an instance, in minutes (0: never). */
   idleTimeoutOf(instance: VSCodeInstance): number {
     return instance.config.idleTimeoutMinutes ?? this.config.idle.timeoutMinutes;
@@ -541,6 +579,7 @@ export class SwarmController {
     const at = this.now().toISOString();
     await this.registry.register({
       id, name: config.name, providerType: type, status: 'creating', health: 'unknown', config, providerRef: {}, createdAt: at, updatedAt: at,
+      desiredState: 'running',
       ...(warmPool ? { warmPool } : {}),
     });
     return this.locks.run(id, async () => {

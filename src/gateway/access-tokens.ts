@@ -95,7 +95,7 @@ export async function loadOrCreateSecret(stateDir: string, configured?: string):
 export class SpentLinks {
   private readonly spent = new Map<string, number>();
   private readonly file: string;
-  private loaded = false;
+  private loading?: Promise<void>;
   private writing: Promise<void> = Promise.resolve();
 
   constructor(
@@ -120,9 +120,13 @@ export class SpentLinks {
     return true;
   }
 
-  private async load(): Promise<void> {
-    if (this.loaded) return;
-    this.loaded = true;
+  /** Every spend awaits the one read of the file, so a burst right after a restart cannot slip past it. */
+  private load(): Promise<void> {
+    this.loading ??= this.read();
+    return this.loading;
+  }
+
+  private async read(): Promise<void> {
     try {
       const raw = JSON.parse(await fs.readFile(this.file, 'utf8')) as Record<string, number>;
       for (const [jti, exp] of Object.entries(raw)) if (typeof exp === 'number') this.spent.set(jti, exp);

@@ -145,6 +145,7 @@ export class Gateway {
     const id = instance.id;
     this.deps.activity.touch(id, 'gateway');
     socket.on('data', () => this.deps.activity.touch(id, 'gateway'));
+    socket.pause(); // the listener above set it flowing; bytes sent early must wait for the editor's pipe
     stripOwnCredentials(req);
     this.proxy.ws(req, socket, head, { target: instance.endpoint.url });
   }
@@ -159,6 +160,9 @@ export class Gateway {
     const links = url.searchParams.getAll(TOKEN_PARAM);
     if (links.length > 1) return deny(400, 'Bad request', 'More than one access token was given.', true);
     if (links.length === 1 && !allowLink) return deny(401, 'Sign-in required', 'Access links are not accepted on WebSocket connections.', true);
+    // Every instance lives on the same site (*.<baseDomain>), so SameSite cookies do not keep a page of
+    // one instance from calling another: a cross-origin WebSocket or state-changing request is refused.
+    if (!sameOrigin(req, !allowLink)) return deny(403, 'Cross-origin request', 'Requests from another origin are not accepted.', true);
 
     const session = this.checkSession(id, readCookie(req.headers.cookie, SESSION_COOKIE));
     if (links.length === 0) return session;
@@ -253,6 +257,19 @@ function deny(status: Denial['status'], title: string, message: string, counts: 
 function linkMessage(reason: 'malformed' | 'bad-signature' | 'expired' | 'wrong-kind'): string {
   if (reason === 'expired') return 'This access link has expired. Ask for a new link (get_instance_access_link).';
   return 'This access link is not valid. Ask for a new link (get_instance_access_link).';
+}
+
+const SAFE_METHODS = new Set(['GET', 'HEAD', 'OPTIONS']);
+
+/** An Origin header, when sent, must name the host the request is for (always checked for WebSockets). */
+function sameOrigin(req: http.IncomingMessage, upgrade: boolean): boolean {
+  const origin = req.headers.origin;
+  if (!origin || (!upgrade && SAFE_METHODS.has(req.method ?? 'GET'))) return true;
+  try {
+    return new URL(origin).host.toLowerCase() === (req.headers.host ?? '').toLowerCase();
+  } catch {
+    return false;
+  }
 }
 
 export function readCookie(header: string | undefined, name: string): string | undefined {

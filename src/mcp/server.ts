@@ -4,9 +4,12 @@
  */
 import { McpServer, ResourceTemplate } from '@modelcontextprotocol/sdk/server/mcp.js';
 import type { SwarmController } from '../controller/swarm-controller.js';
+import type { HealthMonitor } from '../health/health-monitor.js';
 import { silentLogger, type Logger } from '../logger.js';
 import { PACKAGE_VERSION } from '../version.js';
 import type { ToolContext } from './tool-support.js';
+import { registerCheckInstanceHealthTool } from './tools/check-instance-health.js';
+import { registerRecoverInstanceTool } from './tools/recover-instance.js';
 import { registerCreateSwarmInstanceTool } from './tools/create-swarm-instance.js';
 import { registerDeleteSwarmInstanceTool } from './tools/delete-swarm-instance.js';
 import { registerExecuteCommandTool } from './tools/execute-command.js';
@@ -22,6 +25,7 @@ import { registerUpdateSwarmInstanceTool } from './tools/update-swarm-instance.j
 
 export interface McpServerDeps {
   controller: SwarmController;
+  health?: HealthMonitor;
   logger?: Logger;
 }
 
@@ -39,7 +43,7 @@ export function createMcpServer(deps: McpServerDeps): { server: McpServer; close
         'Manages VS Code (code-server) workspaces on demand. Create one with create_swarm_instance (names are unique; asking twice returns the same workspace) and give the person its access.accessUrl; get_instance_access_link issues a new link. Workspaces stop after their idle timeout: use keep_instance_alive while you work elsewhere and will be back.',
     },
   );
-  const ctx: ToolContext = { controller, logger };
+  const ctx: ToolContext = { controller, logger, ...(deps.health ? { health: deps.health } : {}) };
   const execEnabled = controller.getSwarmStatus().execEnabled;
 
   registerListSwarmInstancesTool(server, ctx);
@@ -54,6 +58,8 @@ export function createMcpServer(deps: McpServerDeps): { server: McpServer; close
   registerExecuteCommandTool(server, ctx, execEnabled);
   registerGetInstanceAccessLinkTool(server, ctx);
   registerKeepInstanceAliveTool(server, ctx);
+  registerCheckInstanceHealthTool(server, ctx);
+  registerRecoverInstanceTool(server, ctx);
 
   server.registerResource(
     'swarm-status',

@@ -7,6 +7,7 @@ import type { CallToolResult, ServerNotification, ServerRequest } from '@modelco
 import { z } from 'zod';
 import { VSCodeInstanceSchema, type ProgressEvent, type VSCodeInstance } from '../../providers/provider.js';
 import type { SwarmController } from '../controller/swarm-controller.js';
+import type { HealthMonitor } from '../health/health-monitor.js';
 import { asSwarmError } from '../errors.js';
 import type { Logger } from '../logger.js';
 
@@ -15,6 +16,8 @@ export type ToolExtra = RequestHandlerExtra<ServerRequest, ServerNotification>;
 export interface ToolContext {
   controller: SwarmController;
   logger: Logger;
+  /** Present where the health monitor runs (serve, up). */
+  health?: HealthMonitor;
 }
 
 export const InstanceOutputSchema = VSCodeInstanceSchema;

@@ -12,6 +12,7 @@ import { callTool, errorText, launchFromMcpJson, type LaunchedServer } from '../
 
 const PREFIX = 'e2e-mcp';
 const TOOLS = [
+  'check_instance_health', 'recover_instance',
   'create_swarm_instance', 'delete_swarm_instance', 'execute_command', 'get_instance_access_link', 'get_instance_logs',
   'get_swarm_instance', 'get_swarm_status', 'keep_instance_alive', 'list_swarm_instances', 'start_swarm_instance',
   'stop_swarm_instance', 'update_swarm_instance',
@@ -35,7 +36,7 @@ describe('MCP server over stdio, launched from mcp.json', () => {
 
   it('lists the tools with schemas and honest annotations, and the resources', async () => {
     const { tools } = await server.client.listTools();
-    expect(tools.map((t) => t.name).sort()).toEqual(TOOLS);
+    expect(tools.map((t) => t.name).sort()).toEqual([...TOOLS].sort());
     for (const tool of tools) {
       expect(tool.outputSchema, tool.name).toBeDefined();
       expect(tool.inputSchema.type).toBe('object');

@@ -1,0 +1,295 @@
+/**
+ * The health monitor: checks every instance that should be running, records what it found with the
+ * reason, and (when enabled) repairs it: restart, then re-create around the same files, then give up
+ * loudly with the instance marked failed and why.
+ *
+ * Checks per instance: provider (the instance exists), status (it is running as desired),
+ * connectivity (the editor answers /healthz at the endpoint the gateway uses), resources (memory
+ * against its limit). One bad answer is not a failure: an instance turns unhealthy only after
+ * `failureThreshold` consecutive failed checks, and a slow answer only degrades it.
+ */
+import { promises as fs } from 'node:fs';
+import path from 'node:path';
+import { HealthStatusSchema, type HealthStatus, type VSCodeInstance } from '../../providers/provider.js';
+import type { SwarmController } from '../controller/swarm-controller.js';
+import { asSwarmError } from '../errors.js';
+import { silentLogger, type Logger } from '../logger.js';
+import { writeJsonAtomic } from '../state/atomic-file.js';
+import { httpStatus } from '../timing/http-probe.js';
+import { z } from 'zod';
+
+export const RECOVERY_ACTIONS = ['restart', 'recreate'] as const;
+export type RecoveryAction = (typeof RECOVERY_ACTIONS)[number];
+
+export interface HealthConfig {
+  intervalMs: number;
+  /** Time allowed for the editor to answer /healthz. */
+  timeoutMs: number;
+  /** An answer slower than this degrades the instance. */
+  slowMs: number;
+  failureThreshold: number;
+  /** Memory use above this fraction of the limit degrades the instance. */
+  memoryDegradedRatio: number;
+  historySize: number;
+  concurrency: number;
+  autoRecover: boolean;
+  recoveryActions: RecoveryAction[];
+  maxAttempts: number;
+  backoffMs: number;
+}
+
+type Finding = 'pass' | 'fail' | 'skip';
+
+export const HealthCheckSchema = z.object({
+  at: z.string(),
+  status: HealthStatusSchema,
+  reason: z.string(),
+  checks: z.object({
+    provider: z.enum(['pass', 'fail', 'skip']),
+    status: z.enum(['pass', 'fail', 'skip']),
+    connectivity: z.enum(['pass', 'fail', 'skip']),
+    resources: z.enum(['pass', 'fail', 'skip']),
+  }),
+  latencyMs: z.number().optional(),
+  memoryRatio: z.number().optional(),
+  action: z.string().optional(),
+});
+export type HealthCheck = z.infer<typeof HealthCheckSchema>;
+
+const HealthRecordSchema = z.object({
+  instanceId: z.string(),
+  consecutiveFailures: z.number().int(),
+  recoveryAttempts: z.number().int(),
+  lastAttemptAt: z.string().optional(),
+  gaveUp: z.boolean().optional(),
+  history: z.array(HealthCheckSchema),
+});
+export type HealthRecord = z.infer<typeof HealthRecordSchema>;
+
+export interface HealthMonitorOptions {
+  controller: SwarmController;
+  stateDir: string;
+  config: HealthConfig;
+  logger?: Logger;
+  now?: () => number;
+}
+
+export class HealthMonitor {
+  private readonly records = new Map<string, HealthRecord>();
+  private readonly dir: string;
+  private readonly logger: Logger;
+  private readonly now: () => number;
+  private timer?: NodeJS.Timeout;
+  private sweeping?: Promise<HealthCheck[]>;
+
+  constructor(private readonly options: HealthMonitorOptions) {
+    this.dir = path.join(options.stateDir, 'health');
+    this.logger = (options.logger ?? silentLogger()).child({ component: 'health' });
+    this.now = options.now ?? Date.now;
+  }
+
+  start(): void {
+    this.timer ??= setInterval(() => void this.sweep().catch((err) => this.logger.warn({ err: (err as Error).message }, 'health sweep failed')), this.options.config.intervalMs);
+    this.timer.unref();
+  }
+
+  async stop(): Promise<void> {
+    clearInterval(this.timer);
+    this.timer = undefined;
+    await this.sweeping?.catch(() => undefined);
+  }
+
+  /** Checks every instance that should be running, with bounded concurrency; overlapping calls share one pass. */
+  sweep(): Promise<HealthCheck[]> {
+    this.sweeping ??= (async () => {
+      const { controller, config } = this.options;
+      // Given up on and still failed: left alone until someone starts it again.
+      const due = controller.registry.list().filter((i) => shouldRun(i) && !(this.records.get(i.id)?.gaveUp && i.status === 'failed'));
+      const results: HealthCheck[] = [];
+      let next = 0;
+      const worker = async (): Promise<void> => {
+        while (next < due.length) {
+          const instance = due[next++]!;
+          results.push(await this.checkAndRecover(instance.id).catch((err) => this.unknown(instance.id, asSwarmError(err).message)));
+        }
+      };
+      await Promise.all(Array.from({ length: Math.min(config.concurrency, due.length) }, worker));
+      return results;
+    })().finally(() => {
+      this.sweeping = undefined;
+    });
+    return this.sweeping;
+  }
+
+  /** One check of one instance, then a recovery step if it is unhealthy and recovery is on. */
+  async checkAndRecover(instanceId: string, options: { recover?: boolean } = {}): Promise<HealthCheck> {
+    const check = await this.check(instanceId);
+    const record = await this.record(instanceId);
+    if (check.status === 'unhealthy' && (options.recover ?? this.options.config.autoRecover)) {
+      check.action = await this.recover(instanceId, record, check.reason);
+    }
+    return check;
+  }
+
+  /** Runs a recovery step now, whatever the schedule says: for the recover_instance tool. */
+  async recoverNow(instanceId: string, action?: RecoveryAction): Promise<HealthCheck> {
+    const record = await this.record(instanceId);
+    record.gaveUp = false;
+    const check = await this.check(instanceId);
+    check.action = await this.recover(instanceId, record, check.reason, action, true);
+    return check;
+  }
+
+  /** The persisted history of one instance, newest last. */
+  async history(instanceId: string): Promise<HealthRecord> {
+    return structuredClone(await this.record(instanceId));
+  }
+
+  private async check(instanceId: string): Promise<HealthCheck> {
+    const { controller, config } = this.options;
+    const instance = controller.registry.require(instanceId);
+    const record = await this.record(instanceId);
+    const checks: HealthCheck['checks'] = { provider: 'skip', status: 'skip', connectivity: 'skip', resources: 'skip' };
+    const at = new Date(this.now()).toISOString();
+    let provider;
+    try {
+      provider = await controller.providerOf(instanceId);
+    } catch (err) {
+      return this.finish(record, instance, { at, status: 'unknown', reason: `provider unreachable: ${asSwarmError(err).message}`, checks });
+    }
+    const observed = await provider.getInstance(instanceId);
+    let failure: string | undefined;
+    let degraded: string | undefined;
+    let latencyMs: number | undefined;
+    let memoryRatio: number | undefined;
+    checks.provider = observed ? 'pass' : 'fail';
+    if (!observed) failure = `missing: no ${instance.providerType} instance exists for it`;
+    else {
+      checks.status = observed.status === 'running' ? 'pass' : 'fail';
+      if (observed.status !== 'running') failure = `status: expected running, found ${observed.status}${observed.statusReason ? ` (${observed.statusReason})` : ''}`;
+      else if (observed.endpoint) {
+        const started = this.now();
+        const code = await httpStatus(`${observed.endpoint.url}/healthz`, config.timeoutMs);
+        latencyMs = this.now() - started;
+        checks.connectivity = code === 200 ? 'pass' : 'fail';
+        if (code !== 200) failure = `connectivity: the editor did not answer /healthz within ${config.timeoutMs} ms${code ? ` (HTTP ${code})` : ''}`;
+        else if (latencyMs > config.slowMs) degraded = `connectivity: /healthz took ${latencyMs} ms`;
+      }
+      if (!failure && provider.getCapabilities().stats && provider.getInstanceStats) {
+        const stats = await provider.getInstanceStats(instanceId).catch(() => undefined);
+        if (stats?.memoryLimitBytes) {
+          memoryRatio = stats.memoryBytes / stats.memoryLimitBytes;
+          checks.resources = memoryRatio > config.memoryDegradedRatio ? 'fail' : 'pass';
+          if (memoryRatio > config.memoryDegradedRatio) degraded ??= `resources: memory at ${Math.round(memoryRatio * 100)}% of its limit`;
+        }
+      }
+    }
+
+    let status: HealthStatus;
+    let reason: string;
+    if (failure) {
+      record.consecutiveFailures++;
+      const confirmed = record.consecutiveFailures >= config.failureThreshold;
+      status = confirmed ? 'unhealthy' : (instance.health === 'unknown' ? 'unknown' : instance.health);
+      reason = confirmed ? failure : `${failure} (${record.consecutiveFailures} of ${config.failureThreshold} failed checks before it counts)`;
+    } else {
+      if (record.recoveryAttempts > 0) this.logger.info({ instanceId, attempts: record.recoveryAttempts }, 'instance recovered');
+      record.consecutiveFailures = 0;
+      record.recoveryAttempts = 0;
+      record.gaveUp = false;
+      status = degraded ? 'degraded' : 'healthy';
+      reason = degraded ?? 'all checks passed';
+    }
+    return this.finish(record, instance, {
+      at, status, reason, checks,
+      ...(latencyMs !== undefined ? { latencyMs } : {}),
+      ...(memoryRatio !== undefined ? { memoryRatio } : {}),
+    });
+  }
+
+  private async recover(instanceId: string, record: HealthRecord, why: string, forced?: RecoveryAction, now = false): Promise<string> {
+    const { controller, config } = this.options;
+    if (record.recoveryAttempts >= config.maxAttempts && !now) {
+      const reason = `health: gave up after ${record.recoveryAttempts} recovery attempts; last finding: ${why}`;
+      record.gaveUp = true;
+      await this.save(record);
+      await controller.recordHealth(instanceId, 'unhealthy', reason, { status: 'failed', statusReason: reason });
+      this.logger.error({ instanceId, reason }, 'recovery given up');
+      return 'gave up';
+    }
+    const wait = config.backoffMs * 2 ** Math.max(0, record.recoveryAttempts - 1);
+    if (!now && record.lastAttemptAt && this.now() - Date.parse(record.lastAttemptAt) < wait) return 'waiting (backoff)';
+
+    const allowed = config.recoveryActions;
+    const missing = why.startsWith('missing');
+    let action: RecoveryAction | undefined = forced ?? allowed[Math.min(record.recoveryAttempts, allowed.length - 1)];
+    if (missing && action === 'restart') action = allowed.includes('recreate') ? 'recreate' : undefined; // nothing to restart
+    if (!action) return 'no allowed recovery action';
+    record.recoveryAttempts++;
+    record.lastAttemptAt = new Date(this.now()).toISOString();
+    await this.save(record);
+    await controller.recordHealth(instanceId, 'recovering', `${action} (attempt ${record.recoveryAttempts} of ${config.maxAttempts}) because ${why}`);
+    const reason = `health: ${action} (attempt ${record.recoveryAttempts}) because ${why}`;
+    try {
+      if (action === 'restart') await controller.restartInstance(instanceId, reason);
+      else await controller.recreateInstance(instanceId, reason);
+      this.logger.info({ instanceId, action, why }, 'recovery step done');
+      return `${action}: done`;
+    } catch (err) {
+      const message = asSwarmError(err).message;
+      this.logger.warn({ instanceId, action, err: message }, 'recovery step failed');
+      await controller.recordHealth(instanceId, 'unhealthy', `${action} failed: ${message}`);
+      return `${action}: failed (${message})`;
+    }
+  }
+
+  private async finish(record: HealthRecord, instance: Readonly<VSCodeInstance>, check: HealthCheck): Promise<HealthCheck> {
+    record.history.push(check);
+    if (record.history.length > this.options.config.historySize) record.history.splice(0, record.history.length - this.options.config.historySize);
+    await this.save(record);
+    if (instance.health !== check.status || instance.healthReason !== check.reason) {
+      await this.options.controller.recordHealth(instance.id, check.status, check.reason);
+    }
+    return check;
+  }
+
+  private unknown(instanceId: string, reason: string): HealthCheck {
+    return { at: new Date(this.now()).toISOString(), status: 'unknown', reason, checks: { provider: 'skip', status: 'skip', connectivity: 'skip', resources: 'skip' } };
+  }
+
+  private async record(instanceId: string): Promise<HealthRecord> {
+    let record = this.records.get(instanceId);
+    if (!record) {
+      record = await this.load(instanceId);
+      this.records.set(instanceId, record);
+    }
+    return record;
+  }
+
+  private async load(instanceId: string): Promise<HealthRecord> {
+    try {
+      const parsed = HealthRecordSchema.safeParse(JSON.parse(await fs.readFile(this.file(instanceId), 'utf8')));
+      if (parsed.success) return parsed.data;
+    } catch {
+      // absent or unreadable: start a fresh history
+    }
+    return { instanceId, consecutiveFailures: 0, recoveryAttempts: 0, history: [] };
+  }
+
+  private async save(record: HealthRecord): Promise<void> {
+    await fs.mkdir(this.dir, { recursive: true });
+    await writeJsonAtomic(this.file(record.instanceId), record);
+  }
+
+  private file(instanceId: string): string {
+    this.options.controller.registry.fileOf(instanceId); // validates the id before it becomes a file name
+    return path.join(this.dir, `${instanceId}.json`);
+  }
+}
+
+/** Instances the controller wants running: created or started, not stopped on purpose, not a warm member. */
+function shouldRun(instance: Readonly<VSCodeInstance>): boolean {
+  if (instance.warmPool) return false;
+  if (instance.desiredState) return instance.desiredState === 'running' && instance.status !== 'creating' && instance.status !== 'deleting';
+  return instance.status === 'running';
+}

@@ -1,0 +1,25 @@
+import type { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
+import { z } from 'zod';
+import { SwarmError } from '../../errors.js';
+import { HealthCheckSchema, RECOVERY_ACTIONS } from '../../health/health-monitor.js';
+import { instanceIdInput, runTool, type ToolContext } from '../tool-support.js';
+
+export function registerRecoverInstanceTool(server: McpServer, ctx: ToolContext): void {
+  server.registerTool(
+    'recover_instance',
+    {
+      title: 'Repair a workspace',
+      description:
+        'Repairs a workspace now: restart (stop and start its editor) or recreate (a new container around the same workspace files). Without an action, the next one in the configured order is used. The reason is recorded.',
+      inputSchema: { instanceId: instanceIdInput, action: z.enum(RECOVERY_ACTIONS).optional() },
+      outputSchema: { check: HealthCheckSchema },
+      annotations: { readOnlyHint: false, destructiveHint: true, idempotentHint: false, openWorldHint: false },
+    },
+    ({ instanceId, action }) =>
+      runTool(ctx, 'recover_instance', async () => {
+        if (!ctx.health) throw new SwarmError('DISABLED', 'the health monitor is turned off in the configuration (health.enabled)');
+        const check = await ctx.health.recoverNow(instanceId, action);
+        return { text: `${instanceId}: ${check.action ?? 'nothing done'} (finding before: ${check.status}, ${check.reason})`, structured: { check } };
+      }),
+  );
+}

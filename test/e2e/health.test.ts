@@ -1,0 +1,111 @@
+/**
+ * Fault injection on the real engine: the editor hung or killed inside its container, the container
+ * stopped, paused and removed behind the controller's back. Each is found within two checks and
+ * repaired with the reason recorded; one that cannot be repaired ends failed, with why.
+ */
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createSwarm } from '../../src/controller/create-swarm.js';
+import type { SwarmController } from '../../src/controller/swarm-controller.js';
+import { HealthMonitor } from '../../src/health/health-monitor.js';
+import { cleanUp, containersNamed, docker, makeStateDir, testConfig } from '../helpers/docker.js';
+
+const PREFIX = 'e2e-health';
+
+async function containerOf(name: string) {
+  const [info] = await containersNamed(name);
+  return docker.getContainer(info!.Id);
+}
+
+async function execIn(name: string, cmd: string[]): Promise<void> {
+  const exec = await (await containerOf(name)).exec({ Cmd: cmd, User: 'coder' });
+  await exec.start({ hijack: true, stdin: false }).then((s) => new Promise((r) => s.on('end', r).resume()));
+}
+
+describe('health monitor', () => {
+  let stateDir: string;
+  let controller: SwarmController;
+  let health: HealthMonitor;
+
+  beforeAll(async () => {
+    await cleanUp(PREFIX);
+    stateDir = await makeStateDir(PREFIX);
+    const config = testConfig(stateDir, {
+      exec: { enabled: true },
+      health: { failureThreshold: 2, timeoutMs: 1_000, backoffMs: 0, maxAttempts: 2, intervalMs: 3_600_000 },
+    });
+    controller = createSwarm(config);
+    await controller.initialize();
+    health = new HealthMonitor({ controller, stateDir, config: config.health });
+  });
+  afterAll(async () => {
+    await health?.stop();
+    await controller?.close();
+    await cleanUp(PREFIX, stateDir);
+  });
+
+  const make = async (suffix: string) => (await controller.createInstance({ name: `${PREFIX}-${suffix}` })).instance;
+
+  it('a healthy instance is healthy, and one bad answer is not a failure', async () => {
+    const inst = await make('flap');
+    expect(await health.checkAndRecover(inst.id)).toMatchObject({ status: 'healthy', checks: { provider: 'pass', status: 'pass', connectivity: 'pass' } });
+    await execIn(`${PREFIX}-flap`, ['pkill', '-STOP', '-x', 'node']);
+    const first = await health.checkAndRecover(inst.id);
+    expect(first.status).toBe('healthy');
+    expect(first.reason).toMatch(/connectivity: .* \(1 of 2 failed checks before it counts\)/);
+    expect(first.action).toBeUndefined();
+    await execIn(`${PREFIX}-flap`, ['pkill', '-CONT', '-x', 'node']);
+    expect((await health.checkAndRecover(inst.id)).status).toBe('healthy');
+  });
+
+  const faults: [string, (name: string) => Promise<void>, RegExp, RegExp][] = [
+    ['the editor hung inside its container', (n) => execIn(n, ['pkill', '-STOP', '-x', 'node']), /^connectivity/, /^restart/],
+    ['the editor killed inside its container', (n) => execIn(n, ['pkill', '-KILL', '-f', 'entry.js']), /^status: expected running, found stopped/, /^restart/],
+    ['the container stopped behind its back', async (n) => void (await (await containerOf(n)).stop({ t: 1 })), /^status: expected running, found stopped/, /^restart/],
+    ['the container paused behind its back', async (n) => void (await (await containerOf(n)).pause()), /paused outside vscode-swarm/, /^restart/],
+    ['the container removed behind its back', async (n) => void (await (await containerOf(n)).remove({ force: true })), /^missing/, /^recreate/],
+  ];
+
+  it.each(faults)('%s: found within two checks and repaired, with the reason recorded', async (label, inject, finding, action) => {
+    const suffix = label.split(' ').slice(-3).join('-').replace(/[^a-z-]/g, '');
+    const inst = await make(suffix);
+    await controller.executeCommand(inst.id, 'echo kept > survives.txt');
+    await inject(`${PREFIX}-${suffix}`);
+
+    const first = await health.checkAndRecover(inst.id);
+    expect(first.action).toBeUndefined();
+    const second = await health.checkAndRecover(inst.id);
+    expect(second.status).toBe('unhealthy');
+    expect(second.reason).toMatch(finding);
+    expect(second.action).toMatch(new RegExp(`${action.source}: done`));
+
+    const after = await health.checkAndRecover(inst.id);
+    expect(after.status).toBe('healthy');
+    const record = controller.registry.get(inst.id)!;
+    expect(record).toMatchObject({ status: 'running', health: 'healthy' });
+    expect(record.statusReason).toMatch(new RegExp(`^health: ${action.source.slice(1)} \\(attempt 1\\) because `));
+    expect((await controller.executeCommand(inst.id, 'cat survives.txt')).stdout).toBe('kept\n');
+
+    const persisted = JSON.parse(await readFile(path.join(stateDir, 'health', `${inst.id}.json`), 'utf8'));
+    expect(persisted.history.map((c: { status: string }) => c.status).slice(-3)).toEqual([expect.any(String), 'unhealthy', 'healthy']);
+  });
+
+  it('gives up loudly after the maximum attempts, marking the instance failed with why', async () => {
+    const inst = await make('doomed');
+    // Make it unrepairable: its recorded image no longer exists, and its container is gone.
+    await controller.registry.update(inst.id, (r) => ({ ...r, config: { ...r.config, image: 'vscode-swarm/removed-image:0' } }));
+    await (await containerOf(`${PREFIX}-doomed`)).remove({ force: true });
+
+    const actions: (string | undefined)[] = [];
+    for (let i = 0; i < 6; i++) actions.push((await health.checkAndRecover(inst.id)).action);
+    expect(actions.filter((a) => a?.startsWith('recreate: failed')).length).toBe(2);
+    expect(actions).toContain('gave up');
+    const record = controller.registry.get(inst.id)!;
+    expect(record.status).toBe('failed');
+    expect(record.statusReason).toMatch(/^health: gave up after 2 recovery attempts; last finding: missing/);
+    expect(record.health).toBe('unhealthy');
+    // A sweep leaves it alone from now on.
+    expect((await health.sweep()).map((c) => c.reason).join()).not.toMatch(/missing/);
+  });
+});
