@@ -4,6 +4,7 @@
  *
  * Precedence, highest first: explicit overrides (CLI flags, library callers) > environment > file > defaults.
  */
+import { createHash } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -79,6 +80,11 @@ export type WarmBufferConfig = z.infer<typeof WarmBufferSchema>;
 export const SwarmConfigSchema = z
   .object({
     stateDir: z.string().min(1).default(DEFAULT_STATE_DIR),
+    /**
+     * Names this swarm on shared infrastructure (labels on every container); controllers of other swarms
+     * on the same engine never adopt or touch its instances. Derived from the state directory when absent.
+     */
+    swarmId: z.string().regex(/^[a-z0-9][a-z0-9-]{0,62}$/).optional(),
     logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
     defaultProvider: ProviderTypeSchema.default('docker'),
     defaults: z
@@ -143,7 +149,7 @@ export const SwarmConfigSchema = z
   })
   .strict();
 
-export type SwarmConfig = z.infer<typeof SwarmConfigSchema>;
+export type SwarmConfig = z.infer<typeof SwarmConfigSchema> & { swarmId: string };
 export type SwarmConfigInput = z.input<typeof SwarmConfigSchema>;
 
 export interface LoadConfigOptions {
@@ -209,7 +215,13 @@ export function parseConfig(input: unknown, source = 'config'): SwarmConfig {
     const field = issue.path.join('.') || '(root)';
     throw new SwarmError('INVALID_INPUT', `${source}: ${field}: ${issue.message}`, { field });
   }
-  return { ...parsed.data, stateDir: path.resolve(parsed.data.stateDir) };
+  const stateDir = path.resolve(parsed.data.stateDir);
+  return { ...parsed.data, stateDir, swarmId: parsed.data.swarmId ?? swarmIdFor(stateDir) };
+}
+
+/** The default swarm id: a short digest of the absolute state directory. */
+export function swarmIdFor(stateDir: string): string {
+  return createHash('sha256').update(path.resolve(stateDir)).digest('hex').slice(0, 12);
 }
 
 async function exists(file: string): Promise<string | undefined> {

@@ -7,6 +7,8 @@ import type Docker from 'dockerode';
 import type { InstanceStatus, VSCodeInstance } from '../provider.js';
 
 export const LABEL_MANAGED = 'vscode-swarm.managed';
+/** Which swarm (state directory) a container belongs to: controllers of other swarms on the same engine leave it alone. */
+export const LABEL_SWARM = 'vscode-swarm.swarm';
 export const LABEL_INSTANCE = 'vscode-swarm.instance';
 export const LABEL_NAME = 'vscode-swarm.name';
 export const LABEL_METADATA = 'vscode-swarm.metadata';

@@ -41,6 +41,7 @@ import {
   LABEL_MANAGED,
   LABEL_METADATA,
   LABEL_NAME,
+  LABEL_SWARM,
   WORKSPACE_PATH,
   containerName,
   type EndpointMode,
@@ -67,6 +68,8 @@ export interface DockerProviderOptions extends DockerConnectionOptions {
   stopTimeoutSeconds?: number;
   /** Pull an image that is not present; off where no registry is reachable. */
   pullImages?: boolean;
+  /** The swarm this provider serves; only containers labelled with it are seen. */
+  swarmId: string;
   /** Upper bound on processes in one container. */
   pidsLimit?: number;
   /** Lines kept when `getInstanceLogs` is given no tail. */
@@ -158,7 +161,7 @@ export class DockerProvider implements Provider {
 
   async listInstances(filter: InstanceFilter = {}): Promise<VSCodeInstance[]> {
     const summaries = await this.call('list containers', () =>
-      this.docker.listContainers({ all: true, filters: { label: [`${LABEL_MANAGED}=true`] } }),
+      this.docker.listContainers({ all: true, filters: { label: [`${LABEL_MANAGED}=true`, `${LABEL_SWARM}=${this.options.swarmId}`] } }),
     );
     const instances: VSCodeInstance[] = [];
     for (const summary of summaries) {
@@ -352,6 +355,7 @@ export class DockerProvider implements Provider {
       Env: Object.entries(env).map(([k, v]) => `${k}=${v}`),
       Labels: {
         [LABEL_MANAGED]: 'true',
+        [LABEL_SWARM]: this.options.swarmId,
         [LABEL_INSTANCE]: instanceId,
         [LABEL_NAME]: config.name,
         [LABEL_ENV_KEYS]: Object.keys(env).join(','),
@@ -498,7 +502,7 @@ export class DockerProvider implements Provider {
     await this.call('create volume', () =>
       this.docker.createVolume({
         Name: volumeName(instanceId),
-        Labels: { [LABEL_MANAGED]: 'true', [LABEL_INSTANCE]: instanceId, [LABEL_NAME]: name },
+        Labels: { [LABEL_MANAGED]: 'true', [LABEL_SWARM]: this.options.swarmId, [LABEL_INSTANCE]: instanceId, [LABEL_NAME]: name },
       }),
     );
     return true;
@@ -506,7 +510,7 @@ export class DockerProvider implements Provider {
 
   private async findContainer(instanceId: string): Promise<Docker.Container | undefined> {
     const found = await this.call('list containers', () =>
-      this.docker.listContainers({ all: true, filters: { label: [`${LABEL_INSTANCE}=${instanceId}`] } }),
+      this.docker.listContainers({ all: true, filters: { label: [`${LABEL_INSTANCE}=${instanceId}`, `${LABEL_SWARM}=${this.options.swarmId}`] } }),
     );
     // A leftover staging container of an interrupted re-create carries the label too; prefer the real one.
     const summary = found.find((c) => c.Names.includes(`/${containerName(instanceId)}`)) ?? found[0];

@@ -40,6 +40,7 @@ export function createSwarm(config: SwarmConfig, options: CreateSwarmOptions = {
       ...(docker.editorArgs ? { editorArgs: docker.editorArgs } : {}),
       publishHost: docker.publishHost,
       network: docker.network,
+      swarmId: config.swarmId,
       pullImages: docker.pullImages,
       readinessTimeoutMs: docker.readinessTimeoutMs,
       stopTimeoutSeconds: docker.stopTimeoutSeconds,

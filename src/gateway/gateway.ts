@@ -47,11 +47,13 @@ export class Gateway {
   private readonly limiter: FailureLimiter;
   private readonly logger: Logger;
   private readonly sockets = new Set<Duplex>();
+  /** Keeps connections to editors open across requests (http-proxy otherwise closes each one). */
+  private readonly agent = new http.Agent({ keepAlive: true, maxSockets: 256 });
 
   constructor(private readonly deps: GatewayDeps) {
     this.logger = (deps.logger ?? silentLogger()).child({ component: 'gateway' });
     this.limiter = new FailureLimiter(deps.config.maxFailuresPerMinute, deps.now);
-    this.proxy = httpProxy.createProxyServer({ xfwd: true, ws: true, changeOrigin: false });
+    this.proxy = httpProxy.createProxyServer({ xfwd: true, ws: true, changeOrigin: false, agent: this.agent });
     this.proxy.on('error', (err, _req, target) => {
       this.logger.warn({ err: err.message }, 'editor did not answer');
       if (target instanceof http.ServerResponse) {
@@ -102,6 +104,7 @@ export class Gateway {
     for (const socket of this.sockets) socket.destroy();
     await new Promise<void>((resolve) => this.server.close(() => resolve()));
     this.proxy.close();
+    this.agent.destroy();
   }
 
   private async onRequest(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {

@@ -1,56 +1,161 @@
 /**
- * npm run bench [-- --json] [-- --runs N] [-- --instances N]
+ * npm run bench [-- --json] [-- --runs N] [-- --instances N] [-- --only SUBSTRING ...] [-- --skip-docker]
+ *                 [-- --requests N] [-- --concurrency N] [-- --claims N]
  *
- * Each figure is measured beside a baseline in the same run, so that a noisy shared machine moves both:
+ * Each figure is measured beside a baseline in the same run, alternated run by run, so that a noisy
+ * shared machine moves both:
  *   - registry load of N instance files: InstanceRegistry.load() vs a bare readdir + readFile + JSON.parse;
  *   - registry list over them: list() vs a bare filter over an array of the same records;
  *   - Docker create-to-running: SwarmController.createInstance (editor answering /healthz) vs a raw
- *     `docker run` of the same image polled until /healthz answers, alternated run by run.
- * Medians and ratios are printed as a table or, with --json, as JSON; the JSON is also kept in
- * test-artifacts/bench.json.
+ *     `docker run` of the same image polled until /healthz answers;
+ *   - create-to-editor-ready through the gateway: createInstance, the one-time link exchanged for the
+ *     session cookie, then /healthz through the gateway until 200, vs the same raw `docker run`
+ *     (measured in the same runs as the previous figure);
+ *   - warm-buffer claim: createInstance served from a warm buffer of 2 (p50, p95) vs a cold
+ *     createInstance of the same spec without a buffer;
+ *   - HTTP through the gateway vs straight to the upstream (an echo server in its own thread, and a real
+ *     editor's /healthz): requests/second and p99 latency with a keep-alive client, many requests in flight;
+ *   - WebSocket round trip through the gateway vs straight to the echo upstream: sequential small writes,
+ *     each awaiting its echo.
+ * The load client runs in a worker thread and the echo upstream in another, so that neither shares the
+ * gateway's event loop. New figures carry a goal and whether the measured numbers meet it; a missed
+ * goal is reported, never a failure. Medians and ratios are printed as a table or, with --json, as JSON;
+ * the JSON is also kept in test-artifacts/bench.json. `--only` (repeatable) runs the groups whose key or
+ * figure names contain the substring (registry, docker, gateway, warm, http, code-server, websocket).
  */
 import { execFile } from 'node:child_process';
+import { once } from 'node:events';
+import http from 'node:http';
 import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs, promisify } from 'node:util';
+import { Worker } from 'node:worker_threads';
 import { DEFAULT_NETWORK } from '../../providers/docker/docker-provider.js';
 import type { VSCodeInstance } from '../../providers/provider.js';
-import { createSwarm } from '../../src/controller/create-swarm.js';
+import { createSwarm, startSwarmServices, type SwarmServices } from '../../src/controller/create-swarm.js';
+import { SwarmController, type CreateResult } from '../../src/controller/swarm-controller.js';
+import { AccessLinks, SESSION_COOKIE } from '../../src/gateway/access-links.js';
+import { Gateway } from '../../src/gateway/gateway.js';
 import { InstanceRegistry } from '../../src/registry/instance-registry.js';
 import { waitUntil } from '../../src/timing/wait-until.js';
 import { TEST_IMAGE, cleanUp, httpStatus, makeStateDir, testConfig } from '../helpers/docker.js';
+import type { HttpJob, HttpResult, Job, JobResult, WsJob, WsResult } from './load-worker.js';
 
 const run = promisify(execFile);
 
 interface Figure {
   name: string;
-  unit: 'ms';
+  unit: 'ms' | 'req/s' | 'µs';
   runs: number;
   median: number;
   baselineName: string;
   baselineMedian: number;
-  /** median / baselineMedian: how many times the baseline's cost ours is. */
+  /** median / baselineMedian: for times, how many times the baseline's cost ours is; for req/s, the share of the baseline's rate. */
   ratio: number;
+  /** What the figure should reach (new figures only), and whether the measured numbers do. */
+  goal?: string;
+  meetsGoal?: boolean;
+  /** Percentiles of ours, where the figure is about a distribution. */
+  p50?: number;
+  p95?: number;
+  p99?: number;
+  baselineP50?: number;
+  /** median - baselineMedian, for latency figures whose goal is an added amount. */
+  added?: number;
+  /** Anything else worth reading beside the numbers (misses, errors, request counts). */
+  detail?: string;
+}
+
+interface Options {
+  runs: number;
+  count: number;
+  requests: number;
+  concurrency: number;
+  claims: number;
+  skipDocker: boolean;
+}
+
+interface Group {
+  key: string;
+  names: string[];
+  docker: boolean;
+  run: (o: Options) => Promise<Figure[]>;
+}
+
+const FIG = {
+  dockerCreate: 'docker create-to-running',
+  gatewayReady: 'create-to-editor-ready through the gateway',
+  warm: 'warm-buffer claim',
+  echoHttp: 'HTTP req/s, p99 through the gateway (echo)',
+  csHttp: 'HTTP req/s, p99 through the gateway (code-server /healthz)',
+  ws: 'WebSocket echo round trip through the gateway',
+} as const;
+
+function groups(count: number): Group[] {
+  return [
+    { key: 'registry', names: [`registry load (${count} files)`, `registry list (${count}, filtered)`], docker: false, run: (o) => registryFigures(o.count, o.runs) },
+    { key: 'docker', names: [FIG.dockerCreate, FIG.gatewayReady], docker: true, run: (o) => dockerFigures(o.runs) },
+    { key: 'warm', names: [FIG.warm], docker: true, run: (o) => warmFigure(o.runs, o.claims).then((f) => [f]) },
+    { key: 'http-echo', names: [FIG.echoHttp], docker: false, run: (o) => echoHttpFigures(o) },
+    { key: 'http-code-server', names: [FIG.csHttp], docker: true, run: (o) => codeServerHttpFigures(o) },
+    { key: 'websocket', names: [FIG.ws], docker: false, run: (o) => wsFigure(o.runs).then((f) => [f]) },
+  ];
 }
 
 async function main(): Promise<void> {
   const { values } = parseArgs({
-    options: { json: { type: 'boolean' }, runs: { type: 'string' }, instances: { type: 'string' }, 'skip-docker': { type: 'boolean' } },
+    options: {
+      json: { type: 'boolean' },
+      runs: { type: 'string' },
+      instances: { type: 'string' },
+      'skip-docker': { type: 'boolean' },
+      only: { type: 'string', multiple: true },
+      requests: { type: 'string' },
+      concurrency: { type: 'string' },
+      claims: { type: 'string' },
+    },
   });
-  const runs = Number(values.runs ?? 5);
-  const count = Number(values.instances ?? 10_000);
-  const figures: Figure[] = [];
+  const options: Options = {
+    runs: Number(values.runs ?? 5),
+    count: Number(values.instances ?? 10_000),
+    requests: Number(values.requests ?? 20_000),
+    concurrency: Number(values.concurrency ?? 32),
+    claims: Number(values.claims ?? 20),
+    skipDocker: values['skip-docker'] ?? false,
+  };
+  for (const [k, v] of Object.entries(options)) {
+    if (typeof v === 'number' && !(Number.isInteger(v) && v > 0)) throw new Error(`--${k}: expected a positive integer, got ${v}`);
+  }
+  const only = (values.only ?? []).map((o) => o.toLowerCase());
+  const selected = groups(options.count).filter(
+    (g) => (!g.docker || !options.skipDocker) && (only.length === 0 || only.some((o) => [g.key, ...g.names].some((n) => n.toLowerCase().includes(o)))),
+  );
+  if (selected.length === 0) throw new Error(`--only ${only.join(', ')}: no figure matches (groups: ${groups(options.count).map((g) => g.key).join(', ')})`);
 
-  figures.push(...(await registryFigures(count, runs)));
-  if (!values['skip-docker']) figures.push(await dockerFigure(runs));
+  const figures: Figure[] = [];
+  for (const group of selected) {
+    const started = performance.now();
+    figures.push(...(await group.run(options)));
+    if (!values.json) process.stderr.write(`[bench] ${group.key}: ${((performance.now() - started) / 1000).toFixed(1)} s\n`);
+  }
 
   const table = [
-    ['figure', 'runs', 'median ms', 'baseline', 'baseline ms', 'ratio'],
-    ...figures.map((f) => [f.name, String(f.runs), f.median.toFixed(2), f.baselineName, f.baselineMedian.toFixed(2), `${f.ratio.toFixed(2)}x`]),
+    ['figure', 'runs', 'median', 'baseline', 'baseline median', 'ratio', 'goal', 'meets', 'detail'],
+    ...figures.map((f) => [
+      f.name,
+      String(f.runs),
+      formatValue(f.median, f.unit),
+      f.baselineName,
+      formatValue(f.baselineMedian, f.unit),
+      `${f.ratio.toFixed(2)}x`,
+      f.goal ?? '',
+      f.meetsGoal === undefined ? '' : f.meetsGoal ? 'yes' : 'NO',
+      f.detail ?? '',
+    ]),
   ];
   const widths = table[0]!.map((_, c) => Math.max(...table.map((row) => row[c]!.length)));
-  const lines = table.map((row) => row.map((cell, c) => cell.padEnd(widths[c]!)).join('  '));
+  const lines = table.map((row) => row.map((cell, c) => cell.padEnd(widths[c]!)).join('  ').trimEnd());
   lines.splice(1, 0, widths.map((w) => '-'.repeat(w)).join('  '));
   const machine = { measuredAt: new Date().toISOString(), cpus: os.availableParallelism(), memoryGiB: Math.round(os.totalmem() / 2 ** 30), node: process.version, image: TEST_IMAGE };
   await mkdir('test-artifacts', { recursive: true });
@@ -60,6 +165,12 @@ async function main(): Promise<void> {
   } else {
     process.stdout.write(`${lines.join('\n')}\n\nmachine: ${JSON.stringify(machine)}\n`);
   }
+}
+
+function formatValue(value: number, unit: Figure['unit']): string {
+  if (unit === 'req/s') return `${value.toFixed(0)} req/s`;
+  if (unit === 'µs') return `${value.toFixed(0)} µs`;
+  return `${value.toFixed(2)} ms`;
 }
 
 async function registryFigures(count: number, runs: number): Promise<Figure[]> {
@@ -120,42 +231,390 @@ async function registryFigures(count: number, runs: number): Promise<Figure[]> {
   }
 }
 
-async function dockerFigure(runs: number): Promise<Figure> {
+/**
+ * Two figures from the same runs, each beside the same raw `docker run` (alternated, order swapped every
+ * run): createInstance returning (the editor answers /healthz on its own address), and the same create
+ * carried on until the editor answers through the gateway: the one-time link exchanged for the session
+ * cookie, then /healthz with that cookie until 200. The gateway runs as in `serve` (startSwarmServices).
+ */
+async function dockerFigures(runs: number): Promise<Figure[]> {
   const prefix = 'bench-docker';
   await cleanUp(prefix);
   const stateDir = await makeStateDir(prefix);
-  const controller = createSwarm(testConfig(stateDir));
-  await controller.initialize();
-  const ours: number[] = [];
+  const config = testConfig(stateDir);
+  const created: number[] = [];
+  const ready: number[] = [];
   const raw: number[] = [];
+  let services: SwarmServices | undefined;
   try {
+    services = await startSwarmServices(createSwarm(config), config);
+    const { controller } = services;
     for (let r = 0; r < runs; r++) {
-      raw.push(await rawDockerRun());
-      let id = '';
-      ours.push(await time(async () => {
-        id = (await controller.createInstance({ name: `${prefix}-${r}` })).instance.id;
-      }));
-      await controller.deleteInstance(id);
+      const ours = async (): Promise<void> => {
+        const start = performance.now();
+        const result = await controller.createInstance({ name: `${prefix}-${r}` });
+        created.push(performance.now() - start);
+        const session = await signIn(result);
+        await waitUntil(async () => ((await statusOf(session, '/healthz')) === 200 ? true : undefined), { timeoutMs: 60_000, intervalMs: 50, what: 'healthz through the gateway' });
+        ready.push(performance.now() - start);
+        await controller.deleteInstance(result.instance.id);
+      };
+      if (r % 2 === 0) {
+        raw.push(await rawDockerRun());
+        await ours();
+      } else {
+        await ours();
+        raw.push(await rawDockerRun());
+      }
     }
   } finally {
-    await controller.close();
+    await services?.close();
     await cleanUp(prefix, stateDir);
   }
-  return figure('docker create-to-running', ours, 'raw docker run to /healthz 200', raw);
+  const readyFigure = figure(FIG.gatewayReady, ready, 'raw docker run to /healthz 200', raw);
+  const extra = median(ready) - median(created);
+  return [
+    figure(FIG.dockerCreate, created, 'raw docker run to /healthz 200', raw),
+    {
+      ...readyFigure,
+      goal: 'ratio ≤ 1.15',
+      meetsGoal: readyFigure.ratio <= 1.15,
+      detail: `link→cookie→/healthz via gateway adds ${extra.toFixed(1)} ms to createInstance (medians)`,
+    },
+  ];
+}
+
+/**
+ * Claims from a warm buffer of 2: before each, the buffer is back to 2 ready members; the claim is a
+ * createInstance that must come back fromWarmPool. The claimed instance is deleted (untimed). Baseline:
+ * a cold createInstance of the same spec on a controller without a buffer, interleaved with the claims
+ * (with the buffer full, so no refill runs beside it).
+ */
+async function warmFigure(runs: number, claims: number): Promise<Figure> {
+  const coldPrefix = 'bench-cold';
+  await cleanUp(coldPrefix);
+  const coldDir = await makeStateDir(coldPrefix);
+  const warmDir = await makeStateDir('bench-warm');
+  // The cold controller first: initialize adopts every managed container on the engine, and it should not adopt the buffer's.
+  const cold = createSwarm(testConfig(coldDir));
+  const warm = createSwarm(testConfig(warmDir, { warm: [{ provider: 'docker', size: 2 }] }));
+  const claimMs: number[] = [];
+  const coldMs: number[] = [];
+  let misses = 0;
+  const full = (): Promise<true> =>
+    waitUntil(
+      async () => {
+        const w = warm.getSwarmStatus().warm[0];
+        return w && w.ready === 2 && w.warming === 0 ? true : undefined;
+      },
+      { timeoutMs: 120_000, intervalMs: 20, what: 'a warm buffer of 2 ready members' },
+    );
+  try {
+    await cold.initialize();
+    await warm.initialize();
+    const coldRuns = Math.max(3, Math.min(runs, claims));
+    for (let c = 0; c < claims; c++) {
+      await full();
+      let result!: CreateResult;
+      claimMs.push(await time(async () => {
+        result = await warm.createInstance({ name: `bench-warm-${c}` });
+      }));
+      if (!result.fromWarmPool) misses++;
+      await warm.deleteInstance(result.instance.id);
+      // Spread the cold runs over the claims.
+      if (coldMs.length < coldRuns && (c * coldRuns) % claims < coldRuns) {
+        await full();
+        let id = '';
+        coldMs.push(await time(async () => {
+          id = (await cold.createInstance({ name: `${coldPrefix}-${c}` })).instance.id;
+        }));
+        await cold.deleteInstance(id);
+      }
+    }
+    await full().catch(() => undefined); // let the last refill finish, so nothing is created after the clean-up
+  } finally {
+    await warm.close().catch(() => undefined);
+    await cold.close().catch(() => undefined);
+    await cleanUp('warm-', warmDir);
+    await cleanUp(coldPrefix, coldDir);
+  }
+  const sorted = [...claimMs].sort((a, b) => a - b);
+  const p50 = percentile(sorted, 0.5);
+  const p95 = percentile(sorted, 0.95);
+  return {
+    ...figure(FIG.warm, claimMs, 'cold createInstance (no buffer)', coldMs),
+    goal: 'p95 < 50 ms, every claim from the buffer',
+    meetsGoal: p95 < 50 && misses === 0,
+    p50,
+    p95,
+    detail: `p50 ${p50.toFixed(1)} ms, p95 ${p95.toFixed(1)} ms (nearest rank of ${claimMs.length}), ${misses} not fromWarmPool; cold runs ${coldMs.length}`,
+  };
+}
+
+// ---- gateway traffic ----
+
+interface Session {
+  /** Where to connect (the gateway listens on loopback). */
+  port: number;
+  /** Host header: <id>.localhost:<port>. */
+  host: string;
+  cookie: string;
+}
+
+interface Answer {
+  status: number;
+  headers: http.IncomingHttpHeaders;
+}
+
+/** One GET to 127.0.0.1 (or `address`) with the given Host header; the body is discarded. */
+function get(port: number, host: string, pathAndQuery: string, headers: http.OutgoingHttpHeaders = {}, address = '127.0.0.1'): Promise<Answer> {
+  return new Promise((resolve, reject) => {
+    const req = http.request({ host: address, port, path: pathAndQuery, agent: false, headers: { ...headers, host } }, (res) => {
+      res.resume();
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers }));
+      res.on('error', reject);
+    });
+    req.setTimeout(5_000, () => req.destroy(new Error('timed out')));
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+async function statusOf(session: Session, pathAndQuery: string): Promise<number> {
+  return get(session.port, session.host, pathAndQuery, { cookie: session.cookie }).then(
+    (a) => a.status,
+    () => 0,
+  );
+}
+
+/** Opens the one-time link as a browser would: 302 with the session cookie. */
+async function signIn(link: Pick<CreateResult, 'access'> | string): Promise<Session> {
+  const accessUrl = typeof link === 'string' ? link : link.access?.accessUrl;
+  if (!accessUrl) throw new Error('no access link: is the gateway enabled?');
+  const url = new URL(accessUrl);
+  const port = Number(url.port);
+  const answer = await get(port, url.host, `${url.pathname}${url.search}`);
+  const cookie = answer.headers['set-cookie']?.find((c) => c.startsWith(`${SESSION_COOKIE}=`))?.split(';')[0];
+  if (answer.status !== 302 || !cookie) throw new Error(`signing in with ${url.origin}: HTTP ${answer.status}, ${cookie ? 'a' : 'no'} session cookie`);
+  return { port, host: url.host, cookie };
+}
+
+/** The echo upstream in a worker thread, registered as a running instance, behind a gateway of its own. */
+async function echoRig(): Promise<{ echoPort: number; session: Session; reset: () => void; close: () => Promise<void> }> {
+  const echo = new Worker(new URL('./echo-worker.js', import.meta.url));
+  const [{ port: echoPort }] = (await once(echo, 'message')) as [{ port: number }];
+  const stateDir = await makeStateDir('bench-gateway');
+  const config = testConfig(stateDir);
+  const registry = new InstanceRegistry({ stateDir });
+  const access = new AccessLinks(config.gateway, stateDir);
+  const controller = new SwarmController({ config, registry, providers: {}, access, lockStateDir: false });
+  let gateway: Gateway | undefined;
+  const close = async (): Promise<void> => {
+    await gateway?.close();
+    await controller.close();
+    echo.postMessage('close');
+    await once(echo, 'message');
+    await echo.terminate();
+    await rm(stateDir, { recursive: true, force: true });
+  };
+  try {
+    await controller.initialize();
+    const id = 'bench-echo';
+    const at = new Date().toISOString();
+    await registry.register({
+      id, name: id, providerType: 'docker', status: 'running', health: 'healthy',
+      config: { name: id, image: TEST_IMAGE, resources: { cpu: 1, memoryMb: 2048 } },
+      endpoint: { url: `http://127.0.0.1:${echoPort}`, host: '127.0.0.1', port: echoPort },
+      providerRef: {}, createdAt: at, updatedAt: at,
+    });
+    gateway = new Gateway({ controller, access, activity: controller.activity, config: config.gateway });
+    await gateway.listen();
+    const session = await signIn((await controller.issueAccessLink(id)).accessUrl);
+    return { echoPort, session, reset: () => echo.postMessage('reset'), close };
+  } catch (err) {
+    await close().catch(() => undefined);
+    throw err;
+  }
+}
+
+/** A worker thread running load-worker.ts jobs one at a time. */
+class LoadClient {
+  private readonly worker = new Worker(new URL('./load-worker.js', import.meta.url));
+
+  async run<R extends HttpResult | WsResult>(job: Job): Promise<R> {
+    this.worker.postMessage(job);
+    const [result] = (await once(this.worker, 'message')) as [JobResult];
+    if (result.kind === 'error') throw new Error(`load worker: ${result.message}`);
+    return result as R;
+  }
+
+  close(): Promise<number> {
+    return this.worker.terminate();
+  }
+}
+
+type Target = Omit<HttpJob, 'kind' | 'requests' | 'concurrency' | 'maxMs'>;
+
+interface LoadPlan {
+  rounds: number;
+  /** Requests per run, at most; a run also ends after maxMs, so fast and slow targets get comparable time. */
+  perRun: number;
+  maxMs: number;
+  concurrency: number;
+  /** Sequential requests per run for the unloaded latency (1 in flight), and their time bound. */
+  serial: number;
+  serialMaxMs: number;
+  beforeEach?: () => void;
+}
+
+/**
+ * `rounds` rounds, each a loaded run (`concurrency` in flight) and a sequential one (1 in flight),
+ * direct and through the gateway, the order swapped each round. Three figures: req/s and p99 under
+ * load, and p99 with one request in flight (what the hop itself adds, without queueing).
+ */
+async function httpPair(label: { name: string; direct: string }, client: LoadClient, direct: Target, gateway: Target, plan: LoadPlan): Promise<Figure[]> {
+  const loaded = { ours: [] as HttpResult[], base: [] as HttpResult[] };
+  const serial = { ours: [] as HttpResult[], base: [] as HttpResult[] };
+  const one = async (target: Target, into: HttpResult[], requests: number, concurrency: number, maxMs: number): Promise<void> => {
+    plan.beforeEach?.();
+    into.push(await client.run<HttpResult>({ kind: 'http', ...target, requests, concurrency, maxMs }));
+  };
+  // Untimed warm-up of both sides (JIT, the editor's first requests), then the rounds.
+  for (const target of [direct, gateway]) await one(target, [], plan.perRun, plan.concurrency, 300);
+  for (let r = 0; r < plan.rounds; r++) {
+    const order: [Target, 'ours' | 'base'][] = r % 2 === 0 ? [[direct, 'base'], [gateway, 'ours']] : [[gateway, 'ours'], [direct, 'base']];
+    for (const [target, side] of order) await one(target, loaded[side], plan.perRun, plan.concurrency, plan.maxMs);
+    for (const [target, side] of order) await one(target, serial[side], plan.serial, 1, plan.serialMaxMs);
+  }
+  const all = [...loaded.ours, ...loaded.base, ...serial.ours, ...serial.base];
+  const sum = (rs: HttpResult[], k: 'requests' | 'errors' | 'non200'): number => rs.reduce((n, x) => n + x[k], 0);
+  const firstError = all.find((x) => x.firstError)?.firstError;
+  const problems = all.some((x) => x.errors || x.non200)
+    ? `; errors/non-200: gateway ${sum([...loaded.ours, ...serial.ours], 'errors')}/${sum([...loaded.ours, ...serial.ours], 'non200')}, direct ${sum([...loaded.base, ...serial.base], 'errors')}/${sum([...loaded.base, ...serial.base], 'non200')}${firstError ? ` (${firstError})` : ''}`
+    : '';
+  const clean = !problems;
+  const p99Figure = (name: string, side: { ours: HttpResult[]; base: HttpResult[] }, inFlight: number): Figure => {
+    const f = figure(name, side.ours.map((x) => x.p99), label.direct, side.base.map((x) => x.p99));
+    const added = f.median - f.baselineMedian;
+    const p50 = median(side.ours.map((x) => x.p50));
+    const baselineP50 = median(side.base.map((x) => x.p50));
+    return {
+      ...f,
+      goal: 'p99 added ≤ 2 ms',
+      meetsGoal: clean && added <= 2,
+      added,
+      p50,
+      baselineP50,
+      detail: `${inFlight} in flight; added ${added.toFixed(2)} ms; p50 ${p50.toFixed(2)} vs ${baselineP50.toFixed(2)} ms; ${sum(side.ours, 'requests')} via gateway, ${sum(side.base, 'requests')} direct${problems}`,
+    };
+  };
+  const rps = figure(`HTTP req/s through the gateway (${label.name})`, loaded.ours.map((x) => x.rps), label.direct, loaded.base.map((x) => x.rps), 'req/s');
+  return [
+    {
+      ...rps,
+      goal: 'req/s ≥ 0.70x direct',
+      meetsGoal: clean && rps.ratio >= 0.7,
+      detail: `${plan.concurrency} in flight, keep-alive; ${sum(loaded.ours, 'requests')} via gateway, ${sum(loaded.base, 'requests')} direct in ${plan.rounds} runs each (≤ ${plan.perRun} req or ${(plan.maxMs / 1000).toFixed(1)} s per run)${problems}`,
+    },
+    p99Figure(`HTTP p99 through the gateway (${label.name})`, loaded, plan.concurrency),
+    p99Figure(`HTTP p99 through the gateway, 1 in flight (${label.name})`, serial, 1),
+  ];
+}
+
+async function echoHttpFigures(o: Options): Promise<Figure[]> {
+  const rig = await echoRig();
+  const client = new LoadClient();
+  try {
+    return await httpPair(
+      { name: 'echo', direct: 'direct to the echo upstream' },
+      client,
+      { port: rig.echoPort, host: `127.0.0.1:${rig.echoPort}`, path: '/bench' },
+      { port: rig.session.port, host: rig.session.host, cookie: rig.session.cookie, path: '/bench' },
+      { rounds: 3, perRun: o.requests, maxMs: 1_200, concurrency: o.concurrency, serial: 2_000, serialMaxMs: 300, beforeEach: rig.reset },
+    );
+  } finally {
+    await client.close();
+    await rig.close();
+  }
+}
+
+/** The same load against a real editor's /healthz, direct on the Docker network vs through the gateway. */
+async function codeServerHttpFigures(o: Options): Promise<Figure[]> {
+  const prefix = 'bench-http';
+  await cleanUp(prefix);
+  const stateDir = await makeStateDir(prefix);
+  const config = testConfig(stateDir);
+  const client = new LoadClient();
+  let services: SwarmServices | undefined;
+  try {
+    services = await startSwarmServices(createSwarm(config), config);
+    const result = await services.controller.createInstance({ name: `${prefix}-0` });
+    const endpoint = result.instance.endpoint!;
+    const session = await signIn(result);
+    return await httpPair(
+      { name: 'code-server /healthz', direct: 'direct to the editor (Docker network)' },
+      client,
+      { port: endpoint.port, host: `${endpoint.host}:${endpoint.port}`, address: endpoint.host, path: '/healthz' },
+      { port: session.port, host: session.host, cookie: session.cookie, path: '/healthz' },
+      { rounds: 2, perRun: o.requests, maxMs: 1_200, concurrency: o.concurrency, serial: 1_000, serialMaxMs: 300 },
+    );
+  } finally {
+    await client.close();
+    await services?.close();
+    await cleanUp(prefix, stateDir);
+  }
+}
+
+/** Upgrade, then 1000 sequential 32-byte writes each awaiting its echo; direct vs gateway, alternated. */
+async function wsFigure(runs: number): Promise<Figure> {
+  const rig = await echoRig();
+  const client = new LoadClient();
+  const messages = 1000;
+  const ours: WsResult[] = [];
+  const base: WsResult[] = [];
+  try {
+    const direct: WsJob = { kind: 'ws', port: rig.echoPort, host: `127.0.0.1:${rig.echoPort}`, path: '/ws', messages, size: 32 };
+    const gateway: WsJob = { kind: 'ws', port: rig.session.port, host: rig.session.host, cookie: rig.session.cookie, path: '/ws', messages, size: 32 };
+    for (let r = 0; r < runs; r++) {
+      if (r % 2 === 0) {
+        base.push(await client.run<WsResult>(direct));
+        ours.push(await client.run<WsResult>(gateway));
+      } else {
+        ours.push(await client.run<WsResult>(gateway));
+        base.push(await client.run<WsResult>(direct));
+      }
+    }
+  } finally {
+    await client.close();
+    await rig.close();
+  }
+  const f = figure(FIG.ws, ours.map((x) => x.medianMs * 1000), 'direct to the echo upstream', base.map((x) => x.medianMs * 1000), 'µs');
+  const added = f.median - f.baselineMedian;
+  const p99 = median(ours.map((x) => x.p99Ms * 1000));
+  return {
+    ...f,
+    goal: 'round trip added ≤ 1000 µs (bench-chosen)',
+    meetsGoal: added <= 1000,
+    added,
+    p99,
+    detail: `${messages} round trips of 32 B per run; added ${added.toFixed(0)} µs; p99 ${p99.toFixed(0)} vs ${median(base.map((x) => x.p99Ms * 1000)).toFixed(0)} µs`,
+  };
 }
 
 /** `docker run` of the same image with the same arguments, until /healthz answers; removal not timed. */
 async function rawDockerRun(): Promise<number> {
   let container = '';
-  const ms = await time(async () => {
-    const { stdout } = await run('docker', ['run', '-d', '--network', DEFAULT_NETWORK, TEST_IMAGE, '--auth', 'none', '--disable-telemetry', '/home/coder/project']);
-    container = stdout.trim();
-    const { stdout: ip } = await run('docker', ['inspect', '-f', `{{(index .NetworkSettings.Networks "${DEFAULT_NETWORK}").IPAddress}}`, container]);
-    const url = `http://${ip.trim()}:8080/healthz`;
-    await waitUntil(async () => ((await httpStatus(url)) === 200 ? true : undefined), { timeoutMs: 60_000, intervalMs: 50, what: 'raw docker run' });
-  });
-  await run('docker', ['rm', '-f', container]);
-  return ms;
+  try {
+    return await time(async () => {
+      const { stdout } = await run('docker', ['run', '-d', '--network', DEFAULT_NETWORK, TEST_IMAGE, '--auth', 'none', '--disable-telemetry', '/home/coder/project']);
+      container = stdout.trim();
+      const { stdout: ip } = await run('docker', ['inspect', '-f', `{{(index .NetworkSettings.Networks "${DEFAULT_NETWORK}").IPAddress}}`, container]);
+      const url = `http://${ip.trim()}:8080/healthz`;
+      await waitUntil(async () => ((await httpStatus(url)) === 200 ? true : undefined), { timeoutMs: 60_000, intervalMs: 50, what: 'raw docker run' });
+    });
+  } finally {
+    if (container) await run('docker', ['rm', '-f', container]);
+  }
 }
 
 async function time(fn: () => Promise<void>): Promise<number> {
@@ -170,10 +629,15 @@ function median(values: number[]): number {
   return sorted.length % 2 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
 }
 
-function figure(name: string, ours: number[], baselineName: string, baseline: number[]): Figure {
+/** Nearest-rank percentile of an ascending array. */
+function percentile(sorted: number[], p: number): number {
+  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil(p * sorted.length) - 1))]!;
+}
+
+function figure(name: string, ours: number[], baselineName: string, baseline: number[], unit: Figure['unit'] = 'ms'): Figure {
   const m = median(ours);
   const b = median(baseline);
-  return { name, unit: 'ms', runs: ours.length, median: m, baselineName, baselineMedian: b, ratio: m / b };
+  return { name, unit, runs: ours.length, median: m, baselineName, baselineMedian: b, ratio: m / b };
 }
 
 main().catch((err: unknown) => {

@@ -73,7 +73,7 @@ describe('MCP server over stdio, launched from mcp.json', () => {
     // Nothing is published: the editor is reachable only on the swarm network, whose containers cannot reach each other.
     expect(Object.keys(inspect.HostConfig.PortBindings ?? {})).toEqual([]);
     expect(inspect.HostConfig.NetworkMode).toBe('vscode-swarm');
-    expect((await docker.getNetwork('vscode-swarm').inspect()).Options['com.docker.network.bridge.enable_icc']).toBe('false');
+    expect((await docker.getNetwork('vscode-swarm').inspect()).Options?.['com.docker.network.bridge.enable_icc']).toBe('false');
     expect(inspect.HostConfig.NanoCpus).toBe(1e9);
   });
 

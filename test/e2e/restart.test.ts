@@ -7,6 +7,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DockerProvider } from '../../providers/docker/docker-provider.js';
 import type { VSCodeInstance } from '../../providers/provider.js';
+import { swarmIdFor } from '../../src/config.js';
 import { waitUntil } from '../../src/timing/wait-until.js';
 import { TEST_IMAGE, cleanUp, containersNamed, docker, makeStateDir } from '../helpers/docker.js';
 import { callTool, launchFromMcpJson, type LaunchedServer } from '../helpers/mcp.js';
@@ -75,7 +76,7 @@ describe('controller restart', () => {
   it('on start-up adopts an unknown labelled container, settles an interrupted create and sets aside a corrupt file', async () => {
     await server!.close();
     const stray = `${PREFIX}-stray`;
-    const provider = new DockerProvider({ defaultImage: TEST_IMAGE, pullImages: false });
+    const provider = new DockerProvider({ defaultImage: TEST_IMAGE, pullImages: false, swarmId: swarmIdFor(stateDir) });
     await provider.initialize();
     await provider.createInstance({ name: stray, image: TEST_IMAGE, resources: { cpu: 0.5, memoryMb: 512 } }, { instanceId: stray });
 
