@@ -161,8 +161,10 @@ export const ProviderCapabilitiesSchema = z.object({
   liveResize: z.boolean(),
   /** Point-in-time snapshots of an instance's workspace. */
   snapshots: z.boolean(),
-  /** Workspace files can be exported and imported (used by migration). */
+  /** Workspace files can be exported and imported (exportWorkspace/importWorkspace; used by migration). */
   workspaceTransfer: z.boolean(),
+  /** The largest workspace this provider can hold, when it has such a limit (a volume size). */
+  maxWorkspaceMb: z.number().optional(),
   /** Workspace files survive stop/start and re-creation. */
   persistentWorkspace: z.boolean(),
   logs: z.boolean(),
@@ -272,6 +274,13 @@ export interface Provider {
   getInstanceLogs(instanceId: string, options?: LogOptions): Promise<InstanceLogs>;
   /** Runs a shell command inside the instance, bounded in time and output. */
   executeCommand(instanceId: string, command: string, options?: ExecOptions): Promise<CommandResult>;
+  /**
+   * The workspace folder as a tar archive (entries relative to the folder), where capabilities say
+   * workspaceTransfer. Works on a stopped instance where the provider can.
+   */
+  exportWorkspace?(instanceId: string): Promise<Buffer>;
+  /** Unpacks such an archive into the workspace folder, replacing files of the same name. */
+  importWorkspace?(instanceId: string, archive: Buffer): Promise<void>;
   /** Current resource usage, where capabilities.stats says so. */
   getInstanceStats?(instanceId: string): Promise<InstanceStats>;
   /** Releases connections and timers. */

@@ -101,7 +101,7 @@ async function main(argv: string[]): Promise<number> {
 }
 
 async function serve(services: SwarmServices, logger: Logger): Promise<number> {
-  const { server } = createMcpServer({ controller: services.controller, logger, ...(services.health ? { health: services.health } : {}) });
+  const { server } = createMcpServer({ controller: services.controller, logger, migrations: services.migrations, ...(services.health ? { health: services.health } : {}) });
   const transport = new StdioServerTransport();
   await server.connect(transport);
   logger.info({ version: PACKAGE_VERSION }, 'MCP server ready on stdio');
@@ -117,7 +117,7 @@ async function serve(services: SwarmServices, logger: Logger): Promise<number> {
 /** The main job for a person: everything running, and what to do next printed on stdout. */
 async function up(services: SwarmServices, config: SwarmConfig, logger: Logger, demoName?: string): Promise<number> {
   const { controller } = services;
-  const mcp = await startMcpHttp({ controller, ...(services.health ? { health: services.health } : {}), host: config.mcpHttp.host, port: config.mcpHttp.port, stateDir: config.stateDir, logger });
+  const mcp = await startMcpHttp({ controller, migrations: services.migrations, ...(services.health ? { health: services.health } : {}), host: config.mcpHttp.host, port: config.mcpHttp.port, stateDir: config.stateDir, logger });
   const status = controller.getSwarmStatus();
   const lines = [
     `vscode-swarm ${PACKAGE_VERSION} is up (state: ${config.stateDir}).`,

@@ -135,6 +135,13 @@ export const SwarmConfigSchema = z
       })
       .strict()
       .prefault({}),
+    migration: z
+      .object({
+        /** Time a migration may take before it is rolled back. */
+        timeoutMs: z.number().int().min(1_000).max(86_400_000).default(600_000),
+      })
+      .strict()
+      .prefault({}),
     /** Ready, unassigned instances kept per provider, image and size; a matching create takes one. */
     warm: z.array(WarmBufferSchema).max(16).default([]),
     exec: z

@@ -99,7 +99,7 @@ export class DockerProvider implements Provider {
     this.capabilities = {
       liveResize: true,
       snapshots: false,
-      workspaceTransfer: false,
+      workspaceTransfer: true,
       persistentWorkspace: true,
       logs: true,
       exec: true,
@@ -280,6 +280,20 @@ export class DockerProvider implements Provider {
     if (lines.at(-1) === '') lines.pop();
     const truncated = lines.length > tail;
     return { instanceId, lines: truncated ? lines.slice(-tail) : lines, truncated };
+  }
+
+  async exportWorkspace(instanceId: string): Promise<Buffer> {
+    const container = await this.requireContainer(instanceId);
+    // The archive API reads the container's filesystem, volume included, whether it runs or not.
+    const stream = await this.call(`export workspace of ${instanceId}`, () => container.getArchive({ path: `${WORKSPACE_PATH}/.` }));
+    const chunks: Buffer[] = [];
+    for await (const chunk of stream as AsyncIterable<Buffer>) chunks.push(chunk);
+    return Buffer.concat(chunks);
+  }
+
+  async importWorkspace(instanceId: string, archive: Buffer): Promise<void> {
+    const container = await this.requireContainer(instanceId);
+    await this.call(`import workspace into ${instanceId}`, () => container.putArchive(archive, { path: WORKSPACE_PATH }));
   }
 
   async getInstanceStats(instanceId: string): Promise<InstanceStats> {

@@ -10,6 +10,7 @@ import { InstanceRegistry } from '../registry/instance-registry.js';
 import { ActivityTracker } from '../activity/activity-tracker.js';
 import { IdleMonitor } from '../activity/idle-monitor.js';
 import { HealthMonitor } from '../health/health-monitor.js';
+import { MigrationManager } from '../migration/migration-manager.js';
 import { SwarmError } from '../errors.js';
 import { AccessLinks } from '../gateway/access-links.js';
 import { Gateway } from '../gateway/gateway.js';
@@ -58,6 +59,7 @@ export interface SwarmServices {
   gateway?: Gateway;
   idle?: IdleMonitor;
   health?: HealthMonitor;
+  migrations: MigrationManager;
   /** Stops the monitors and the gateway, then closes the controller. */
   close: () => Promise<void>;
 }
@@ -83,6 +85,9 @@ export async function startSwarmServices(controller: SwarmController, config: Sw
     idle = new IdleMonitor({ controller, activity: controller.activity, checkIntervalMs: config.idle.checkIntervalMs, logger });
     idle.start();
   }
+  const migrations = new MigrationManager({ controller, stateDir: config.stateDir, timeoutMs: config.migration.timeoutMs, logger });
+  const settled = await migrations.recover();
+  if (settled.length) logger.warn({ migrations: settled.map((m) => ({ id: m.id, status: m.status, reason: m.reason })) }, 'settled migrations left by a previous run');
   let health: HealthMonitor | undefined;
   if (config.health.enabled) {
     health = new HealthMonitor({ controller, stateDir: config.stateDir, config: config.health, logger });
@@ -93,6 +98,7 @@ export async function startSwarmServices(controller: SwarmController, config: Sw
     ...(gateway ? { gateway } : {}),
     ...(idle ? { idle } : {}),
     ...(health ? { health } : {}),
+    migrations,
     close: async () => {
       await health?.stop();
       await idle?.stop();

@@ -219,6 +219,9 @@ export class SwarmController {
     const seen = new Map((await provider.listInstances()).map((i) => [i.id, i]));
     for (const [id, observed] of seen) {
       if (this.locks.isLocked(id)) continue; // an operation in flight owns it and will record the outcome
+      const owner = this.registry.get(id);
+      // A migration owns instances that exist on two providers at once; it settles them itself.
+      if (owner && (owner.status === 'migrating' || owner.providerType !== type)) continue;
       await this.locks.run(id, async () => {
         const known = this.registry.get(id);
         if (!known) {
@@ -242,7 +245,7 @@ export class SwarmController {
       });
     }
     for (const known of this.registry.list({ providerType: type })) {
-      if (seen.has(known.id) || this.locks.isLocked(known.id)) continue;
+      if (seen.has(known.id) || this.locks.isLocked(known.id) || known.status === 'migrating') continue;
       await this.locks.run(known.id, async () => {
         if (known.status === 'deleting') {
           await this.registry.remove(known.id);
@@ -547,6 +550,36 @@ export class SwarmController {
     return this.provider(this.registry.require(checkId(instanceId)).providerType);
   }
 
+  /** A connected provider of this type (for the migration manager and the health monitor). */
+  connectedProvider(type: ProviderType): Promise<Provider> {
+    return this.provider(type);
+  }
+
+  /** Migration: from now on no other operation touches the instance. */
+  async markMigrating(instanceId: string, reason: string): Promise<void> {
+    await this.locks.run(instanceId, async () => {
+      const current = this.registry.require(instanceId);
+      if (current.status === 'deleting' || current.status === 'creating') throw new SwarmError('CONFLICT', `instance ${instanceId} is ${current.status}`);
+      await this.registry.update(instanceId, { status: 'migrating', statusReason: reason });
+    });
+  }
+
+  /** Migration done: the record now names the target provider and what it reports. */
+  async completeMigration(instanceId: string, target: ProviderType, observed: VSCodeInstance, reason: string): Promise<void> {
+    await this.locks.run(instanceId, async () => {
+      await this.registry.update(instanceId, (now) => ({ ...this.merge({ ...now, providerType: target }, observed, reason), providerType: target, health: 'unknown', healthReason: undefined }));
+    });
+  }
+
+  /** Migration rolled back: the record shows the source as it now is (or missing). */
+  async endMigration(instanceId: string, observed: VSCodeInstance | null, reason: string): Promise<void> {
+    await this.locks.run(instanceId, async () => {
+      const now = this.registry.get(instanceId);
+      if (!now) return;
+      await this.registry.update(instanceId, observed ? this.merge(now, observed, reason) : { status: 'failed', statusReason: `${reason}; ${this.missingReason(now)}`, endpoint: undefined });
+    });
+  }
+
   /** The idle timeout that applies to an instance, in minutes (0: never). */
   idleTimeoutOf(instance: VSCodeInstance): number {
     return instance.config.idleTimeoutMinutes ?? this.config.idle.timeoutMinutes;
@@ -647,6 +680,9 @@ export class SwarmController {
     this.registry.require(checkId(instanceId));
     return this.locks.run(instanceId, async () => {
       const current = this.registry.require(instanceId); // it may have gone while we waited
+      if (current.status === 'migrating') {
+        throw new SwarmError('CONFLICT', `instance ${instanceId} is being migrated (${current.statusReason ?? ''}); cancel the migration or wait for it`);
+      }
       const provider = await this.provider(current.providerType);
       try {
         return await task(current, provider);
@@ -663,7 +699,7 @@ export class SwarmController {
     const known = this.registry.get(instanceId);
     if (!known) throw new SwarmError('NOT_FOUND', `instance ${instanceId} does not exist`, { field: 'instanceId' });
     const slot = this.slots.get(known.providerType);
-    if (!slot || slot.state !== 'ready') return known;
+    if (!slot || slot.state !== 'ready' || known.status === 'migrating') return known;
     const observed = await slot.provider.getInstance(instanceId);
     if (!observed) {
       if (known.status === 'failed' && known.statusReason?.startsWith('missing')) return known;

@@ -207,6 +207,11 @@ export class Gateway {
   /** The instance, running; starts it first when allowed, else answers with a page and returns undefined. */
   private async ensureRunning(instance: Readonly<VSCodeInstance>, res: http.ServerResponse): Promise<Readonly<VSCodeInstance> | undefined> {
     if (instance.status === 'running' && instance.endpoint) return instance;
+    if (instance.status === 'migrating') {
+      res.setHeader('Retry-After', '5');
+      this.send(res, 503, 'Workspace moving', 'This workspace is being moved to another host with all its files. This page retries by itself.', 5);
+      return undefined;
+    }
     if (!STARTABLE.has(instance.status)) {
       this.send(res, 410, 'Workspace unavailable', `This workspace is ${instance.status}.`);
       return undefined;

@@ -289,7 +289,7 @@ export class HealthMonitor {
 
 /** Instances the controller wants running: created or started, not stopped on purpose, not a warm member. */
 function shouldRun(instance: Readonly<VSCodeInstance>): boolean {
-  if (instance.warmPool) return false;
+  if (instance.warmPool || instance.status === 'migrating') return false;
   if (instance.desiredState) return instance.desiredState === 'running' && instance.status !== 'creating' && instance.status !== 'deleting';
   return instance.status === 'running';
 }

@@ -11,6 +11,7 @@ import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import type { SwarmController } from '../controller/swarm-controller.js';
 import type { HealthMonitor } from '../health/health-monitor.js';
+import type { MigrationManager } from '../migration/migration-manager.js';
 import { silentLogger, type Logger } from '../logger.js';
 import { writeFileAtomic } from '../state/atomic-file.js';
 import { createMcpServer } from './server.js';
@@ -18,6 +19,7 @@ import { createMcpServer } from './server.js';
 export interface McpHttpOptions {
   controller: SwarmController;
   health?: HealthMonitor;
+  migrations?: MigrationManager;
   host: string;
   port: number;
   stateDir: string;
@@ -39,7 +41,12 @@ export async function startMcpHttp(options: McpHttpOptions): Promise<{ url: stri
       if (req.method !== 'POST') return reply(res, 405, 'stateless server: POST only');
       const body = await readJson(req);
       if (body === undefined) return reply(res, 400, 'body: expected JSON of at most 4 MiB');
-      const { server: mcp } = createMcpServer({ controller: options.controller, logger, ...(options.health ? { health: options.health } : {}) });
+      const { server: mcp } = createMcpServer({
+        controller: options.controller,
+        logger,
+        ...(options.health ? { health: options.health } : {}),
+        ...(options.migrations ? { migrations: options.migrations } : {}),
+      });
       const transport = new StreamableHTTPServerTransport({ sessionIdGenerator: undefined });
       res.on('close', () => {
         void transport.close();

@@ -5,6 +5,8 @@
 import { McpServer, ResourceTemplate } from '@modelcontextprotocol/sdk/server/mcp.js';
 import type { SwarmController } from '../controller/swarm-controller.js';
 import type { HealthMonitor } from '../health/health-monitor.js';
+import type { MigrationManager } from '../migration/migration-manager.js';
+import { registerMigrationTools } from './tools/migration-tools.js';
 import { silentLogger, type Logger } from '../logger.js';
 import { PACKAGE_VERSION } from '../version.js';
 import type { ToolContext } from './tool-support.js';
@@ -26,6 +28,7 @@ import { registerUpdateSwarmInstanceTool } from './tools/update-swarm-instance.j
 export interface McpServerDeps {
   controller: SwarmController;
   health?: HealthMonitor;
+  migrations?: MigrationManager;
   logger?: Logger;
 }
 
@@ -43,7 +46,7 @@ export function createMcpServer(deps: McpServerDeps): { server: McpServer; close
         'Manages VS Code (code-server) workspaces on demand. Create one with create_swarm_instance (names are unique; asking twice returns the same workspace) and give the person its access.accessUrl; get_instance_access_link issues a new link. Workspaces stop after their idle timeout: use keep_instance_alive while you work elsewhere and will be back.',
     },
   );
-  const ctx: ToolContext = { controller, logger, ...(deps.health ? { health: deps.health } : {}) };
+  const ctx: ToolContext = { controller, logger, ...(deps.health ? { health: deps.health } : {}), ...(deps.migrations ? { migrations: deps.migrations } : {}) };
   const execEnabled = controller.getSwarmStatus().execEnabled;
 
   registerListSwarmInstancesTool(server, ctx);
@@ -60,6 +63,7 @@ export function createMcpServer(deps: McpServerDeps): { server: McpServer; close
   registerKeepInstanceAliveTool(server, ctx);
   registerCheckInstanceHealthTool(server, ctx);
   registerRecoverInstanceTool(server, ctx);
+  registerMigrationTools(server, ctx);
 
   server.registerResource(
     'swarm-status',

@@ -8,7 +8,8 @@ import { z } from 'zod';
 import { VSCodeInstanceSchema, type ProgressEvent, type VSCodeInstance } from '../../providers/provider.js';
 import type { SwarmController } from '../controller/swarm-controller.js';
 import type { HealthMonitor } from '../health/health-monitor.js';
-import { asSwarmError } from '../errors.js';
+import type { MigrationManager } from '../migration/migration-manager.js';
+import { SwarmError, asSwarmError } from '../errors.js';
 import type { Logger } from '../logger.js';
 
 export type ToolExtra = RequestHandlerExtra<ServerRequest, ServerNotification>;
@@ -18,6 +19,13 @@ export interface ToolContext {
   logger: Logger;
   /** Present where the health monitor runs (serve, up). */
   health?: HealthMonitor;
+  /** Present where migrations can run (serve, up). */
+  migrations?: MigrationManager;
+}
+
+export function requireMigrations(ctx: ToolContext): MigrationManager {
+  if (!ctx.migrations) throw new SwarmError('DISABLED', 'migrations are not available in this server');
+  return ctx.migrations;
 }
 
 export const InstanceOutputSchema = VSCodeInstanceSchema;

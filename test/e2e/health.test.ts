@@ -9,6 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createSwarm } from '../../src/controller/create-swarm.js';
 import type { SwarmController } from '../../src/controller/swarm-controller.js';
 import { HealthMonitor } from '../../src/health/health-monitor.js';
+import { waitUntil } from '../../src/timing/wait-until.js';
 import { cleanUp, containersNamed, docker, makeStateDir, testConfig } from '../helpers/docker.js';
 
 const PREFIX = 'e2e-health';
@@ -61,7 +62,17 @@ describe('health monitor', () => {
 
   const faults: [string, (name: string) => Promise<void>, RegExp, RegExp][] = [
     ['the editor hung inside its container', (n) => execIn(n, ['pkill', '-STOP', '-x', 'node']), /^connectivity/, /^restart/],
-    ['the editor killed inside its container', (n) => execIn(n, ['pkill', '-KILL', '-f', 'entry.js']), /^status: expected running, found stopped/, /^restart/],
+    [
+      'the editor killed inside its container',
+      async (n) => {
+        await execIn(n, ['pkill', '-KILL', '-f', 'entry.js']);
+        // The container ends a moment after its editor: the fault is in place once it has.
+        const container = await containerOf(n);
+        await waitUntil(async () => ((await container.inspect()).State.Running ? undefined : true), { timeoutMs: 10_000, what: 'the container to end' });
+      },
+      /^status: expected running, found stopped/,
+      /^restart/,
+    ],
     ['the container stopped behind its back', async (n) => void (await (await containerOf(n)).stop({ t: 1 })), /^status: expected running, found stopped/, /^restart/],
     ['the container paused behind its back', async (n) => void (await (await containerOf(n)).pause()), /paused outside vscode-swarm/, /^restart/],
     ['the container removed behind its back', async (n) => void (await (await containerOf(n)).remove({ force: true })), /^missing/, /^recreate/],

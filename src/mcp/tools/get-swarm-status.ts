@@ -1,6 +1,7 @@
 import type { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
 import { z } from 'zod';
 import { ProviderCapabilitiesSchema } from '../../../providers/provider.js';
+import { MigrationSchema } from '../../migration/migration-manager.js';
 import { runTool, type ToolContext } from '../tool-support.js';
 
 const Counts = z.record(z.string(), z.number());
@@ -33,6 +34,7 @@ export const SwarmStatusOutputSchema = {
   idleTimeoutMinutes: z.number(),
   execEnabled: z.boolean(),
   stateDir: z.string(),
+  migrationsInProgress: z.array(MigrationSchema),
 };
 
 export function registerGetSwarmStatusTool(server: McpServer, ctx: ToolContext): void {
@@ -47,11 +49,15 @@ export function registerGetSwarmStatusTool(server: McpServer, ctx: ToolContext):
     },
     () =>
       runTool(ctx, 'get_swarm_status', async () => {
-        const status = ctx.controller.getSwarmStatus();
+        const status = { ...ctx.controller.getSwarmStatus(), migrationsInProgress: ctx.migrations?.inProgress() ?? [] };
         const providers = status.providers.map((p) => `${p.type}: ${p.state}${p.reason ? ` (${p.reason})` : ''}`).join('; ');
         const states = Object.entries(status.byStatus).filter(([, n]) => n > 0).map(([s, n]) => `${n} ${s}`).join(', ');
         const warm = status.warm.map((w) => `${w.ready}/${w.size} ready for ${w.image} (${w.resources.cpu} CPU, ${w.resources.memoryMb} MiB)`).join('; ');
-        return { text: `${status.total} workspace(s)${states ? `: ${states}` : ''}. Providers: ${providers}.${warm ? ` Warm buffer: ${warm}.` : ''}`, structured: { ...status } };
+        const moving = status.migrationsInProgress.map((m) => `${m.instanceId} → ${m.target}`).join(', ');
+        return {
+          text: `${status.total} workspace(s)${states ? `: ${states}` : ''}. Providers: ${providers}.${warm ? ` Warm buffer: ${warm}.` : ''}${moving ? ` Migrating: ${moving}.` : ''}`,
+          structured: { ...status },
+        };
       }),
   );
 }
