@@ -40,6 +40,23 @@ const DockerConfigSchema = z
   })
   .strict();
 
+const FlyConfigSchema = z
+  .object({
+    /** Off unless turned on; the token comes from FLY_API_TOKEN. */
+    enabled: z.boolean().default(false),
+    /** The one Fly app holding the swarm's Machines and volumes (created when missing). */
+    app: z.string().regex(/^[a-z0-9][a-z0-9-]{1,62}$/, 'expected a Fly app name: lower-case letters, digits and "-"').default('vscode-swarm'),
+    org: z.string().min(1).default('personal'),
+    region: z.string().regex(/^[a-z]{3}$/, 'expected a three-letter Fly region such as iad').default('iad'),
+    /** The Machines API; the public one when absent. */
+    apiUrl: z.string().url().optional(),
+    /** Fly pulls this itself, so it must be in a registry Fly reaches. */
+    image: ImageReferenceSchema.default('codercom/code-server:4.99.3'),
+    volumeSizeGb: z.number().int().min(1).max(500).default(1),
+    readinessTimeoutMs: z.number().int().min(1_000).max(600_000).default(120_000),
+  })
+  .strict();
+
 const GatewayConfigSchema = z
   .object({
     /** Serve the gateway with `serve` and `up`. */
@@ -97,6 +114,7 @@ export const SwarmConfigSchema = z
     providers: z
       .object({
         docker: DockerConfigSchema.prefault({}),
+        fly: FlyConfigSchema.prefault({}),
       })
       .strict()
       .prefault({}),
@@ -178,6 +196,10 @@ export const ENV_OVERRIDES: Record<string, { path: string[]; parse: (v: string) 
   VSCODE_SWARM_DOCKER_IMAGE: { path: ['providers', 'docker', 'image'], parse: String },
   VSCODE_SWARM_DOCKER_PULL: { path: ['providers', 'docker', 'pullImages'], parse: parseBoolean },
   VSCODE_SWARM_ENABLE_EXEC: { path: ['exec', 'enabled'], parse: parseBoolean },
+  VSCODE_SWARM_FLY_ENABLED: { path: ['providers', 'fly', 'enabled'], parse: parseBoolean },
+  VSCODE_SWARM_FLY_APP: { path: ['providers', 'fly', 'app'], parse: String },
+  VSCODE_SWARM_FLY_API_URL: { path: ['providers', 'fly', 'apiUrl'], parse: String },
+  VSCODE_SWARM_FLY_IMAGE: { path: ['providers', 'fly', 'image'], parse: String },
   VSCODE_SWARM_GATEWAY_PORT: { path: ['gateway', 'port'], parse: Number },
   VSCODE_SWARM_GATEWAY_HOST: { path: ['gateway', 'host'], parse: String },
   VSCODE_SWARM_MCP_HTTP_PORT: { path: ['mcpHttp', 'port'], parse: Number },

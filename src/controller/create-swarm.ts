@@ -3,6 +3,7 @@
  * (CLI, MCP server, test, library user) owns what it builds and closes it.
  */
 import { DockerProvider } from '../../providers/docker/docker-provider.js';
+import { FlyProvider } from '../../providers/fly/fly-provider.js';
 import { ProviderFactory, type Provider, type ProviderType } from '../../providers/provider.js';
 import type { SwarmConfig } from '../config.js';
 import { silentLogger, type Logger } from '../logger.js';
@@ -25,7 +26,9 @@ export interface CreateSwarmOptions {
 
 /** The factory with every provider this build includes. */
 export function defaultProviderFactory(): ProviderFactory {
-  return new ProviderFactory().register('docker', (options: ConstructorParameters<typeof DockerProvider>[0]) => new DockerProvider(options));
+  return new ProviderFactory()
+    .register('docker', (options: ConstructorParameters<typeof DockerProvider>[0]) => new DockerProvider(options))
+    .register('fly', (options: ConstructorParameters<typeof FlyProvider>[0]) => new FlyProvider(options));
 }
 
 export function createSwarm(config: SwarmConfig, options: CreateSwarmOptions = {}): SwarmController {
@@ -45,6 +48,21 @@ export function createSwarm(config: SwarmConfig, options: CreateSwarmOptions = {
       pullImages: docker.pullImages,
       readinessTimeoutMs: docker.readinessTimeoutMs,
       stopTimeoutSeconds: docker.stopTimeoutSeconds,
+      env: options.env ?? process.env,
+      logger,
+    });
+  }
+  const fly = config.providers.fly;
+  if (fly.enabled) {
+    providers.fly = factory.create('fly', {
+      app: fly.app,
+      org: fly.org,
+      region: fly.region,
+      defaultImage: fly.image,
+      volumeSizeGb: fly.volumeSizeGb,
+      swarmId: config.swarmId,
+      readinessTimeoutMs: fly.readinessTimeoutMs,
+      ...(fly.apiUrl ? { apiUrl: fly.apiUrl } : {}),
       env: options.env ?? process.env,
       logger,
     });

@@ -166,6 +166,8 @@ export class MigrationManager {
       steps: MIGRATION_STEPS.map((name) => ({ name, status: 'pending' as const })),
     };
     await this.save(migration);
+    // Marked before returning, so that no operation slips in between this call and the first step.
+    await controller.markMigrating(instanceId, `migrating to ${target} (${migration.id})`);
     const entry = { migration, cancel: false, run: Promise.resolve(migration) };
     entry.run = this.run(entry, 0).finally(() => this.active.delete(migration.id));
     this.active.set(migration.id, entry);

@@ -25,7 +25,7 @@ export function testConfig(stateDir: string, extra: SwarmConfigInput = {}): Swar
     logLevel: 'silent',
     ...extra,
     gateway: { port: 0, ...extra.gateway },
-    providers: { docker: { image: TEST_IMAGE, pullImages: false, stopTimeoutSeconds: 2, ...extra.providers?.docker } },
+    providers: { ...extra.providers, docker: { image: TEST_IMAGE, pullImages: false, stopTimeoutSeconds: 2, ...extra.providers?.docker } },
   });
 }
 
