@@ -38,7 +38,8 @@ export interface HealthConfig {
   backoffMs: number;
 }
 
-type Finding = 'pass' | 'fail' | 'skip';
+/** How long an unchanged history may stay unwritten; a restart loses at most this much of it. */
+const HISTORY_FLUSH_MS = 5 * 60_000;
 
 export const HealthCheckSchema = z.object({
   at: z.string(),
@@ -76,6 +77,7 @@ export interface HealthMonitorOptions {
 
 export class HealthMonitor {
   private readonly records = new Map<string, HealthRecord>();
+  private readonly savedAt = new Map<string, number>();
   private readonly dir: string;
   private readonly logger: Logger;
   private readonly now: () => number;
@@ -244,9 +246,14 @@ export class HealthMonitor {
   }
 
   private async finish(record: HealthRecord, instance: Readonly<VSCodeInstance>, check: HealthCheck): Promise<HealthCheck> {
+    const previous = record.history.at(-1);
     record.history.push(check);
     if (record.history.length > this.options.config.historySize) record.history.splice(0, record.history.length - this.options.config.historySize);
-    await this.save(record);
+    // A steady healthy swarm would otherwise fsync one file per instance per sweep: write when something
+    // changed, and otherwise now and then.
+    const changed = !previous || previous.status !== check.status || previous.reason !== check.reason || record.consecutiveFailures > 0;
+    const lastSaved = this.savedAt.get(record.instanceId) ?? 0;
+    if (changed || this.now() - lastSaved >= HISTORY_FLUSH_MS) await this.save(record);
     if (instance.health !== check.status || instance.healthReason !== check.reason) {
       await this.options.controller.recordHealth(instance.id, check.status, check.reason);
     }
@@ -279,6 +286,7 @@ export class HealthMonitor {
   private async save(record: HealthRecord): Promise<void> {
     await fs.mkdir(this.dir, { recursive: true });
     await writeJsonAtomic(this.file(record.instanceId), record);
+    this.savedAt.set(record.instanceId, this.now());
   }
 
   private file(instanceId: string): string {

@@ -40,32 +40,11 @@ import { Gateway } from '../../src/gateway/gateway.js';
 import { InstanceRegistry } from '../../src/registry/instance-registry.js';
 import { waitUntil } from '../../src/timing/wait-until.js';
 import { TEST_IMAGE, cleanUp, httpStatus, makeStateDir, testConfig } from '../helpers/docker.js';
+import { figure, median, percentile, time, type Figure } from './figures.js';
+import { flyFigures, healthSweepFigure, migrationFigures } from './provider-figures.js';
 import type { HttpJob, HttpResult, Job, JobResult, WsJob, WsResult } from './load-worker.js';
 
 const run = promisify(execFile);
-
-interface Figure {
-  name: string;
-  unit: 'ms' | 'req/s' | 'µs';
-  runs: number;
-  median: number;
-  baselineName: string;
-  baselineMedian: number;
-  /** median / baselineMedian: for times, how many times the baseline's cost ours is; for req/s, the share of the baseline's rate. */
-  ratio: number;
-  /** What the figure should reach (new figures only), and whether the measured numbers do. */
-  goal?: string;
-  meetsGoal?: boolean;
-  /** Percentiles of ours, where the figure is about a distribution. */
-  p50?: number;
-  p95?: number;
-  p99?: number;
-  baselineP50?: number;
-  /** median - baselineMedian, for latency figures whose goal is an added amount. */
-  added?: number;
-  /** Anything else worth reading beside the numbers (misses, errors, request counts). */
-  detail?: string;
-}
 
 interface Options {
   runs: number;
@@ -100,6 +79,9 @@ function groups(count: number): Group[] {
     { key: 'http-echo', names: [FIG.echoHttp], docker: false, run: (o) => echoHttpFigures(o) },
     { key: 'http-code-server', names: [FIG.csHttp], docker: true, run: (o) => codeServerHttpFigures(o) },
     { key: 'websocket', names: [FIG.ws], docker: false, run: (o) => wsFigure(o.runs).then((f) => [f]) },
+    { key: 'fly', names: ['fly create-to-running (Machines API emulator)'], docker: true, run: (o) => flyFigures(o.runs) },
+    { key: 'health', names: ['health sweep over 1000 instances'], docker: false, run: (o) => healthSweepFigure(o.runs).then((f) => [f]) },
+    { key: 'migration', names: ['migration downtime'], docker: true, run: (o) => migrationFigures(Math.min(o.runs, 3)) },
   ];
 }
 
@@ -617,28 +599,9 @@ async function rawDockerRun(): Promise<number> {
   }
 }
 
-async function time(fn: () => Promise<void>): Promise<number> {
-  const start = performance.now();
-  await fn();
-  return performance.now() - start;
-}
 
-function median(values: number[]): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  const mid = Math.floor(sorted.length / 2);
-  return sorted.length % 2 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
-}
 
-/** Nearest-rank percentile of an ascending array. */
-function percentile(sorted: number[], p: number): number {
-  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil(p * sorted.length) - 1))]!;
-}
 
-function figure(name: string, ours: number[], baselineName: string, baseline: number[], unit: Figure['unit'] = 'ms'): Figure {
-  const m = median(ours);
-  const b = median(baseline);
-  return { name, unit, runs: ours.length, median: m, baselineName, baselineMedian: b, ratio: m / b };
-}
 
 main().catch((err: unknown) => {
   process.stderr.write(`bench failed: ${err instanceof Error ? err.stack : String(err)}\n`);
