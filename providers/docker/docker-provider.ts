@@ -58,6 +58,11 @@ export interface DockerProviderOptions extends DockerConnectionOptions {
    * Set it (e.g. 127.0.0.1) when the engine is remote (DOCKER_HOST=tcp://...).
    */
   publishHost?: string | null;
+  /**
+   * The host port to publish an instance's editor on (with publishHost); undefined lets the engine pick
+   * a free one (the default). The host agent uses it to hand out ports from its own persisted pool.
+   */
+  hostPortFor?: (instanceId: string) => number | undefined;
   /** The bridge network instances join; created with inter-container traffic off, so one workspace cannot reach another's editor. */
   network?: string;
   /** Arguments after the image's entrypoint (the upstream entrypoint already binds 0.0.0.0:8080). */
@@ -145,7 +150,7 @@ export class DockerProvider implements Provider {
     try {
       progress({ fraction: 0.5, message: 'creating container' });
       container = await this.docker.createContainer(this.containerSpec(instanceId, config, containerName(instanceId)));
-      return await this.startAndAwait(instanceId, container, progress, 0.6, options.signal);
+      return await this.startAndAwait(instanceId, container, progress, 0.6, options.signal, true);
     } catch (err) {
       // Leave nothing behind: a failed create removes what this call made.
       if (container) await container.remove({ force: true, v: false }).catch(() => undefined);
@@ -381,7 +386,7 @@ export class DockerProvider implements Provider {
         ...resourceLimits(config.resources),
         NetworkMode: this.endpointMode.network,
         ...(this.endpointMode.publishHost
-          ? { PortBindings: { [`${EDITOR_PORT}/tcp`]: [{ HostIp: this.endpointMode.publishHost, HostPort: '' }] } }
+          ? { PortBindings: { [`${EDITOR_PORT}/tcp`]: [{ HostIp: this.endpointMode.publishHost, HostPort: String(this.options.hostPortFor?.(instanceId) ?? '') }] } }
           : {}),
         Mounts: [{ Type: 'volume', Source: volumeName(instanceId), Target: WORKSPACE_PATH }],
         Privileged: false,
@@ -402,10 +407,10 @@ export class DockerProvider implements Provider {
     progress: (e: ProgressEvent) => void,
     from: number,
     signal?: AbortSignal,
+    fresh = false,
   ): Promise<VSCodeInstance> {
     progress({ fraction: from, message: 'starting container' });
-    const state = (await container.inspect()).State;
-    if (state.Paused) await this.call(`unpause ${instanceId}`, () => container.unpause());
+    if (!fresh && (await container.inspect()).State.Paused) await this.call(`unpause ${instanceId}`, () => container.unpause());
     await this.call(`start ${instanceId}`, () =>
       container.start().catch((err) => {
         if (statusCode(err) !== 304) throw err; // 304: already running
@@ -426,7 +431,7 @@ export class DockerProvider implements Provider {
         }
         return undefined;
       },
-      { timeoutMs: this.options.readinessTimeoutMs ?? 60_000, intervalMs: 50, what: `editor of ${instanceId} at ${started.endpoint.url}${path}`, ...(signal ? { signal } : {}) },
+      { timeoutMs: this.options.readinessTimeoutMs ?? 60_000, intervalMs: 20, what: `editor of ${instanceId} at ${started.endpoint.url}${path}`, ...(signal ? { signal } : {}) },
     );
     progress({ fraction: 1, message: 'editor is answering' });
     return started;

@@ -592,7 +592,7 @@ async function rawDockerRun(): Promise<number> {
       container = stdout.trim();
       const { stdout: ip } = await run('docker', ['inspect', '-f', `{{(index .NetworkSettings.Networks "${DEFAULT_NETWORK}").IPAddress}}`, container]);
       const url = `http://${ip.trim()}:8080/healthz`;
-      await waitUntil(async () => ((await httpStatus(url)) === 200 ? true : undefined), { timeoutMs: 60_000, intervalMs: 50, what: 'raw docker run' });
+      await waitUntil(async () => ((await httpStatus(url)) === 200 ? true : undefined), { timeoutMs: 60_000, intervalMs: 20, what: 'raw docker run' });
     });
   } finally {
     if (container) await run('docker', ['rm', '-f', container]);
