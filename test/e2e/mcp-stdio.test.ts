@@ -13,6 +13,7 @@ import { callTool, errorText, launchFromMcpJson, type LaunchedServer } from '../
 const PREFIX = 'e2e-mcp';
 const TOOLS = [
   'check_instance_health', 'recover_instance',
+  'create_migration_plan', 'start_migration', 'cancel_migration', 'get_migration_status', 'list_migrations',
   'create_swarm_instance', 'delete_swarm_instance', 'execute_command', 'get_instance_access_link', 'get_instance_logs',
   'get_swarm_instance', 'get_swarm_status', 'keep_instance_alive', 'list_swarm_instances', 'start_swarm_instance',
   'stop_swarm_instance', 'update_swarm_instance',
