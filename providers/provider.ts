@@ -287,8 +287,6 @@ export interface Provider {
   close?(): Promise<void>;
 }
 
-export type ProviderConstructor<O> = (options: O) => Provider;
-
 /**
  * Builds providers by type. Every type must be registered explicitly; asking for one that is not
  * fails loudly instead of falling back to a default.

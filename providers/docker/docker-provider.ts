@@ -7,9 +7,10 @@
  */
 import Docker from 'dockerode';
 import os from 'node:os';
-import { Readable, Writable } from 'node:stream';
+import { Readable, type Writable } from 'node:stream';
 import { finished } from 'node:stream/promises';
 import { SwarmError, asSwarmError } from '../../src/errors.js';
+import { CappedCollector } from '../../src/streams/capped-collector.js';
 import { silentLogger, type Logger } from '../../src/logger.js';
 import { httpStatus } from '../../src/timing/http-probe.js';
 import { waitUntil } from '../../src/timing/wait-until.js';
@@ -279,7 +280,7 @@ export class DockerProvider implements Provider {
         ...(options.since ? { since: Math.floor(Date.parse(options.since) / 1000) } : {}),
       }) as unknown as Promise<Buffer>,
     );
-    const out = new Collector(Number.MAX_SAFE_INTEGER);
+    const out = new CappedCollector(Number.MAX_SAFE_INTEGER);
     await this.demux(Readable.from([raw]), out, out);
     const lines = out.text().split('\n');
     if (lines.at(-1) === '') lines.pop();
@@ -336,8 +337,8 @@ export class DockerProvider implements Provider {
     const stream = (await this.call(`exec in ${instanceId}`, () => exec.start({ hijack: true, stdin: false }))) as NodeJS.ReadableStream & {
       destroy(): void;
     };
-    const stdout = new Collector(maxOutputBytes);
-    const stderr = new Collector(maxOutputBytes);
+    const stdout = new CappedCollector(maxOutputBytes);
+    const stderr = new CappedCollector(maxOutputBytes);
     let timedOut = false;
     const timer = setTimeout(() => {
       timedOut = true;
@@ -595,30 +596,3 @@ function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<
     }),
   ]);
 }
-
-/** Keeps up to `limit` bytes of a stream and notes whether more arrived. */
-class Collector extends Writable {
-  private readonly chunks: Buffer[] = [];
-  private size = 0;
-  truncated = false;
-
-  constructor(private readonly limit: number) {
-    super();
-  }
-
-  override _write(chunk: Buffer, _enc: BufferEncoding, done: () => void): void {
-    const room = this.limit - this.size;
-    if (chunk.length > room) this.truncated = true;
-    if (room > 0) {
-      const kept = chunk.length > room ? chunk.subarray(0, room) : chunk;
-      this.chunks.push(kept);
-      this.size += kept.length;
-    }
-    done();
-  }
-
-  text(): string {
-    return Buffer.concat(this.chunks).toString('utf8');
-  }
-}
-

@@ -42,6 +42,7 @@ export interface HealthConfig {
 const HISTORY_FLUSH_MS = 5 * 60_000;
 
 export const HealthCheckSchema = z.object({
+  instanceId: z.string(),
   at: z.string(),
   status: HealthStatusSchema,
   reason: z.string(),
@@ -157,7 +158,7 @@ export class HealthMonitor {
     try {
       provider = await controller.providerOf(instanceId);
     } catch (err) {
-      return this.finish(record, instance, { at, status: 'unknown', reason: `provider unreachable: ${asSwarmError(err).message}`, checks });
+      return this.finish(record, instance, { instanceId, at, status: 'unknown', reason: `provider unreachable: ${asSwarmError(err).message}`, checks });
     }
     const observed = await provider.getInstance(instanceId);
     let failure: string | undefined;
@@ -203,7 +204,7 @@ export class HealthMonitor {
       reason = degraded ?? 'all checks passed';
     }
     return this.finish(record, instance, {
-      at, status, reason, checks,
+      instanceId, at, status, reason, checks,
       ...(latencyMs !== undefined ? { latencyMs } : {}),
       ...(memoryRatio !== undefined ? { memoryRatio } : {}),
     });
@@ -261,7 +262,7 @@ export class HealthMonitor {
   }
 
   private unknown(instanceId: string, reason: string): HealthCheck {
-    return { at: new Date(this.now()).toISOString(), status: 'unknown', reason, checks: { provider: 'skip', status: 'skip', connectivity: 'skip', resources: 'skip' } };
+    return { instanceId, at: new Date(this.now()).toISOString(), status: 'unknown', reason, checks: { provider: 'skip', status: 'skip', connectivity: 'skip', resources: 'skip' } };
   }
 
   private async record(instanceId: string): Promise<HealthRecord> {

@@ -8,7 +8,7 @@
  */
 import Docker from 'dockerode';
 import os from 'node:os';
-import { Writable } from 'node:stream';
+import { CappedCollector } from '../../../src/streams/capped-collector.js';
 
 export const LABEL_EMULATOR = 'fly-emulator.emulator';
 export const LABEL_PID = 'fly-emulator.pid';
@@ -201,8 +201,8 @@ export class DockerBackend {
     const container = this.docker.getContainer(containerId);
     const exec = await container.exec({ Cmd: argv, AttachStdout: true, AttachStderr: true });
     const stream = (await exec.start({ hijack: true, stdin: false })) as NodeJS.ReadableStream & { destroy(): void };
-    const stdout = new Sink(maxBytes);
-    const stderr = new Sink(maxBytes);
+    const stdout = new CappedCollector(maxBytes);
+    const stderr = new CappedCollector(maxBytes);
     this.docker.modem.demuxStream(stream, stdout, stderr);
     let timedOut = false;
     await new Promise<void>((resolve) => {
@@ -288,27 +288,4 @@ export function statusCode(err: unknown): number | undefined {
 
 function delay(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
-class Sink extends Writable {
-  private readonly chunks: Buffer[] = [];
-  private size = 0;
-
-  constructor(private readonly limit: number) {
-    super();
-  }
-
-  override _write(chunk: Buffer, _enc: BufferEncoding, done: () => void): void {
-    const room = this.limit - this.size;
-    if (room > 0) {
-      const kept = chunk.length > room ? chunk.subarray(0, room) : chunk;
-      this.chunks.push(kept);
-      this.size += kept.length;
-    }
-    done();
-  }
-
-  text(): string {
-    return Buffer.concat(this.chunks).toString('utf8');
-  }
 }
