@@ -284,6 +284,10 @@ export class SwarmController {
         ...(req.idleTimeoutMinutes !== undefined ? { idleTimeoutMinutes: req.idleTimeoutMinutes } : {}),
       };
       checkResources(config.resources, provider.getCapabilities(), type);
+      const { regions } = provider.getCapabilities();
+      if (req.region && !regions.includes(req.region)) {
+        throw invalidInput('region', regions.length ? `one of ${regions.join(', ')} on ${type}` : `no region: ${type} has one place`, req.region);
+      }
 
       const claimed = req.env || req.region ? undefined : await this.claimWarm(type, config, provider);
       if (claimed) return this.createResult(claimed, true, true);

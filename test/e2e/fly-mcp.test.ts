@@ -49,6 +49,12 @@ describe('a Fly workspace through the MCP tools', () => {
     await cleanUp(PREFIX, stateDir);
   });
 
+  it('refuses a region fly does not offer here, creating nothing', async () => {
+    expect(errorText(await callTool(server.client, 'create_swarm_instance', { name: `${PREFIX}-nowhere`, providerType: 'fly', region: 'xyz' }))).toMatch(/INVALID_INPUT: region: expected one of iad on fly \(got "xyz"\)/);
+    expect(errorText(await callTool(server.client, 'create_swarm_instance', { name: `${PREFIX}-nowhere`, region: 'iad' }))).toMatch(/region: expected no region: docker has one place/);
+    expect(emulator.machines(APP)).toEqual([]);
+  });
+
   it('creates it on fly, and the status shows the fly provider ready', async () => {
     const status = await callTool(server.client, 'get_swarm_status');
     expect((status.structuredContent!.providers as { type: string; state: string }[]).find((p) => p.type === 'fly')).toMatchObject({ state: 'ready' });
