@@ -14,6 +14,7 @@ import { startMcpHttp } from './mcp/http.js';
 import { createMcpServer } from './mcp/server.js';
 import { describeInstance } from './mcp/tool-support.js';
 import { PACKAGE_VERSION } from './version.js';
+import { runAgentCommand } from '../providers/aws-asg/agent/agent-cli.js';
 
 const USAGE = `vscode-swarm ${PACKAGE_VERSION}
 
@@ -34,6 +35,7 @@ Commands:
   logs ID                    Recent editor output [--tail N]
   link ID                    A fresh one-time link that opens the editor [--revoke]
   keep-alive ID MINUTES      Hold a workspace awake
+  agent --host-id ID ...     Run the host agent of the AWS provider on this host (agent --help)
 
 Options:
   --config FILE              Config file (JSON); also VSCODE_SWARM_CONFIG
@@ -65,6 +67,8 @@ const OPTIONS = {
 type Values = ReturnType<typeof parseArgs<{ options: typeof OPTIONS; allowPositionals: true }>>['values'];
 
 async function main(argv: string[]): Promise<number> {
+  // The host agent has its own flags (each also read from VSCODE_SWARM_AGENT_*).
+  if (argv[0] === 'agent') return runAgentCommand(argv.slice(1));
   let parsed;
   try {
     parsed = parseArgs({ args: argv, options: OPTIONS, allowPositionals: true, strict: true });
