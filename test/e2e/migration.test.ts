@@ -61,26 +61,26 @@ describe('migration between docker and fly', () => {
     await cleanUp(PREFIX, stateDir);
   });
 
-  it('moves a workspace to fly (stop-and-recreate) and back (create-then-stop), every file intact', async () => {
+  it.each(['stop-and-recreate', 'create-then-stop'] as const)('moves a workspace to fly and back with %s, every file intact', async (strategy) => {
     const { controller, migrations } = services;
-    const { instance, manifest } = await populated(controller, `${PREFIX}-roundtrip`);
+    const { instance, manifest } = await populated(controller, `${PREFIX}-${strategy}`);
     expect(Object.keys(manifest).sort()).toEqual(['blob.bin', 'empty.txt', 'src/deep/er/hello.txt', 'with space.txt']);
 
-    const plan = await migrations.plan(instance.id, 'fly');
+    const plan = await migrations.plan(instance.id, 'fly', strategy);
     expect(plan.steps.map((s) => s.name)).toEqual([...MIGRATION_STEPS]);
     expect(plan.workspaceBytes).toBe(300_000 + 18 + 6);
 
-    const there = await (await migrations.start(instance.id, 'fly')).wait;
+    const there = await (await migrations.start(instance.id, 'fly', { strategy })).wait;
     expect(there.status, there.reason).toBe('completed');
     expect(there.steps.every((s) => s.status === 'completed')).toBe(true);
     expect(there.downtimeMs).toBeGreaterThan(0);
     const onFly = await controller.getInstance(instance.id);
     expect(onFly).toMatchObject({ providerType: 'fly', status: 'running', url: instance.url });
     expect(await manifestOn(controller, 'fly', instance.id)).toEqual(manifest);
-    expect(await containersNamed(`${PREFIX}-roundtrip`)).toEqual([]); // nothing left on docker
+    expect(await containersNamed(`${PREFIX}-${strategy}`)).toEqual([]); // nothing left on docker
     expect((await controller.executeCommand(instance.id, 'cat src/deep/er/hello.txt')).stdout).toBe('hello from docker\n');
 
-    const back = await (await migrations.start(instance.id, 'docker', { strategy: 'create-then-stop' })).wait;
+    const back = await (await migrations.start(instance.id, 'docker', { strategy })).wait;
     expect(back.status, back.reason).toBe('completed');
     expect(await controller.getInstance(instance.id)).toMatchObject({ providerType: 'docker', status: 'running' });
     expect(await manifestOn(controller, 'docker', instance.id)).toEqual(manifest);
