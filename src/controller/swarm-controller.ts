@@ -247,12 +247,14 @@ export class SwarmController {
     for (const known of this.registry.list({ providerType: type })) {
       if (seen.has(known.id) || this.locks.isLocked(known.id) || known.status === 'migrating') continue;
       await this.locks.run(known.id, async () => {
-        if (known.status === 'deleting') {
-          await this.registry.remove(known.id);
-          report.removed.push(known.id);
-        } else if (known.status !== 'failed' || !known.statusReason?.startsWith('missing')) {
-          await this.registry.update(known.id, { status: 'failed', health: 'unknown', endpoint: undefined, statusReason: this.missingReason(known) });
-          report.markedMissing.push(known.id);
+        const current = this.registry.get(known.id); // as it is now that we hold the lock
+        if (!current || current.providerType !== type || current.status === 'migrating') return;
+        if (current.status === 'deleting') {
+          await this.registry.remove(current.id);
+          report.removed.push(current.id);
+        } else if (current.status !== 'failed' || !current.statusReason?.startsWith('missing')) {
+          await this.registry.update(current.id, { status: 'failed', health: 'unknown', endpoint: undefined, statusReason: this.missingReason(current) });
+          report.markedMissing.push(current.id);
         }
       });
     }
