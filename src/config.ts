@@ -57,6 +57,45 @@ const FlyConfigSchema = z
   })
   .strict();
 
+const AwsAsgConfigSchema = z
+  .object({
+    /** Off unless turned on; credentials come from the standard AWS chain (environment, profile, instance role). */
+    enabled: z.boolean().default(false),
+    /** AWS_REGION / AWS_DEFAULT_REGION when absent. */
+    region: z.string().regex(/^[a-z]{2}(-[a-z]+)+-\d$/, 'expected an AWS region such as eu-west-1').optional(),
+    /** The Auto Scaling group whose EC2 hosts run `vscode-swarm agent`. */
+    groupName: z.string().min(1).max(255).default('vscode-swarm'),
+    /** Another endpoint for both AWS services (a local emulator, a VPC endpoint); the public ones when absent. */
+    endpoint: z.string().url().optional(),
+    /** Editor image the agents run when a create names none; they must be able to pull it. */
+    image: ImageReferenceSchema.default('codercom/code-server:4.99.3'),
+    /** Containers per host; the agents' --capacity should match. */
+    perHostCapacity: z.number().int().min(1).max(1_000).default(20),
+    /** Free container slots kept ready by the group's desired capacity. */
+    bufferSlots: z.number().int().min(0).max(10_000).default(5),
+    /** The agents' control-API port (--api-port), the same on every host. */
+    agentPort: z.number().int().min(1).max(65_535).default(9100),
+    /** Where the agents' bearer token (--token) is read from: this variable, else agentTokenFile. Never put the token in the file itself. */
+    agentTokenEnv: z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/).default('VSCODE_SWARM_AWS_AGENT_TOKEN'),
+    agentTokenFile: z.string().min(1).optional(),
+    // No gateway secret here: the agents check access links with the central gateway.secret, which their
+    // launcher passes as --gateway-secret (or VSCODE_SWARM_AGENT_GATEWAY_SECRET); the controller never sends it.
+    /** SDK attempts per AWS call (the SDK retries throttling and 5xx itself). */
+    maxAttempts: z.number().int().min(1).max(20).default(5),
+    retryMode: z.enum(['standard', 'adaptive']).default('standard'),
+    hostCacheTtlMs: z.number().int().min(100).max(600_000).default(10_000),
+    agentTimeoutMs: z.number().int().min(500).max(600_000).default(15_000),
+    agentCreateTimeoutMs: z.number().int().min(1_000).max(1_800_000).default(180_000),
+    /** How long a create waits for a new host when every host is full (EC2 boot plus agent start). */
+    hostWaitTimeoutMs: z.number().int().min(1_000).max(3_600_000).default(600_000),
+    hostPollMs: z.number().int().min(100).max(60_000).default(2_000),
+    /** A host empty this long is terminated (min size and buffer permitting). */
+    scaleInCooldownMinutes: z.number().min(0).max(1_440).default(10),
+    reconcileIntervalMs: z.number().int().min(100).max(3_600_000).default(15_000),
+  })
+  .strict();
+export type AwsAsgConfig = z.infer<typeof AwsAsgConfigSchema>;
+
 const GatewayConfigSchema = z
   .object({
     /** Serve the gateway with `serve` and `up`. */
@@ -115,6 +154,7 @@ export const SwarmConfigSchema = z
       .object({
         docker: DockerConfigSchema.prefault({}),
         fly: FlyConfigSchema.prefault({}),
+        'aws-asg': AwsAsgConfigSchema.prefault({}),
       })
       .strict()
       .prefault({}),
@@ -200,6 +240,9 @@ export const ENV_OVERRIDES: Record<string, { path: string[]; parse: (v: string) 
   VSCODE_SWARM_FLY_APP: { path: ['providers', 'fly', 'app'], parse: String },
   VSCODE_SWARM_FLY_API_URL: { path: ['providers', 'fly', 'apiUrl'], parse: String },
   VSCODE_SWARM_FLY_IMAGE: { path: ['providers', 'fly', 'image'], parse: String },
+  VSCODE_SWARM_AWS_ENABLED: { path: ['providers', 'aws-asg', 'enabled'], parse: parseBoolean },
+  VSCODE_SWARM_AWS_GROUP: { path: ['providers', 'aws-asg', 'groupName'], parse: String },
+  VSCODE_SWARM_AWS_ENDPOINT: { path: ['providers', 'aws-asg', 'endpoint'], parse: String },
   VSCODE_SWARM_GATEWAY_PORT: { path: ['gateway', 'port'], parse: Number },
   VSCODE_SWARM_GATEWAY_HOST: { path: ['gateway', 'host'], parse: String },
   VSCODE_SWARM_MCP_HTTP_PORT: { path: ['mcpHttp', 'port'], parse: Number },

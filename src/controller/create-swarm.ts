@@ -2,6 +2,7 @@
  * Builds the object graph from a configuration: registry, providers, controller. No singletons; a caller
  * (CLI, MCP server, test, library user) owns what it builds and closes it.
  */
+import { AwsAsgProvider } from '../../providers/aws-asg/aws-asg-provider.js';
 import { DockerProvider } from '../../providers/docker/docker-provider.js';
 import { FlyProvider } from '../../providers/fly/fly-provider.js';
 import { ProviderFactory, type Provider, type ProviderType } from '../../providers/provider.js';
@@ -28,7 +29,8 @@ export interface CreateSwarmOptions {
 export function defaultProviderFactory(): ProviderFactory {
   return new ProviderFactory()
     .register('docker', (options: ConstructorParameters<typeof DockerProvider>[0]) => new DockerProvider(options))
-    .register('fly', (options: ConstructorParameters<typeof FlyProvider>[0]) => new FlyProvider(options));
+    .register('fly', (options: ConstructorParameters<typeof FlyProvider>[0]) => new FlyProvider(options))
+    .register('aws-asg', (options: ConstructorParameters<typeof AwsAsgProvider>[0]) => new AwsAsgProvider(options));
 }
 
 export function createSwarm(config: SwarmConfig, options: CreateSwarmOptions = {}): SwarmController {
@@ -66,6 +68,31 @@ export function createSwarm(config: SwarmConfig, options: CreateSwarmOptions = {
       env: options.env ?? process.env,
       logger,
     });
+  }
+  const aws = config.providers['aws-asg'];
+  if (aws.enabled) {
+    providers['aws-asg'] = factory.create('aws-asg', {
+      groupName: aws.groupName,
+      ...(aws.region ? { region: aws.region } : {}),
+      ...(aws.endpoint ? { endpoint: aws.endpoint } : {}),
+      defaultImage: aws.image,
+      perHostCapacity: aws.perHostCapacity,
+      bufferSlots: aws.bufferSlots,
+      agentPort: aws.agentPort,
+      agentTokenEnv: aws.agentTokenEnv,
+      ...(aws.agentTokenFile ? { agentTokenFile: aws.agentTokenFile } : {}),
+      maxAttempts: aws.maxAttempts,
+      retryMode: aws.retryMode,
+      hostCacheTtlMs: aws.hostCacheTtlMs,
+      agentTimeoutMs: aws.agentTimeoutMs,
+      agentCreateTimeoutMs: aws.agentCreateTimeoutMs,
+      hostWaitTimeoutMs: aws.hostWaitTimeoutMs,
+      hostPollMs: aws.hostPollMs,
+      scaleInCooldownMs: aws.scaleInCooldownMinutes * 60_000,
+      reconcileIntervalMs: aws.reconcileIntervalMs,
+      env: options.env ?? process.env,
+      logger,
+    } satisfies ConstructorParameters<typeof AwsAsgProvider>[0]);
   }
   const registry = new InstanceRegistry({ stateDir: config.stateDir, logger });
   const access = config.gateway.enabled ? new AccessLinks(config.gateway, config.stateDir) : undefined;

@@ -786,6 +786,7 @@ export class SwarmController {
   private defaultImage(type: ProviderType): string {
     if (type === 'docker') return this.config.providers.docker.image;
     if (type === 'fly') return this.config.providers.fly.image;
+    if (type === 'aws-asg') return this.config.providers['aws-asg'].image;
     throw new SwarmError('PROVIDER_UNKNOWN', `providerType: no default image is configured for ${type}`, { field: 'providerType' });
   }
 

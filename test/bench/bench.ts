@@ -41,6 +41,7 @@ import { InstanceRegistry } from '../../src/registry/instance-registry.js';
 import { waitUntil } from '../../src/timing/wait-until.js';
 import { TEST_IMAGE, cleanUp, httpStatus, makeStateDir, testConfig } from '../helpers/docker.js';
 import { figure, median, percentile, time, type Figure } from './figures.js';
+import { awsBurstFigures } from './aws-figures.js';
 import { flyFigures, healthSweepFigure, migrationFigures } from './provider-figures.js';
 import type { HttpJob, HttpResult, Job, JobResult, WsJob, WsResult } from './load-worker.js';
 
@@ -82,6 +83,7 @@ function groups(count: number): Group[] {
     { key: 'fly', names: ['fly create-to-running (Machines API emulator)'], docker: true, run: (o) => flyFigures(o.runs) },
     { key: 'health', names: ['health sweep over 1000 instances'], docker: false, run: (o) => healthSweepFigure(o.runs).then((f) => [f]) },
     { key: 'migration', names: ['migration downtime'], docker: true, run: (o) => migrationFigures(Math.min(o.runs, 3)) },
+    { key: 'aws', names: ['aws-asg burst: 100 concurrent creates to a running editor (emulator, 2 s boot, 20 per host)'], docker: true, run: () => awsBurstFigures() },
   ];
 }
 

@@ -428,7 +428,11 @@ export class HostAgent {
   }
 
   private used(): number {
-    return this.registry.size + this.reserving.size;
+    // A create is in `reserving` until its record is written, and the registry holds the record from the
+    // moment the write starts: count it once, or concurrent creates are refused below capacity.
+    let reserving = 0;
+    for (const id of this.reserving) if (!this.registry.get(id)) reserving++;
+    return this.registry.size + reserving;
   }
 
   private drainingError(): SwarmError {

@@ -1,0 +1,234 @@
+/**
+ * The AWS provider's burst: N concurrent creates on the AWS emulator (real SDK clients over HTTP, every
+ * EC2 host a real host agent with a boot delay) with the light stand-in editor image, beside the same N
+ * concurrent creates through the Docker provider on the local engine (no hosts to boot, no agent hop):
+ * what scaling out from one host costs the caller. Also the rig the burst e2e test runs on.
+ */
+import { mkdtemp, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { AwsAsgProvider, type AwsAsgProviderOptions } from '../../providers/aws-asg/aws-asg-provider.js';
+import { DockerProvider } from '../../providers/docker/docker-provider.js';
+import { LABEL_SWARM } from '../../providers/docker/docker-mapping.js';
+import type { Provider, VSCodeInstance } from '../../providers/provider.js';
+import { startAwsEmulator, type AwsEmulator, type FaultRule } from '../emulators/aws/index.js';
+import { cleanUp, docker } from '../helpers/docker.js';
+import { ensureStandinImage } from '../helpers/standin-image.js';
+import { median, percentile, type Figure } from './figures.js';
+
+/** The repository root, from src (vitest) or from dist (npm run bench). */
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+export const REPO_ROOT = path.resolve(HERE, HERE.includes(`${path.sep}dist${path.sep}`) ? '../../..' : '../..');
+
+const TOKEN = 'aws-burst-agent-token-0123456789abcdef';
+const SECRET = 'aws-burst-gateway-secret-0123456789abcdef';
+const credentials = { accessKeyId: 'AKIAEMULATOR000000', secretAccessKey: 'emulator-secret' };
+
+export interface AwsBurstRigOptions {
+  group: string;
+  /** Loopback range of the emulated hosts, away from other suites' (e.g. 127.0.32.2). */
+  firstAddress: string;
+  agentPort: number;
+  perHost: number;
+  maxSize: number;
+  bufferSlots: number;
+  bootDelayMs: number;
+  scaleInCooldownMs: number;
+  faults?: FaultRule[];
+  provider?: Partial<AwsAsgProviderOptions>;
+}
+
+export interface AwsBurstRig {
+  emulator: AwsEmulator;
+  provider: AwsAsgProvider;
+  image: string;
+  options: AwsBurstRigOptions;
+  /** Docker containers the emulated hosts' agents made (by their swarm labels), terminated hosts included. */
+  hostContainers(): Promise<Array<{ id: string; hostId: string; instanceId: string; state: string }>>;
+  close(): Promise<void>;
+}
+
+/** A group with one host (min 1) whose agents run the stand-in image; the provider initialised on it. */
+export async function startAwsBurstRig(options: AwsBurstRigOptions): Promise<AwsBurstRig> {
+  const image = await ensureStandinImage();
+  const stateRoot = await mkdtemp(path.join(os.tmpdir(), 'vscode-swarm-aws-burst-'));
+  const emulator = await startAwsEmulator({
+    addresses: { first: options.firstAddress, size: 60 },
+    bootDelayMs: options.bootDelayMs,
+    healthCheckDelayMs: 500,
+    stopGraceMs: 3_000,
+    groups: [{ name: options.group, minSize: 1, maxSize: options.maxSize }],
+    agent: {
+      cwd: REPO_ROOT,
+      token: TOKEN,
+      apiPort: options.agentPort,
+      extraArgs: [
+        '--api-port', String(options.agentPort), '--proxy-port', String(options.agentPort + 1),
+        '--token', TOKEN, '--gateway-secret', SECRET, '--capacity', String(options.perHost),
+        '--image', image, '--no-pull', '--state-dir', path.join(stateRoot, '{hostId}'),
+        '--stop-timeout-seconds', '1', '--idle-timeout-minutes', '0', '--readiness-timeout-ms', '120000', '--log-level', 'warn',
+      ],
+    },
+  });
+  const allHostIds = (): string[] => emulator.hosts().map((h) => h.id);
+  const hostContainers = async (): Promise<Array<{ id: string; hostId: string; instanceId: string; state: string }>> => {
+    const ids = new Set(allHostIds().map((id) => `host-${id}`));
+    const list = await docker.listContainers({ all: true, filters: { label: [LABEL_SWARM] } });
+    return list
+      .filter((c) => ids.has(c.Labels[LABEL_SWARM]!))
+      .map((c) => ({ id: c.Id, hostId: c.Labels[LABEL_SWARM]!.slice('host-'.length), instanceId: c.Labels['vscode-swarm.instance'] ?? '', state: c.State }));
+  };
+  /** Everything the agents made, containers and volumes, by their swarm labels. */
+  const removeLabelled = async (): Promise<void> => {
+    for (const hostId of allHostIds()) {
+      const label = `${LABEL_SWARM}=host-${hostId}`;
+      const containers = await docker.listContainers({ all: true, filters: { label: [label] } });
+      await Promise.all(containers.map((c) => docker.getContainer(c.Id).remove({ force: true }).catch(() => undefined)));
+      const { Volumes } = await docker.listVolumes({ filters: { label: [label] } });
+      await Promise.all((Volumes ?? []).map((v) => docker.getVolume(v.Name).remove().catch(() => undefined)));
+    }
+  };
+  let provider: AwsAsgProvider | undefined;
+  try {
+    await emulator.waitForGroupStable(options.group, 30_000);
+    if (options.faults) emulator.setFaults(options.faults);
+    provider = new AwsAsgProvider({
+      region: 'us-east-1',
+      groupName: options.group,
+      endpoint: emulator.url,
+      credentials,
+      agentPort: options.agentPort,
+      agentToken: TOKEN,
+      perHostCapacity: options.perHost,
+      bufferSlots: options.bufferSlots,
+      defaultImage: image,
+      hostCacheTtlMs: 2_000,
+      hostPollMs: 500,
+      reconcileIntervalMs: 500,
+      scaleInCooldownMs: options.scaleInCooldownMs,
+      hostWaitTimeoutMs: 120_000,
+      agentCreateTimeoutMs: 150_000,
+      ...options.provider,
+    });
+    await provider.initialize();
+  } catch (err) {
+    await provider?.close();
+    await emulator.close();
+    await removeLabelled();
+    await rm(stateRoot, { recursive: true, force: true });
+    throw err;
+  }
+  const ready = provider;
+  return {
+    emulator,
+    provider: ready,
+    image,
+    options,
+    hostContainers,
+    close: async () => {
+      await ready.close();
+      await emulator.close();
+      await removeLabelled();
+      await rm(stateRoot, { recursive: true, force: true });
+    },
+  };
+}
+
+export interface BurstResult {
+  instances: VSCodeInstance[];
+  /** Per create, ms from the start of the burst to the create returning a running editor. */
+  times: number[];
+  failures: Error[];
+  wallMs: number;
+}
+
+/** N concurrent creates of the stand-in, each timed from the start of the burst. */
+export async function burst(provider: Provider, n: number, prefix: string, image: string): Promise<BurstResult> {
+  const started = performance.now();
+  const settled = await Promise.allSettled(
+    Array.from({ length: n }, async (_, i) => {
+      const id = `${prefix}-${String(i).padStart(3, '0')}`;
+      const instance = await provider.createInstance({ name: id, image, resources: { cpu: 0.1, memoryMb: 256 } }, { instanceId: id });
+      return { instance, ms: performance.now() - started };
+    }),
+  );
+  const instances: VSCodeInstance[] = [];
+  const times: number[] = [];
+  const failures: Error[] = [];
+  for (const s of settled) {
+    if (s.status === 'fulfilled') {
+      instances.push(s.value.instance);
+      times.push(s.value.ms);
+    } else failures.push(s.reason as Error);
+  }
+  return { instances, times: times.sort((a, b) => a - b), failures, wallMs: performance.now() - started };
+}
+
+/** Deletes every instance of a burst, concurrently; the ones that could not be deleted. */
+export async function deleteAll(provider: Provider, ids: string[]): Promise<string[]> {
+  const results = await Promise.allSettled(ids.map((id) => provider.deleteInstance(id)));
+  return ids.filter((_, i) => results[i]!.status === 'rejected');
+}
+
+/**
+ * One burst of 100 creates on the emulator (2 s boot, 20 containers per host, a buffer of 20 slots,
+ * starting from one host), beside 100 concurrent creates of the same image with the Docker provider.
+ */
+export async function awsBurstFigures(n = 100): Promise<Figure[]> {
+  const prefix = 'bench-awsb';
+  await cleanUp(prefix);
+  const rig = await startAwsBurstRig({
+    group: 'bench-burst', firstAddress: '127.0.33.2', agentPort: 19_300, perHost: 20, maxSize: 10, bufferSlots: 20, bootDelayMs: 2_000, scaleInCooldownMs: 600_000,
+  });
+  let ours: BurstResult;
+  let calls: number;
+  let byAction: Record<string, number>;
+  let desired: number;
+  try {
+    rig.emulator.resetCalls();
+    ours = await burst(rig.provider, n, prefix, rig.image);
+    calls = rig.emulator.totalCalls();
+    byAction = { ...rig.emulator.calls };
+    desired = rig.emulator.group('bench-burst')!.desiredCapacity;
+    await deleteAll(rig.provider, ours.instances.map((i) => i.id));
+  } finally {
+    await rig.close();
+  }
+
+  const baselinePrefix = 'bench-awsb-docker';
+  await cleanUp(baselinePrefix);
+  const dockerProvider = new DockerProvider({ defaultImage: rig.image, pullImages: false, publishHost: '127.0.0.1', stopTimeoutSeconds: 1, swarmId: 'bench-aws-baseline' });
+  let baseline: BurstResult;
+  try {
+    await dockerProvider.initialize();
+    baseline = await burst(dockerProvider, n, baselinePrefix, rig.image);
+    await deleteAll(dockerProvider, baseline.instances.map((i) => i.id));
+  } finally {
+    await cleanUp(baselinePrefix);
+  }
+
+  const m = median(ours.times);
+  const b = median(baseline.times);
+  const goalCalls = Math.ceil(n / 4);
+  return [
+    {
+      name: `aws-asg burst: ${n} concurrent creates to a running editor (emulator, 2 s boot, 20 per host)`,
+      unit: 'ms',
+      runs: ours.times.length,
+      median: m,
+      baselineName: `docker provider: the same ${n} concurrent creates on the local engine`,
+      baselineMedian: b,
+      ratio: m / b,
+      p50: percentile(ours.times, 0.5),
+      p95: percentile(ours.times, 0.95),
+      baselineP50: percentile(baseline.times, 0.5),
+      goal: `a handful of AWS API calls per scaling decision, not per request (fewer than ${goalCalls} for the burst)`,
+      meetsGoal: calls < goalCalls && ours.failures.length === 0,
+      detail:
+        `AWS API calls during the burst: ${calls} (${Object.entries(byAction).map(([k, v]) => `${k} ${v}`).join(', ')}); ` +
+        `desired capacity ended at ${desired}; failures ${ours.failures.length} (baseline ${baseline.failures.length}); ` +
+        `baseline p95 ${Math.round(percentile(baseline.times, 0.95))} ms; burst wall ${Math.round(ours.wallMs)} ms`,
+    },
+  ];
+}
