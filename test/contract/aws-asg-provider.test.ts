@@ -53,6 +53,8 @@ beforeAll(async () => {
     addresses: { first: '127.0.31.2', size: 100 },
     bootDelayMs: 300,
     healthCheckDelayMs: 300,
+    // A host that never prints its ready line is given up on after this (the "never boots" case).
+    readyTimeoutMs: 8_000,
     stopGraceMs: 3_000,
     groups: [
       { name: CONTRACT_GROUP, minSize: 1, maxSize: 3 },
@@ -194,6 +196,21 @@ describe('aws-asg provider specifics', () => {
     expect(group().instances.filter((i) => i.lifecycleState === 'InService')).toHaveLength(1);
     expect(group().instances[0]!.protectedFromScaleIn).toBe(true);
   });
+
+  it('keeps a held create waiting through a host that never boots, and places it on the replacement', async () => {
+    expect(group().desiredCapacity).toBe(1); // one host, full with s1 and s2
+    const launches = (): number => group().activities.filter((a) => a.description.startsWith('Launching')).length;
+    const before = launches();
+    emulator.setHostNeverBoots(1);
+    const events: ProgressEvent[] = [];
+    const d = await provider.createInstance(config(`${PREFIX}-s6`), { instanceId: `${PREFIX}-s6`, onProgress: (e) => events.push(e) });
+    expect(d.status).toBe('running');
+    expect(events.map((e) => e.message)).toContain('waiting for a new host (desired 2)');
+    // The silent host was given up on and the group launched a replacement; the create landed there.
+    expect(launches() - before).toBeGreaterThanOrEqual(2);
+    expect(await httpStatus(`${d.endpoint!.url}/healthz`)).toBe(200);
+    expect(await provider.deleteInstance(`${PREFIX}-s6`)).toBe(true);
+  }, 120_000);
 
   it('skips a host whose agent answers garbage, with a log line, and does not place on it', async () => {
     const lines: string[] = [];
