@@ -10,6 +10,7 @@ import { createSwarm, startSwarmServices, type SwarmServices } from './controlle
 import type { SwarmController } from './controller/swarm-controller.js';
 import { asSwarmError, invalidInput } from './errors.js';
 import { createLogger, type Logger } from './logger.js';
+import { AGENT_EVENTS_PATH, agentEventsHandler } from '../providers/aws-asg/agent-events.js';
 import { startMcpHttp } from './mcp/http.js';
 import { createMcpServer } from './mcp/server.js';
 import { describeInstance } from './mcp/tool-support.js';
@@ -121,7 +122,8 @@ async function serve(services: SwarmServices, logger: Logger): Promise<number> {
 /** The main job for a person: everything running, and what to do next printed on stdout. */
 async function up(services: SwarmServices, config: SwarmConfig, logger: Logger, demoName?: string): Promise<number> {
   const { controller } = services;
-  const mcp = await startMcpHttp({ controller, migrations: services.migrations, ...(services.health ? { health: services.health } : {}), host: config.mcpHttp.host, port: config.mcpHttp.port, stateDir: config.stateDir, logger });
+  const routes = config.providers['aws-asg'].enabled ? { [AGENT_EVENTS_PATH]: agentEventsHandler(controller, logger) } : undefined;
+  const mcp = await startMcpHttp({ controller, migrations: services.migrations, ...(services.health ? { health: services.health } : {}), ...(routes ? { routes } : {}), host: config.mcpHttp.host, port: config.mcpHttp.port, stateDir: config.stateDir, logger });
   const status = controller.getSwarmStatus();
   const lines = [
     `vscode-swarm ${PACKAGE_VERSION} is up (state: ${config.stateDir}).`,
@@ -130,6 +132,7 @@ async function up(services: SwarmServices, config: SwarmConfig, logger: Logger, 
     `  MCP (HTTP):  ${mcp.url}   header  Authorization: Bearer ${mcp.token}`,
     `               npx @modelcontextprotocol/inspector --cli ${mcp.url} --transport http --header "Authorization: Bearer ${mcp.token}" --method tools/list`,
     `  MCP (stdio): clients that launch their server use mcp.json (node dist/src/cli.js serve); run that instead of \`up\`, not beside it.`,
+    ...(routes ? [`  AWS hosts:   run agents with --controller-url ${mcp.url.replace(/\/mcp$/, AGENT_EVENTS_PATH)} (reachable from the hosts; bind mcpHttp.host accordingly)`] : []),
   ];
   process.stdout.write(`${lines.join('\n')}\n`);
   if (demoName) {

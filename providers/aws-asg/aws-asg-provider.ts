@@ -39,6 +39,7 @@ import {
   type AutoScalingGroup,
 } from '@aws-sdk/client-auto-scaling';
 import { EC2Client, paginateDescribeInstances } from '@aws-sdk/client-ec2';
+import { timingSafeEqual } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { SwarmError, asSwarmError, isSwarmError } from '../../src/errors.js';
@@ -214,6 +215,14 @@ export class AwsAsgProvider implements Provider {
 
   getCapabilities(): ProviderCapabilities {
     return structuredClone(this.capabilities);
+  }
+
+  /** True when an `Authorization` header carries the agents' token (events the agents report back). */
+  isAgentAuthorization(header: string | undefined): boolean {
+    if (!this.token || !header) return false;
+    const given = Buffer.from(header);
+    const expected = Buffer.from(`Bearer ${this.token}`);
+    return given.length === expected.length && timingSafeEqual(given, expected);
   }
 
   async initialize(): Promise<void> {

@@ -556,6 +556,25 @@ export class SwarmController {
     return this.provider(this.registry.require(checkId(instanceId)).providerType);
   }
 
+  /**
+   * Something other than this controller stopped the instance (a host's own idle monitor, a host
+   * draining before termination): record what the provider now reports, why, and that it should stay
+   * stopped, so that the health monitor does not start it again.
+   */
+  async noteStopped(instanceId: string, reason: string, by: 'idle' | 'provider'): Promise<void> {
+    this.registry.require(checkId(instanceId));
+    await this.locks.run(instanceId, async () => {
+      const current = this.registry.get(instanceId);
+      if (!current || current.status === 'migrating') return;
+      const observed = await (await this.provider(current.providerType)).getInstance(instanceId).catch(() => null);
+      await this.registry.update(instanceId, (now) => ({
+        ...(observed ? this.merge(now, observed, reason) : { ...now, status: 'stopped', statusReason: reason, endpoint: undefined }),
+        desiredState: 'stopped',
+        lastStop: { at: this.now().toISOString(), reason, by },
+      }));
+    });
+  }
+
   /** A connected provider of this type (for the migration manager and the health monitor). */
   connectedProvider(type: ProviderType): Promise<Provider> {
     return this.provider(type);

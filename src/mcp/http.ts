@@ -20,6 +20,8 @@ export interface McpHttpOptions {
   controller: SwarmController;
   health?: HealthMonitor;
   migrations?: MigrationManager;
+  /** Other routes served beside /mcp, each doing its own authentication (e.g. host agents' events). */
+  routes?: Record<string, (req: http.IncomingMessage, res: http.ServerResponse) => Promise<void>>;
   host: string;
   port: number;
   stateDir: string;
@@ -35,6 +37,8 @@ export async function startMcpHttp(options: McpHttpOptions): Promise<{ url: stri
   const server = http.createServer((req, res) => {
     void (async () => {
       const url = new URL(req.url ?? '/', 'http://mcp.invalid');
+      const route = options.routes?.[url.pathname];
+      if (route) return route(req, res);
       if (url.pathname !== '/mcp') return reply(res, 404, 'not found: the MCP endpoint is /mcp');
       const given = Buffer.from(req.headers.authorization ?? '');
       if (given.length !== expected.length || !timingSafeEqual(given, expected)) return reply(res, 401, 'missing or wrong bearer token');
