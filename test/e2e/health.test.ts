@@ -19,6 +19,7 @@ async function containerOf(name: string) {
   return docker.getContainer(info!.Id);
 }
 
+/** Runs a command in the container as the editor's user; `kill -STOP -1` there freezes every editor process (not init). */
 async function execIn(name: string, cmd: string[]): Promise<void> {
   const exec = await (await containerOf(name)).exec({ Cmd: cmd, User: 'coder' });
   await exec.start({ hijack: true, stdin: false }).then((s) => new Promise((r) => s.on('end', r).resume()));
@@ -51,17 +52,17 @@ describe('health monitor', () => {
   it('a healthy instance is healthy, and one bad answer is not a failure', async () => {
     const inst = await make('flap');
     expect(await health.checkAndRecover(inst.id)).toMatchObject({ status: 'healthy', checks: { provider: 'pass', status: 'pass', connectivity: 'pass' } });
-    await execIn(`${PREFIX}-flap`, ['pkill', '-STOP', '-x', 'node']);
+    await execIn(`${PREFIX}-flap`, ['sh', '-c', 'kill -STOP -1']);
     const first = await health.checkAndRecover(inst.id);
     expect(first.status).toBe('healthy');
     expect(first.reason).toMatch(/connectivity: .* \(1 of 2 failed checks before it counts\)/);
     expect(first.action).toBeUndefined();
-    await execIn(`${PREFIX}-flap`, ['pkill', '-CONT', '-x', 'node']);
+    await execIn(`${PREFIX}-flap`, ['sh', '-c', 'kill -CONT -1']);
     expect((await health.checkAndRecover(inst.id)).status).toBe('healthy');
   });
 
   const faults: [string, (name: string) => Promise<void>, RegExp, RegExp][] = [
-    ['the editor hung inside its container', (n) => execIn(n, ['pkill', '-STOP', '-x', 'node']), /^connectivity/, /^restart/],
+    ['the editor hung inside its container', (n) => execIn(n, ['sh', '-c', 'kill -STOP -1']), /^connectivity/, /^restart/],
     [
       'the editor killed inside its container',
       async (n) => {
