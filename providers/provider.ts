@@ -148,6 +148,17 @@ export interface InstanceFilter {
   metadata?: Record<string, string>;
 }
 
+/** The instances that pass a filter: one definition of what each filter field means, for every provider. */
+export function applyInstanceFilter<T extends VSCodeInstance>(instances: Iterable<T>, filter: InstanceFilter = {}): T[] {
+  const statuses = filter.status === undefined ? undefined : new Set([filter.status].flat());
+  return [...instances].filter(
+    (i) =>
+      (!statuses || statuses.has(i.status)) &&
+      (filter.name === undefined || i.name === filter.name) &&
+      Object.entries(filter.metadata ?? {}).every(([k, v]) => i.config.metadata?.[k] === v),
+  );
+}
+
 export const ResourceLimitsSchema = z.object({
   minCpu: z.number(),
   maxCpu: z.number(),

@@ -61,6 +61,7 @@ import type {
   UpdateOptions,
   VSCodeInstance,
 } from '../provider.js';
+import { applyInstanceFilter } from '../provider.js';
 import type { HostReport } from './agent/agent-protocol.js';
 import { AgentClient, type AgentRetryOptions } from './agent-client.js';
 
@@ -369,13 +370,7 @@ export class AwsAsgProvider implements Provider {
       this.located.set(instance.id, instance.providerRef.hostId!);
       byId.set(instance.id, instance);
     }
-    const statuses = filter.status === undefined ? undefined : new Set([filter.status].flat());
-    return [...byId.values()].filter(
-      (i) =>
-        (!statuses || statuses.has(i.status)) &&
-        (filter.name === undefined || i.name === filter.name) &&
-        Object.entries(filter.metadata ?? {}).every(([k, v]) => i.config.metadata?.[k] === v),
-    );
+    return applyInstanceFilter([...byId.values()], filter);
   }
 
   async startInstance(instanceId: string, options: StartOptions = {}): Promise<VSCodeInstance> {

@@ -33,6 +33,7 @@ import type {
   UpdateOptions,
   VSCodeInstance,
 } from '../provider.js';
+import { applyInstanceFilter } from '../provider.js';
 import { engineUnreachable, resolveDockerConnection, type DockerConnection, type DockerConnectionOptions } from './docker-connection.js';
 import {
   EDITOR_PORT,
@@ -177,13 +178,7 @@ export class DockerProvider implements Provider {
         if (!isNotFound(err)) throw this.wrap(err, 'inspect container');
       }
     }
-    const statuses = filter.status === undefined ? undefined : new Set([filter.status].flat());
-    return instances.filter(
-      (i) =>
-        (!statuses || statuses.has(i.status)) &&
-        (filter.name === undefined || i.name === filter.name) &&
-        Object.entries(filter.metadata ?? {}).every(([k, v]) => i.config.metadata?.[k] === v),
-    );
+    return applyInstanceFilter(instances, filter);
   }
 
   async startInstance(instanceId: string, options: StartOptions = {}): Promise<VSCodeInstance> {

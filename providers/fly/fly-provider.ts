@@ -37,6 +37,7 @@ import type {
   UpdateOptions,
   VSCodeInstance,
 } from '../provider.js';
+import { applyInstanceFilter } from '../provider.js';
 import { DEFAULT_API_URL, FlyApi, httpStatusOf, type FlyVolume, type RetryOptions } from './fly-api.js';
 import {
   EDITOR_PORT,
@@ -241,13 +242,7 @@ export class FlyProvider implements Provider {
       const seen = byId.get(instance.id);
       if (!seen || (seen.status !== 'running' && instance.status === 'running')) byId.set(instance.id, instance);
     }
-    const statuses = filter.status === undefined ? undefined : new Set([filter.status].flat());
-    return [...byId.values()].filter(
-      (i) =>
-        (!statuses || statuses.has(i.status)) &&
-        (filter.name === undefined || i.name === filter.name) &&
-        Object.entries(filter.metadata ?? {}).every(([k, v]) => i.config.metadata?.[k] === v),
-    );
+    return applyInstanceFilter([...byId.values()], filter);
   }
 
   async startInstance(instanceId: string, options: StartOptions = {}): Promise<VSCodeInstance> {
