@@ -92,8 +92,8 @@ async function main(argv: string[]): Promise<number> {
   const config = await loadConfig({ ...(values.config ? { file: values.config } : {}), overrides });
   const logger = createLogger(command === 'serve' ? config.logLevel : (process.env.VSCODE_SWARM_LOG_LEVEL as 'info' | undefined) ?? 'warn');
   const controller = createSwarm(config, { logger });
-  if (command === 'serve') return serve(await startSwarmServices(controller, config, logger), logger);
-  if (command === 'up') return up(await startSwarmServices(controller, config, logger), config, logger, values.demo ? (rest[0] ?? 'demo') : undefined);
+  if (command === 'serve') return serve(await startSwarmServices(controller, logger), logger);
+  if (command === 'up') return up(await startSwarmServices(controller, logger), config, logger, values.demo ? (rest[0] ?? 'demo') : undefined);
 
   await controller.initialize();
   try {

@@ -113,7 +113,8 @@ export interface SwarmServices {
  * Initialises the controller and starts what runs beside it: the gateway (when enabled), the idle
  * monitor and the health monitor. The MCP server (stdio) and `up` both run on this.
  */
-export async function startSwarmServices(controller: SwarmController, config: SwarmConfig, logger: Logger = silentLogger()): Promise<SwarmServices> {
+export async function startSwarmServices(controller: SwarmController, logger: Logger = silentLogger()): Promise<SwarmServices> {
+  const { config } = controller;
   await controller.initialize();
   let gateway: Gateway | undefined;
   if (controller.access) {

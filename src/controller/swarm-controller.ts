@@ -155,7 +155,8 @@ interface ProviderSlot {
 }
 
 export class SwarmController {
-  private readonly config: SwarmConfig;
+  /** The configuration it was built with (services started beside it read theirs from here). */
+  readonly config: SwarmConfig;
   readonly registry: InstanceRegistry;
   private readonly logger: Logger;
   private readonly now: () => Date;

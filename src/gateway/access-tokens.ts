@@ -12,6 +12,7 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { SwarmError } from '../errors.js';
 import { writeFileAtomic } from '../state/atomic-file.js';
+import { readOrCreateSecret } from '../state/secret-file.js';
 
 export type TokenKind = 'link' | 'session';
 
@@ -75,17 +76,7 @@ export class AccessTokens {
 /** The signing key: from configuration, else `<stateDir>/gateway/secret.key` (created once, mode 0600). */
 export async function loadOrCreateSecret(stateDir: string, configured?: string): Promise<Buffer> {
   if (configured) return Buffer.from(configured, 'utf8');
-  const file = path.join(stateDir, 'gateway', 'secret.key');
-  try {
-    const existing = Buffer.from((await fs.readFile(file, 'utf8')).trim(), 'base64url');
-    if (existing.length >= 32) return existing;
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
-  }
-  await fs.mkdir(path.dirname(file), { recursive: true, mode: 0o700 });
-  const secret = randomBytes(32);
-  await writeFileAtomic(file, secret.toString('base64url'));
-  return secret;
+  return readOrCreateSecret(path.join(stateDir, 'gateway', 'secret.key'), 32);
 }
 
 /**

@@ -4,8 +4,7 @@
  * `<stateDir>/mcp-http.token`, mode 0600) because anyone who can call these tools can start containers.
  */
 import { StreamableHTTPServerTransport } from '@modelcontextprotocol/sdk/server/streamableHttp.js';
-import { randomBytes, timingSafeEqual } from 'node:crypto';
-import { promises as fs } from 'node:fs';
+import { timingSafeEqual } from 'node:crypto';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
@@ -13,7 +12,7 @@ import type { SwarmController } from '../controller/swarm-controller.js';
 import type { HealthMonitor } from '../health/health-monitor.js';
 import type { MigrationManager } from '../migration/migration-manager.js';
 import { silentLogger, type Logger } from '../logger.js';
-import { writeFileAtomic } from '../state/atomic-file.js';
+import { readOrCreateSecret } from '../state/secret-file.js';
 import { createMcpServer } from './server.js';
 
 export interface McpHttpOptions {
@@ -32,7 +31,8 @@ const MAX_BODY_BYTES = 4 * 1024 * 1024;
 
 export async function startMcpHttp(options: McpHttpOptions): Promise<{ url: string; token: string; close: () => Promise<void> }> {
   const logger = (options.logger ?? silentLogger()).child({ component: 'mcp-http' });
-  const token = await loadOrCreateToken(options.stateDir);
+  // Made once and kept, so that a client configured with it keeps working across restarts.
+  const token = (await readOrCreateSecret(path.join(options.stateDir, 'mcp-http.token'), 24)).toString('base64url');
   const expected = Buffer.from(`Bearer ${token}`);
   const server = http.createServer((req, res) => {
     void (async () => {
@@ -93,18 +93,4 @@ async function readJson(req: http.IncomingMessage): Promise<unknown> {
   } catch {
     return undefined;
   }
-}
-
-async function loadOrCreateToken(stateDir: string): Promise<string> {
-  const file = path.join(stateDir, 'mcp-http.token');
-  try {
-    const existing = (await fs.readFile(file, 'utf8')).trim();
-    if (existing.length >= 32) return existing;
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
-  }
-  const token = randomBytes(24).toString('base64url');
-  await fs.mkdir(stateDir, { recursive: true });
-  await writeFileAtomic(file, token);
-  return token;
 }

@@ -231,7 +231,7 @@ async function dockerFigures(runs: number): Promise<Figure[]> {
   const raw: number[] = [];
   let services: SwarmServices | undefined;
   try {
-    services = await startSwarmServices(createSwarm(config), config);
+    services = await startSwarmServices(createSwarm(config));
     const { controller } = services;
     for (let r = 0; r < runs; r++) {
       const ours = async (): Promise<void> => {
@@ -531,7 +531,7 @@ async function codeServerHttpFigures(o: Options): Promise<Figure[]> {
   const client = new LoadClient();
   let services: SwarmServices | undefined;
   try {
-    services = await startSwarmServices(createSwarm(config), config);
+    services = await startSwarmServices(createSwarm(config));
     const result = await services.controller.createInstance({ name: `${prefix}-0` });
     const endpoint = result.instance.endpoint!;
     const session = await signIn(result);

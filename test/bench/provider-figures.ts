@@ -27,7 +27,7 @@ async function withDockerAndFly<T>(prefix: string, work: (services: SwarmService
     health: { enabled: false },
     providers: { fly: { enabled: true, app: FLY_APP, apiUrl: emulator.url, image: TEST_IMAGE } },
   });
-  const services = await startSwarmServices(createSwarm(config, { env: { ...process.env, FLY_API_TOKEN: emulator.token } }), config);
+  const services = await startSwarmServices(createSwarm(config, { env: { ...process.env, FLY_API_TOKEN: emulator.token } }));
   try {
     return await work(services, emulator);
   } finally {

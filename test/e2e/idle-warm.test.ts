@@ -30,7 +30,7 @@ describe('idle stop', () => {
     stateDir = await makeStateDir(PREFIX);
     // The monitor's own timer is effectively off: the test drives sweeps itself.
     const config = testConfig(stateDir, { idle: { checkIntervalMs: 3_600_000 } });
-    services = await startSwarmServices(createSwarm(config), config);
+    services = await startSwarmServices(createSwarm(config));
   });
   afterAll(async () => {
     await services?.close();
@@ -103,7 +103,7 @@ describe('warm capacity', () => {
     await cleanUp('warm-');
     stateDir = await makeStateDir(PREFIX);
     const config = testConfig(stateDir, { warm: [{ provider: 'docker', size: 1 }] });
-    services = await startSwarmServices(createSwarm(config), config);
+    services = await startSwarmServices(createSwarm(config));
   });
   afterAll(async () => {
     await services?.close();

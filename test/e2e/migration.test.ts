@@ -32,7 +32,7 @@ describe('migration between docker and fly', () => {
   let services: SwarmServices;
   const env = (): NodeJS.ProcessEnv => ({ ...process.env, FLY_API_TOKEN: emulator.token });
 
-  const boot = async (): Promise<SwarmServices> => startSwarmServices(createSwarm(config, { env: env() }), config);
+  const boot = async (): Promise<SwarmServices> => startSwarmServices(createSwarm(config, { env: env() }));
   const manifestOn = async (controller: SwarmController, type: ProviderType, id: string): Promise<Manifest> =>
     manifestOf(await (await controller.connectedProvider(type)).exportWorkspace!(id));
   const populated = async (controller: SwarmController, name: string) => {
