@@ -4,16 +4,17 @@
 # Everything it prints goes to stderr: stdout may be an MCP stdio channel.
 #
 #   bash scripts/setup.sh                  # deps + engine + editor image
-#   bash scripts/setup.sh --with-browser   # and Debian's chromium, for the browser tests
+#   bash scripts/setup.sh --for-tests      # and what the tests use: Debian's chromium (browser tests) and
+#                                          # busybox-static (the light stand-in image, tests/helpers/standin-image.ts)
 #   SKIP_EDITOR_IMAGE=1 bash scripts/setup.sh
 set -euo pipefail
 exec 1>&2
 cd "$(dirname "$0")/.."
 
-with_browser=0
+for_tests=0
 for arg in "$@"; do
   case "$arg" in
-    --with-browser) with_browser=1 ;;
+    --for-tests|--with-browser) for_tests=1 ;;
     *) echo "setup.sh: unknown option $arg" >&2; exit 2 ;;
   esac
 done
@@ -65,9 +66,18 @@ if [ -z "${SKIP_EDITOR_IMAGE:-}" ]; then
     fi
   fi
 fi
-# 4. A browser for the end-to-end tests: Debian's chromium, driven by playwright-core.
-if [ "$with_browser" = 1 ] && ! command -v chromium >/dev/null 2>&1; then
-  log "installing Debian's chromium"
-  apt_install chromium
+# 4. What the tests use besides: Debian's chromium, driven by playwright-core, for the browser tests; and
+#    a statically linked busybox, the whole root filesystem of the light stand-in image (the dynamic
+#    `busybox` package's binary cannot run in an image without a libc, so only busybox-static will do;
+#    it replaces the dynamic one).
+if [ "$for_tests" = 1 ]; then
+  if ! command -v chromium >/dev/null 2>&1; then
+    log "installing Debian's chromium"
+    apt_install chromium
+  fi
+  if [ "$(dpkg-query -W -f='${Status}' busybox-static 2>/dev/null)" != "install ok installed" ]; then
+    log "installing Debian's busybox-static"
+    apt_install busybox-static
+  fi
 fi
 log "ready"

@@ -86,8 +86,9 @@ describe('events from the AWS host agents', () => {
       const { Volumes } = await docker.listVolumes({ filters: { label: [label] } });
       for (const v of Volumes ?? []) await docker.getVolume(v.Name).remove().catch(() => undefined);
     }
-    await rm(stateDir, { recursive: true, force: true });
-    await rm(agentState, { recursive: true, force: true });
+    // beforeAll may have failed before these were made: its error is the one to report.
+    if (stateDir) await rm(stateDir, { recursive: true, force: true });
+    if (agentState) await rm(agentState, { recursive: true, force: true });
     process.env.AWS_ACCESS_KEY_ID = saved.id;
     process.env.AWS_SECRET_ACCESS_KEY = saved.secret;
     if (saved.id === undefined) delete process.env.AWS_ACCESS_KEY_ID;

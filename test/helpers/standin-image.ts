@@ -5,7 +5,7 @@
  * `/healthz` on port 8080 with busybox httpd, answering the way code-server does.
  */
 import { execFile } from 'node:child_process';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { access, mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
@@ -14,6 +14,17 @@ import { docker } from './docker.js';
 export const STANDIN_IMAGE = 'vscode-swarm/healthz-standin:1';
 
 const run = promisify(execFile);
+
+const BUSYBOX = '/bin/busybox';
+
+/** The image's whole userland is one binary copied from the host, so it must exist and be statically linked. */
+async function assertStaticBusybox(): Promise<void> {
+  const hint = 'install it with `bash scripts/setup.sh --for-tests` (Debian package busybox-static)';
+  await access(BUSYBOX).catch(() => { throw new Error(`the stand-in image needs a static ${BUSYBOX}, and there is none: ${hint}`); });
+  // ldd exits non-zero with "not a dynamic executable" for a static binary.
+  const dynamic = await run('ldd', [BUSYBOX]).then(() => true, () => false);
+  if (dynamic) throw new Error(`the stand-in image needs a static ${BUSYBOX}, and this one is dynamically linked (Debian's busybox): ${hint}`);
+}
 
 const ENTRY = `#!/bin/sh
 mkdir -p /www /tmp
@@ -25,6 +36,7 @@ exec /bin/httpd -f -p 8080 -h /www
 export async function ensureStandinImage(): Promise<string> {
   const present = await docker.getImage(STANDIN_IMAGE).inspect().then(() => true, () => false);
   if (present) return STANDIN_IMAGE;
+  await assertStaticBusybox();
   const root = await mkdtemp(path.join(os.tmpdir(), 'vscode-swarm-standin-'));
   try {
     const script = [
