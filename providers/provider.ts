@@ -136,6 +136,8 @@ export const VSCodeInstanceSchema = z.object({
   desiredState: z.enum(['running', 'stopped']).optional(),
   /** Why the health is what it is (the last check's finding). */
   healthReason: z.string().optional(),
+  /** Set when a delete was asked for (with status `deleting`): what to do with the files if it is interrupted. */
+  deleteRequest: z.object({ at: z.string(), keepWorkspace: z.boolean() }).optional(),
   /** Set while the instance waits unassigned in a warm buffer; the key names the buffer. */
   warmPool: z.string().optional(),
 });

@@ -9,6 +9,7 @@ import Docker from 'dockerode';
 import os from 'node:os';
 import { Readable, type Writable } from 'node:stream';
 import { finished } from 'node:stream/promises';
+import { crashPoint } from '../../src/crash/crash-points.js';
 import { SwarmError, asSwarmError } from '../../src/errors.js';
 import { CappedCollector } from '../../src/streams/capped-collector.js';
 import { silentLogger, type Logger } from '../../src/logger.js';
@@ -208,6 +209,7 @@ export class DockerProvider implements Provider {
     if (container) {
       await this.call(`remove ${instanceId}`, () => container.remove({ force: true }).catch(ignoreNotFound));
       removed = true;
+      crashPoint('docker.delete.after-container');
     }
     if (!options.keepWorkspace) {
       const volume = this.docker.getVolume(volumeName(instanceId));
@@ -446,9 +448,11 @@ export class DockerProvider implements Provider {
     const staging = `${containerName(instanceId)}-next`;
     await this.docker.getContainer(staging).remove({ force: true }).catch(() => undefined);
     const fresh = await this.call(`re-create ${instanceId}`, () => this.docker.createContainer(this.containerSpec(instanceId, next, staging)));
+    crashPoint('docker.recreate.after-new-container');
     try {
       progress({ fraction: 0.4, message: 'replacing the old container' });
       await old.remove({ force: true });
+      crashPoint('docker.recreate.after-old-removed');
       await fresh.rename({ name: containerName(instanceId) });
     } catch (err) {
       await fresh.remove({ force: true }).catch(() => undefined);

@@ -32,6 +32,7 @@ import {
   type VSCodeInstance,
 } from '../../providers/provider.js';
 import type { SwarmConfig } from '../config.js';
+import { crashPoint } from '../crash/crash-points.js';
 import { SwarmError, asSwarmError, invalidInput } from '../errors.js';
 import { silentLogger, type Logger } from '../logger.js';
 import type { InstanceRegistry } from '../registry/instance-registry.js';
@@ -235,9 +236,7 @@ export class SwarmController {
           report.adopted.push(id);
           this.logger.info({ instanceId: id, provider: type }, 'adopted an unregistered instance');
         } else if (known.status === 'deleting') {
-          // A delete was interrupted after the registry recorded it: finish it.
-          await provider.deleteInstance(id);
-          await this.registry.remove(id);
+          await this.finishDelete(provider, known);
           report.removed.push(id);
         } else if (this.differs(known, observed)) {
           await this.registry.update(id, this.merge(known, observed));
@@ -251,7 +250,8 @@ export class SwarmController {
         const current = this.registry.get(known.id); // as it is now that we hold the lock
         if (!current || current.providerType !== type || current.status === 'migrating') return;
         if (current.status === 'deleting') {
-          await this.registry.remove(current.id);
+          // The container went first; the workspace volume may still be there. The user asked for it to go.
+          await this.finishDelete(provider, current);
           report.removed.push(current.id);
         } else if (current.status !== 'failed' || !current.statusReason?.startsWith('missing')) {
           await this.registry.update(current.id, { status: 'failed', health: 'unknown', endpoint: undefined, statusReason: this.missingReason(current) });
@@ -364,11 +364,13 @@ export class SwarmController {
   async startInstance(instanceId: string, options: OperationOptions = {}): Promise<VSCodeInstance> {
     return this.withInstance(instanceId, async (current, provider) => {
       await this.registry.update(instanceId, { status: 'starting', statusReason: undefined, desiredState: 'running' });
+      crashPoint('start.after-record');
       const exists = await provider.getInstance(instanceId);
       // A container removed behind our back is re-created around its workspace volume.
       const observed = exists
         ? await provider.startInstance(instanceId, options)
         : await provider.createInstance(current.config, { instanceId, ...options });
+      crashPoint('start.after-provider');
       const at = this.now();
       this.activity.touch(instanceId, 'start', at.getTime());
       const started = await this.registry.update(instanceId, (now) => ({
@@ -384,7 +386,9 @@ export class SwarmController {
     return this.withInstance(instanceId, async (_current, provider) => {
       await this.requireOnProvider(instanceId, provider);
       await this.registry.update(instanceId, { status: 'stopping', statusReason: undefined, desiredState: 'stopped' });
+      crashPoint('stop.after-record');
       const observed = await provider.stopInstance(instanceId, options.force ?? false);
+      crashPoint('stop.after-provider');
       const reason = options.reason ?? (options.force ? 'stopped by request (forced)' : 'stopped by request');
       const stopped = await this.registry.update(instanceId, (now) => ({
         ...this.merge(now, observed, reason),
@@ -396,14 +400,28 @@ export class SwarmController {
 
   /** Deletes the instance and, unless kept, its workspace files. */
   async deleteInstance(instanceId: string, options: { keepWorkspace?: boolean } = {}): Promise<{ instanceId: string; deleted: true; workspaceKept: boolean }> {
+    const keepWorkspace = options.keepWorkspace ?? false;
     return this.withInstance(instanceId, async (_current, provider) => {
-      await this.registry.update(instanceId, { status: 'deleting', statusReason: undefined });
-      await provider.deleteInstance(instanceId, { keepWorkspace: options.keepWorkspace ?? false });
-      await this.registry.remove(instanceId);
-      this.activity.forget(instanceId);
+      // The intent is recorded first, with what to do with the files, so that a delete interrupted at
+      // any point is finished the same way by reconcile.
+      const recorded = await this.registry.update(instanceId, { status: 'deleting', statusReason: undefined, deleteRequest: { at: this.now().toISOString(), keepWorkspace } });
+      crashPoint('delete.after-record');
+      await this.finishDelete(provider, recorded);
       this.logger.info({ instanceId }, 'instance deleted');
-      return { instanceId, deleted: true as const, workspaceKept: options.keepWorkspace ?? false };
+      return { instanceId, deleted: true as const, workspaceKept: keepWorkspace };
     });
+  }
+
+  /**
+   * Deletes what the provider has of a `deleting` instance (its workspace too, unless the request
+   * said to keep it), then the record. Records from before the intent was written keep their files:
+   * when in doubt, nothing a user might want is destroyed.
+   */
+  private async finishDelete(provider: Provider, record: Readonly<VSCodeInstance>): Promise<void> {
+    await provider.deleteInstance(record.id, { keepWorkspace: record.deleteRequest?.keepWorkspace ?? true });
+    crashPoint('delete.after-provider');
+    await this.registry.remove(record.id);
+    this.activity.forget(record.id);
   }
 
   /** Changes image, env, metadata or resources: live where the provider can, else by re-creating around the same workspace. */
@@ -416,6 +434,7 @@ export class SwarmController {
       checkResources({ ...current.config.resources, ...p.resources }, provider.getCapabilities(), current.providerType);
       await this.requireOnProvider(instanceId, provider);
       const observed = await provider.updateInstance(instanceId, p, options);
+      crashPoint('update.after-provider');
       const updated = await this.registry.update(instanceId, (now) => {
         const merged = this.merge(now, observed);
         return {
@@ -525,6 +544,7 @@ export class SwarmController {
     return this.withInstance(instanceId, async (_current, provider) => {
       await this.requireOnProvider(instanceId, provider);
       await provider.stopInstance(instanceId, true);
+      crashPoint('recover.restart.after-stop');
       const observed = await provider.startInstance(instanceId);
       this.activity.touch(instanceId, 'start');
       return this.present(await this.registry.update(instanceId, (now) => ({ ...this.merge(now, observed, reason), desiredState: 'running' })));
@@ -535,6 +555,7 @@ export class SwarmController {
   async recreateInstance(instanceId: string, reason: string): Promise<VSCodeInstance> {
     return this.withInstance(instanceId, async (current, provider) => {
       await provider.deleteInstance(instanceId, { keepWorkspace: true });
+      crashPoint('recover.recreate.after-delete');
       const observed = await provider.createInstance(current.config, { instanceId });
       this.activity.touch(instanceId, 'start');
       return this.present(await this.registry.update(instanceId, (now) => ({ ...this.merge(now, observed, reason), desiredState: 'running' })));
@@ -641,9 +662,11 @@ export class SwarmController {
       desiredState: 'running',
       ...(warmPool ? { warmPool } : {}),
     });
+    crashPoint('create.after-record');
     return this.locks.run(id, async () => {
       try {
         const observed = await provider.createInstance(config, { instanceId: id, ...options });
+        crashPoint('create.after-provider');
         this.activity.touch(id, 'create');
         const instance = await this.registry.update(id, (current) => ({
           ...this.merge(current, observed),
@@ -676,6 +699,7 @@ export class SwarmController {
         const claimed = await this.locks.run(id, async () => {
           const live = await provider.getInstance(id);
           if (live?.status !== 'running') return undefined;
+          crashPoint('warm.claim.after-check');
           const at = this.now();
           this.activity.touch(id, 'create', at.getTime());
           return this.registry.update(id, (now) => ({

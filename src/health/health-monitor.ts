@@ -5,8 +5,11 @@
  *
  * Checks per instance: provider (the instance exists), status (it is running as desired),
  * connectivity (the editor answers /healthz at the endpoint the gateway uses), resources (memory
- * against its limit). One bad answer is not a failure: an instance turns unhealthy only after
- * `failureThreshold` consecutive failed checks, and a slow answer only degrades it.
+ * against its limit). A definite finding (the instance is gone, or stopped or failed when it should
+ * run) counts at once. A flaky signal does not: an editor that does not answer turns the instance
+ * unhealthy only after `failureThreshold` consecutive failed checks, and a slow answer only degrades it.
+ * The status word never contradicts its reason: until a flaky failure is confirmed the status is
+ * `unknown` ("not known to be healthy"), never `healthy`.
  */
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
@@ -162,14 +165,22 @@ export class HealthMonitor {
     }
     const observed = await provider.getInstance(instanceId);
     let failure: string | undefined;
+    /** Not a flaky signal: the provider itself says the instance is gone or not running. */
+    let definite = false;
     let degraded: string | undefined;
     let latencyMs: number | undefined;
     let memoryRatio: number | undefined;
     checks.provider = observed ? 'pass' : 'fail';
-    if (!observed) failure = `missing: no ${instance.providerType} instance exists for it`;
-    else {
+    if (!observed) {
+      failure = `missing: no ${instance.providerType} instance exists for it`;
+      definite = true;
+    } else {
       checks.status = observed.status === 'running' ? 'pass' : 'fail';
-      if (observed.status !== 'running') failure = `status: expected running, found ${observed.status}${observed.statusReason ? ` (${observed.statusReason})` : ''}`;
+      if (observed.status !== 'running') {
+        failure = `status: expected running, found ${observed.status}${observed.statusReason ? ` (${observed.statusReason})` : ''}`;
+        // A settled state is a fact; a transition (starting, stopping, a restart in progress) may pass.
+        definite = SETTLED_NOT_RUNNING.has(observed.status);
+      }
       else if (observed.endpoint) {
         const started = this.now();
         const code = await httpStatus(`${observed.endpoint.url}/healthz`, config.timeoutMs);
@@ -192,8 +203,8 @@ export class HealthMonitor {
     let reason: string;
     if (failure) {
       record.consecutiveFailures++;
-      const confirmed = record.consecutiveFailures >= config.failureThreshold;
-      status = confirmed ? 'unhealthy' : (instance.health === 'unknown' ? 'unknown' : instance.health);
+      const confirmed = definite || record.consecutiveFailures >= config.failureThreshold;
+      status = confirmed ? 'unhealthy' : 'unknown';
       reason = confirmed ? failure : `${failure} (${record.consecutiveFailures} of ${config.failureThreshold} failed checks before it counts)`;
     } else {
       if (record.recoveryAttempts > 0) this.logger.info({ instanceId, attempts: record.recoveryAttempts }, 'instance recovered');
@@ -295,6 +306,8 @@ export class HealthMonitor {
     return path.join(this.dir, `${instanceId}.json`);
   }
 }
+
+const SETTLED_NOT_RUNNING: ReadonlySet<string> = new Set(['stopped', 'failed', 'deleted']);
 
 /** Instances the controller wants running: created or started, not stopped on purpose, not a warm member. */
 function shouldRun(instance: Readonly<VSCodeInstance>): boolean {

@@ -19,6 +19,7 @@ import path from 'node:path';
 import { z } from 'zod';
 import { ProviderTypeSchema, type InstanceConfig, type Provider, type ProviderType, type VSCodeInstance } from '../../providers/provider.js';
 import type { SwarmController } from '../controller/swarm-controller.js';
+import { crashPoint, type CrashPoint } from '../crash/crash-points.js';
 import { SwarmError, asSwarmError, invalidInput } from '../errors.js';
 import { silentLogger, type Logger } from '../logger.js';
 import { isTempFile, writeJsonAtomic } from '../state/atomic-file.js';
@@ -334,6 +335,7 @@ export class MigrationManager {
         if (err instanceof SimulatedCrash) return migration; // a crash: nothing more is written, as if the process died here
         throw err;
       }
+      crashPoint(`migration.before.${name}` as CrashPoint);
       step.status = 'in-progress';
       step.startedAt = new Date(this.now()).toISOString();
       await this.save(migration);
@@ -353,6 +355,7 @@ export class MigrationManager {
         await this.save(migration);
         throw err;
       }
+      crashPoint(`migration.after.${name}` as CrashPoint);
       step.endedAt = new Date(this.now()).toISOString();
       await this.save(migration);
     }

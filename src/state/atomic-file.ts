@@ -5,6 +5,7 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
+import { crashPoint } from '../crash/crash-points.js';
 
 const TEMP_MARK = '.tmp-';
 
@@ -15,10 +16,13 @@ export async function writeFileAtomic(target: string, data: string | Uint8Array)
   try {
     handle = await fs.open(temp, 'wx', 0o600);
     await handle.writeFile(data);
+    crashPoint('state.after-write');
     await handle.sync();
+    crashPoint('state.after-fsync');
     await handle.close();
     handle = undefined;
     await fs.rename(temp, target);
+    crashPoint('state.after-rename');
   } catch (err) {
     await handle?.close().catch(() => undefined);
     await fs.rm(temp, { force: true }).catch(() => undefined);

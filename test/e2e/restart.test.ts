@@ -18,8 +18,8 @@ describe('controller restart', () => {
   let stateDir: string;
   let server: LaunchedServer | undefined;
   let id: string;
-  const launch = async (): Promise<LaunchedServer> => {
-    server = await launchFromMcpJson({ VSCODE_SWARM_STATE_DIR: stateDir, VSCODE_SWARM_ENABLE_EXEC: '1' });
+  const launch = async (extraEnv: Record<string, string> = {}): Promise<LaunchedServer> => {
+    server = await launchFromMcpJson({ VSCODE_SWARM_STATE_DIR: stateDir, VSCODE_SWARM_ENABLE_EXEC: '1', ...extraEnv });
     return server;
   };
   const exec = async (command: string): Promise<string> => {
@@ -98,6 +98,49 @@ describe('controller restart', () => {
     expect(byId[id]).toMatchObject({ status: 'running' });
     expect(await readdir(path.join(stateDir, 'quarantine'))).toEqual([expect.stringMatching(/^corrupt\.json\./)]);
     expect(server!.stderr()).toMatch(/instance file set aside/);
+  });
+});
+
+describe('controller killed in the middle of a delete', () => {
+  const prefix = `${PREFIX}-del`;
+  let stateDir: string;
+  let server: LaunchedServer | undefined;
+  beforeAll(async () => {
+    await cleanUp(prefix);
+    stateDir = await makeStateDir(prefix);
+  });
+  afterAll(async () => {
+    await server?.close().catch(() => undefined);
+    await cleanUp(prefix, stateDir);
+  });
+
+  const volumesOf = async (instanceId: string) => ((await docker.listVolumes()).Volumes ?? []).filter((v) => v.Name === `vscode-swarm-${instanceId}-workspace`);
+
+  it.each([
+    ['after the container went, before the volume', 'docker.delete.after-container', false],
+    ['after the provider finished, before the record went', 'delete.after-provider', false],
+    ['with the workspace kept, after the record said so', 'delete.after-record', true],
+  ] as const)('%s: the next start finishes it as asked', async (_label, point, keepWorkspace) => {
+    server = await launchFromMcpJson({ VSCODE_SWARM_STATE_DIR: stateDir, VSCODE_SWARM_CRASH_AT: point });
+    const name = `${prefix}-${point.replace(/[^a-z]+/g, '-')}`.slice(0, 60);
+    const created = await callTool(server.client, 'create_swarm_instance', { name });
+    const id = (created.structuredContent!.instance as VSCodeInstance).id;
+    expect(await volumesOf(id)).toHaveLength(1);
+    const pid = server.pid;
+    // The call never answers: the server dies at the crash point.
+    await callTool(server.client, 'delete_swarm_instance', { instanceId: id, keepWorkspace }).catch(() => undefined);
+    await waitUntil(async () => (isAlive(pid) ? undefined : true), { timeoutMs: 20_000, what: 'the server to die at the crash point' });
+    expect(server.stderr()).toContain(`crash point ${point} reached`);
+    await server.close().catch(() => undefined);
+
+    server = await launchFromMcpJson({ VSCODE_SWARM_STATE_DIR: stateDir });
+    const list = (await callTool(server.client, 'list_swarm_instances')).structuredContent!.instances as VSCodeInstance[];
+    expect(list.map((i) => i.id)).not.toContain(id);
+    expect(await containersNamed(name)).toHaveLength(0);
+    expect(await volumesOf(id)).toHaveLength(keepWorkspace ? 1 : 0);
+    await server.close();
+    server = undefined;
+    if (keepWorkspace) await docker.getVolume(`vscode-swarm-${id}-workspace`).remove();
   });
 });
 
