@@ -66,13 +66,15 @@ export const ResourcesSchema = z.object({
 export type Resources = z.infer<typeof ResourcesSchema>;
 
 const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]{0,127}$/;
+/** A process environment (and a container label) cannot carry a NUL: refused here rather than by the engine mid-change. */
+const NO_NUL = /^[^\0]*$/;
 export const EnvSchema = z
-  .record(z.string().regex(ENV_NAME, 'expected an environment variable name'), z.string().max(32_768))
+  .record(z.string().regex(ENV_NAME, 'expected an environment variable name'), z.string().max(32_768).regex(NO_NUL, 'expected text without NUL characters'))
   .refine((env) => Object.keys(env).length <= 128, 'expected at most 128 variables');
 
 const METADATA_KEY = /^[A-Za-z0-9][A-Za-z0-9_.\/-]{0,62}$/;
 export const MetadataSchema = z
-  .record(z.string().regex(METADATA_KEY, 'expected a key of letters, digits, "_", ".", "/" and "-"'), z.string().max(256))
+  .record(z.string().regex(METADATA_KEY, 'expected a key of letters, digits, "_", ".", "/" and "-"'), z.string().max(256).regex(NO_NUL, 'expected text without NUL characters'))
   .refine((m) => Object.keys(m).length <= 64, 'expected at most 64 entries');
 
 /** What a caller asks for. Everything except the name has a default the controller fills in. */
@@ -92,7 +94,7 @@ export type InstanceConfig = z.infer<typeof InstanceConfigSchema>;
 export const InstanceConfigPatchSchema = z
   .object({
     image: ImageReferenceSchema.optional(),
-    resources: ResourcesSchema.partial().optional(),
+    resources: ResourcesSchema.partial().strict().optional(),
     env: EnvSchema.optional(),
     metadata: MetadataSchema.optional(),
     idleTimeoutMinutes: z.number().min(0).max(10_080).optional(),
@@ -265,6 +267,8 @@ export interface Provider {
   getCapabilities(): ProviderCapabilities;
   /** Connects and verifies access; throws PROVIDER_UNAVAILABLE with what to do when it cannot. */
   initialize(): Promise<void>;
+  /** A cheap liveness check of an initialised provider, without side effects; throws PROVIDER_UNAVAILABLE with the reason when it does not answer. */
+  ping?(): Promise<void>;
   /** Creates and starts an instance, idempotently: an instance that already exists with this id is returned as is. */
   createInstance(config: InstanceConfig & { image: string }, options: CreateOptions): Promise<VSCodeInstance>;
   /** The instance as the provider sees it now, or null when it has none with this id. */

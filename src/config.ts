@@ -9,7 +9,7 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { z } from 'zod';
-import { ImageReferenceSchema, ProviderTypeSchema } from '../providers/provider.js';
+import { ImageReferenceSchema, ProviderTypeSchema, type ProviderType } from '../providers/provider.js';
 import { SwarmError } from './errors.js';
 
 /** The repository's `state/` folder (this file is at src/ or dist/src/). */
@@ -115,10 +115,26 @@ const GatewayConfigSchema = z
     /** A request for a stopped instance starts it and waits, instead of showing a page. */
     autoStart: z.boolean().default(true),
     startTimeoutMs: z.number().int().min(1_000).max(600_000).default(120_000),
-    /** Failed authentications allowed per client address per minute before it gets 429. */
+    /** Failed authentications allowed per client (an IPv4 address or an IPv6 /64) per minute before it gets 429; a valid session is never refused. */
     maxFailuresPerMinute: z.number().int().min(1).max(10_000).default(20),
+    /** Clients whose failures are remembered at most; the least recently failing is forgotten first. */
+    maxTrackedAddresses: z.number().int().min(1).max(10_000_000).default(10_000),
+    /** Time a client has to send a request's headers, then its whole request (408 and closed after). */
+    headersTimeoutMs: z.number().int().min(100).max(600_000).default(20_000),
+    requestTimeoutMs: z.number().int().min(100).max(3_600_000).default(60_000),
+    /**
+     * Open connections at most, in total and per client (an IPv4 address or an IPv6 /64); more are closed at
+     * once. Behind a TLS proxy or load balancer every client has its address: raise the per-client cap there.
+     */
+    maxConnections: z.number().int().min(1).max(1_000_000).default(4_096),
+    maxConnectionsPerAddress: z.number().int().min(1).max(1_000_000).default(256),
   })
-  .strict();
+  .strict()
+  .superRefine((gateway, ctx) => {
+    if (gateway.headersTimeoutMs > gateway.requestTimeoutMs) {
+      ctx.addIssue({ code: 'custom', path: ['headersTimeoutMs'], message: `expected at most requestTimeoutMs (${gateway.requestTimeoutMs}), since the headers are part of the request (got ${gateway.headersTimeoutMs})` });
+    }
+  });
 export type GatewayConfig = z.infer<typeof GatewayConfigSchema>;
 
 const WarmBufferSchema = z
@@ -164,6 +180,13 @@ export const SwarmConfigSchema = z
       .object({
         host: z.string().default('127.0.0.1'),
         port: z.number().int().min(0).max(65_535).default(7081),
+        /**
+         * Host headers /mcp accepts besides the loopback ones (localhost, 127.0.0.1, [::1] and the bound
+         * address, on the listening port); others get 403 (DNS rebinding). A name without a port means the listening port.
+         */
+        allowedHosts: z.array(z.string().regex(/^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?$/, 'expected a host name or address with an optional port, such as mcp.example.com:443')).default([]),
+        /** Origin headers /mcp accepts besides the loopback ones (http://localhost:<port>, ...); a request with another Origin gets 403. */
+        allowedOrigins: z.array(z.string().regex(/^https?:\/\/(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?$/, 'expected an origin such as https://app.example.com (scheme, host and optional port; no path)')).default([]),
       })
       .strict()
       .prefault({}),
@@ -187,9 +210,31 @@ export const SwarmConfigSchema = z
         historySize: z.number().int().min(1).max(10_000).default(50),
         concurrency: z.number().int().min(1).max(256).default(8),
         autoRecover: z.boolean().default(true),
-        recoveryActions: z.array(z.enum(['restart', 'recreate'])).min(1).default(['restart', 'recreate']),
+        /** Tried in this order, one per attempt; 'migrate' moves the instance with its files to `migrateTo`. */
+        recoveryActions: z.array(z.enum(['restart', 'recreate', 'migrate'])).min(1).default(['restart', 'recreate']),
+        /** Where 'migrate' moves a failing instance (required when recoveryActions lists it). */
+        migrateTo: ProviderTypeSchema.optional(),
         maxAttempts: z.number().int().min(1).max(20).default(3),
         backoffMs: z.number().int().min(0).max(3_600_000).default(10_000),
+      })
+      .strict()
+      .prefault({}),
+    /**
+     * Provider failover (off unless turned on): the instances that should be running on a provider that
+     * has been unavailable for longer than `afterMs` move to `to`, with their files where they can still be
+     * read, and are otherwise marked failed with the reason (never re-created empty).
+     */
+    failover: z
+      .object({
+        enabled: z.boolean().default(false),
+        /** Providers watched; every enabled provider but `to` when absent. */
+        from: z.array(ProviderTypeSchema).min(1).optional(),
+        /** Where their instances go (required when enabled). */
+        to: ProviderTypeSchema.optional(),
+        /** How long a provider must stay unavailable before anything moves. */
+        afterMs: z.number().int().min(1_000).max(86_400_000).default(300_000),
+        /** How often providers are probed. */
+        checkIntervalMs: z.number().int().min(100).max(3_600_000).default(10_000),
       })
       .strict()
       .prefault({}),
@@ -212,7 +257,29 @@ export const SwarmConfigSchema = z
       .strict()
       .prefault({}),
   })
-  .strict();
+  .strict()
+  .superRefine((config, ctx) => {
+    const enabled = (type: ProviderType): boolean => config.providers[type].enabled;
+    const { health, failover } = config;
+    if (health.recoveryActions.includes('migrate')) {
+      if (!health.migrateTo) {
+        ctx.addIssue({ code: 'custom', path: ['health', 'migrateTo'], message: "required when health.recoveryActions includes 'migrate': the provider type failing instances move to" });
+      } else if (!enabled(health.migrateTo)) {
+        ctx.addIssue({ code: 'custom', path: ['health', 'migrateTo'], message: `${health.migrateTo} is not enabled (set providers.${health.migrateTo}.enabled)` });
+      }
+    }
+    if (failover.enabled) {
+      if (!failover.to) {
+        ctx.addIssue({ code: 'custom', path: ['failover', 'to'], message: 'required when failover.enabled: the provider type instances move to' });
+      } else if (!enabled(failover.to)) {
+        ctx.addIssue({ code: 'custom', path: ['failover', 'to'], message: `${failover.to} is not enabled (set providers.${failover.to}.enabled)` });
+      }
+      for (const [i, type] of (failover.from ?? []).entries()) {
+        if (type === failover.to) ctx.addIssue({ code: 'custom', path: ['failover', 'from', i], message: `${type} is also failover.to; a provider cannot fail over to itself` });
+        else if (!enabled(type)) ctx.addIssue({ code: 'custom', path: ['failover', 'from', i], message: `${type} is not enabled (set providers.${type}.enabled)` });
+      }
+    }
+  });
 
 export type SwarmConfig = z.infer<typeof SwarmConfigSchema> & { swarmId: string };
 export type SwarmConfigInput = z.input<typeof SwarmConfigSchema>;

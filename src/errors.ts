@@ -61,6 +61,14 @@ export function asSwarmError(err: unknown, fallback: ErrorCode = 'INTERNAL', pre
 }
 
 function describeValue(value: unknown): string {
-  const text = typeof value === 'string' ? JSON.stringify(value) : String(value);
+  const text = printable(typeof value === 'string' ? JSON.stringify(value.length > 200 ? value.slice(0, 200) : value) : String(value));
   return text.length > 80 ? `${text.slice(0, 77)}...` : text;
+}
+
+/**
+ * Text from a caller made safe to put in a message: control, format and separator characters as \uXXXX.
+ * A right-to-left override or zero-width joiner echoed raw would make the message read differently from what it says.
+ */
+export function printable(text: string): string {
+  return text.replace(/[\p{C}\p{Zl}\p{Zp}]/gu, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
 }

@@ -2,6 +2,8 @@
  * Where the Docker engine is: explicit options first, then DOCKER_HOST, then the local socket.
  */
 import type Docker from 'dockerode';
+import http from 'node:http';
+import https from 'node:https';
 import { SwarmError } from '../../src/errors.js';
 
 export interface DockerConnectionOptions {
@@ -52,4 +54,29 @@ export function engineUnreachable(connection: DockerConnection, cause: unknown):
       'or point DOCKER_HOST at a running one.',
     { cause },
   );
+}
+
+/**
+ * The HTTP agent for engine calls. docker-modem listens for errors on the request only: when the
+ * connection to the engine closes in the middle of an answer (after its headers), Node reports it on the
+ * response, which docker-modem does not listen to, and the call would never settle. This agent turns an
+ * answer cut short into an error on its request, so the call fails instead of hanging.
+ */
+export function engineAgent(connection: DockerConnection): http.Agent {
+  const Base = connection.options.protocol === 'https' ? https.Agent : http.Agent;
+  class EngineAgent extends Base {
+    // addRequest is how every request reaches an agent (Node's own, undocumented in its types).
+    addRequest(req: http.ClientRequest, options: unknown): void {
+      req.once('response', (res: http.IncomingMessage) => {
+        res.once('close', () => {
+          if (res.complete || req.listenerCount('error') === 0) return;
+          const err = Object.assign(new Error('the engine\'s answer was cut short'), { code: 'ECONNRESET' });
+          req.emit('error', err);
+        });
+      });
+      (Base.prototype as unknown as { addRequest(req: http.ClientRequest, options: unknown): void }).addRequest.call(this, req, options);
+    }
+  }
+  // As Node's global agent (which docker-modem used before): kept-alive sockets, closed after 5 s idle.
+  return new EngineAgent({ keepAlive: true, scheduling: 'lifo', timeout: 5_000 });
 }

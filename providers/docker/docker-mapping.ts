@@ -87,7 +87,9 @@ export function instanceFromContainer(info: Docker.ContainerInspectInfo, mode: E
       name: labels[LABEL_NAME] ?? id,
       image: info.Config.Image,
       resources: { cpu: nanoCpus / 1e9, memoryMb: Math.round(memory / (1024 * 1024)) },
-      ...(Object.keys(env).length ? { env } : {}),
+      // The env-keys label says exactly what was set, so "none" is reported as {} rather than left out:
+      // an absent env reads as "unknown" to the controller, which would keep a stale one in the registry.
+      ...(Object.keys(env).length || labels[LABEL_ENV_KEYS] !== undefined ? { env } : {}),
       ...(labels[LABEL_METADATA] ? { metadata: parseMetadata(labels[LABEL_METADATA]) } : {}),
     },
     providerRef: { containerId: info.Id, containerName: info.Name.replace(/^\//, ''), volume: volumeName(id) },

@@ -35,7 +35,7 @@ import type {
   VSCodeInstance,
 } from '../provider.js';
 import { applyInstanceFilter } from '../provider.js';
-import { engineUnreachable, resolveDockerConnection, type DockerConnection, type DockerConnectionOptions } from './docker-connection.js';
+import { engineAgent, engineUnreachable, resolveDockerConnection, type DockerConnection, type DockerConnectionOptions } from './docker-connection.js';
 import {
   EDITOR_PORT,
   LABEL_CREATED,
@@ -101,7 +101,8 @@ export class DockerProvider implements Provider {
 
   constructor(private readonly options: DockerProviderOptions) {
     this.connection = resolveDockerConnection(options);
-    this.docker = new Docker(this.connection.options);
+    // docker-modem passes `agent` on to every request (its types omit it).
+    this.docker = new Docker({ ...this.connection.options, agent: engineAgent(this.connection) } as Docker.DockerOptions);
     this.logger = (options.logger ?? silentLogger()).child({ component: 'docker-provider' });
     this.endpointMode = { publishHost: options.publishHost ?? null, network: options.network ?? DEFAULT_NETWORK };
     this.capabilities = {
@@ -131,7 +132,16 @@ export class DockerProvider implements Provider {
     this.capabilities.resourceLimits.maxCpu = info.NCPU ?? this.capabilities.resourceLimits.maxCpu;
     if (info.MemTotal) this.capabilities.resourceLimits.maxMemoryMb = Math.floor(info.MemTotal / 2 ** 20);
     await this.ensureNetwork();
+    await this.settleStaging();
     this.logger.info({ engine: this.connection.describe, version: info.ServerVersion, network: this.endpointMode.network }, 'docker engine reachable');
+  }
+
+  async ping(): Promise<void> {
+    try {
+      await withTimeout(this.docker.ping() as Promise<unknown>, PING_TIMEOUT_MS, 'docker ping');
+    } catch (err) {
+      throw engineUnreachable(this.connection, err);
+    }
   }
 
   async createInstance(config: InstanceConfig & { image: string }, options: CreateOptions): Promise<VSCodeInstance> {
@@ -256,6 +266,8 @@ export class DockerProvider implements Provider {
     try {
       await container.update(resourceLimits(next.resources));
     } catch (err) {
+      // A broken connection is not a refusal: re-creating then would risk the container for nothing.
+      if (statusCode(err) === undefined) throw this.wrap(err, `resize ${instanceId}`);
       // The engine refuses some live changes (memory below what the container uses, for one):
       // re-create around the same volume instead of failing.
       this.logger.warn({ instanceId, err: (err as Error).message }, 'live resize refused; re-creating');
@@ -363,7 +375,12 @@ export class DockerProvider implements Provider {
 
   // ---- internals ----
 
-  private containerSpec(instanceId: string, config: InstanceConfig & { image: string }, name: string): Docker.ContainerCreateOptions {
+  /**
+   * The exact container this provider creates for an instance (image, editor arguments, labels, limits,
+   * privileges, network, the workspace volume's mount). Public so that the benchmark's raw-engine baseline
+   * creates the same container and the ratio isolates the controller.
+   */
+  containerSpec(instanceId: string, config: InstanceConfig & { image: string }, name: string): Docker.ContainerCreateOptions {
     const env = config.env ?? {};
     return {
       name,
@@ -408,7 +425,7 @@ export class DockerProvider implements Provider {
     fresh = false,
   ): Promise<VSCodeInstance> {
     progress({ fraction: from, message: 'starting container' });
-    if (!fresh && (await container.inspect()).State.Paused) await this.call(`unpause ${instanceId}`, () => container.unpause());
+    if (!fresh && (await this.call(`inspect ${instanceId}`, () => container.inspect())).State.Paused) await this.call(`unpause ${instanceId}`, () => container.unpause());
     await this.call(`start ${instanceId}`, () =>
       container.start().catch((err) => {
         if (statusCode(err) !== 304) throw err; // 304: already running
@@ -445,8 +462,9 @@ export class DockerProvider implements Provider {
   ): Promise<VSCodeInstance> {
     progress({ fraction: 0.1, message: `re-creating with image ${next.image}` });
     await this.ensureImage(next.image, progress);
-    const staging = `${containerName(instanceId)}-next`;
-    await this.docker.getContainer(staging).remove({ force: true }).catch(() => undefined);
+    const staging = stagingName(instanceId);
+    // Never just remove the staging name: after an interrupted re-create it may be the only container.
+    await this.settleStaging(instanceId);
     const fresh = await this.call(`re-create ${instanceId}`, () => this.docker.createContainer(this.containerSpec(instanceId, next, staging)));
     crashPoint('docker.recreate.after-new-container');
     try {
@@ -460,6 +478,24 @@ export class DockerProvider implements Provider {
     }
     if (current.status === 'running') return this.startAndAwait(instanceId, fresh, progress, 0.6);
     return this.inspect(fresh);
+  }
+
+  /**
+   * Settles what a re-create interrupted between its steps (the process died) left behind: a staging
+   * container beside the instance's own is removed (the old container still holds the instance); a
+   * staging container alone (the old one had gone) becomes the instance's container.
+   */
+  private async settleStaging(instanceId?: string): Promise<void> {
+    const label = [`${LABEL_MANAGED}=true`, `${LABEL_SWARM}=${this.options.swarmId}`, ...(instanceId ? [`${LABEL_INSTANCE}=${instanceId}`] : [])];
+    const all = await this.call('list containers', () => this.docker.listContainers({ all: true, filters: { label } }));
+    for (const c of all) {
+      const id = c.Labels[LABEL_INSTANCE];
+      if (!id || !c.Names.includes(`/${stagingName(id)}`)) continue;
+      const main = all.some((o) => o.Names.includes(`/${containerName(id)}`));
+      if (main) await this.call(`remove staging of ${id}`, () => this.docker.getContainer(c.Id).remove({ force: true }).catch(ignoreNotFound));
+      else await this.call(`rename staging of ${id}`, () => this.docker.getContainer(c.Id).rename({ name: containerName(id) }));
+      this.logger.warn({ instanceId: id }, main ? 'removed the staging container of an interrupted re-create' : 'finished an interrupted re-create: its new container takes the name');
+    }
   }
 
   private async ensureImage(image: string, progress: (e: ProgressEvent) => void): Promise<void> {
@@ -543,7 +579,7 @@ export class DockerProvider implements Provider {
   }
 
   private async inspect(container: Docker.Container): Promise<VSCodeInstance> {
-    return instanceFromContainer(await container.inspect(), this.endpointMode);
+    return instanceFromContainer(await this.call('inspect container', () => container.inspect()), this.endpointMode);
   }
 
   private demux(stream: Readable, stdout: Writable, stderr: Writable): Promise<void> {
@@ -565,8 +601,17 @@ export class DockerProvider implements Provider {
     const code = (err as NodeJS.ErrnoException)?.code;
     if (code === 'ENOENT' || code === 'ECONNREFUSED' || code === 'EACCES' || code === 'ETIMEDOUT') return engineUnreachable(this.connection, err);
     const message = (err as { json?: { message?: string } })?.json?.message ?? (err as Error)?.message ?? String(err);
-    return asSwarmError(new Error(`docker: ${what}: ${message}`), isNotFound(err) ? 'NOT_FOUND' : 'PROVIDER_ERROR');
+    if (code === 'ECONNRESET' || code === 'EPIPE') {
+      // The call may or may not have taken effect: say so rather than pass on the socket's own words alone.
+      return new SwarmError('PROVIDER_ERROR', `docker: ${what}: the connection to the Docker engine at ${this.connection.describe} broke (${message}); the call may or may not have taken effect`, { cause: err });
+    }
+    return new SwarmError(isNotFound(err) ? 'NOT_FOUND' : 'PROVIDER_ERROR', `docker: ${what}: ${message}`, { cause: err });
   }
+}
+
+/** The name a re-create gives the new container until the old one is gone. */
+function stagingName(instanceId: string): string {
+  return `${containerName(instanceId)}-next`;
 }
 
 function resourceLimits(resources: { cpu: number; memoryMb: number }): { NanoCpus: number; Memory: number; MemorySwap: number } {
@@ -579,7 +624,7 @@ function statusCode(err: unknown): number | undefined {
 }
 
 function isNotFound(err: unknown): boolean {
-  return statusCode(err) === 404;
+  return statusCode(err) === 404 || (err instanceof SwarmError && err.code === 'NOT_FOUND');
 }
 
 function ignoreNotFound(err: unknown): void {

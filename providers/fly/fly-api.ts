@@ -95,10 +95,13 @@ function asHttpError(err: unknown): FlyHttpError | undefined {
   return match ? new FlyHttpError(Number(match[1]), match[2]!) : undefined;
 }
 
-const NETWORK_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EAI_AGAIN', 'ENOTFOUND', 'EPIPE', 'EHOSTUNREACH', 'ENETUNREACH', 'UND_ERR_SOCKET', 'UND_ERR_CONNECT_TIMEOUT']);
+// ERR_STREAM_PREMATURE_CLOSE: the connection closed in the middle of an answer (node-fetch, under fly-admin).
+const NETWORK_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EAI_AGAIN', 'ENOTFOUND', 'EPIPE', 'EHOSTUNREACH', 'ENETUNREACH', 'UND_ERR_SOCKET', 'UND_ERR_CONNECT_TIMEOUT', 'ERR_STREAM_PREMATURE_CLOSE']);
 
 function networkCode(err: unknown): string | undefined {
-  const e = err as { code?: string; errno?: string; cause?: { code?: string } };
+  const e = err as { name?: string; type?: string; code?: string; errno?: string; cause?: { code?: string } };
+  // An answer cut short can also arrive as JSON that does not parse (node-fetch's `invalid-json`).
+  if (e?.name === 'FetchError' && e.type === 'invalid-json') return 'a truncated answer';
   const code = e?.code ?? e?.errno ?? e?.cause?.code;
   return code && NETWORK_CODES.has(code) ? code : undefined;
 }
@@ -298,7 +301,7 @@ export class FlyApi {
       if (code || (err as Error)?.name === 'FetchError') {
         return new SwarmError(
           'PROVIDER_UNAVAILABLE',
-          `fly: cannot reach the Machines API at ${this.options.apiUrl} (${code ?? (err as Error).message}); check providers.fly.apiUrl and the network`,
+          `fly: ${what}: cannot reach the Machines API at ${this.options.apiUrl} (${code ?? (err as Error).message}); check providers.fly.apiUrl and the network`,
           { cause: err },
         );
       }

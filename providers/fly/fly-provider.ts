@@ -185,6 +185,16 @@ export class FlyProvider implements Provider {
     this.logger.info({ apiUrl, app: this.options.app, region: this.region }, 'fly machines api reachable');
   }
 
+  async ping(): Promise<void> {
+    let app: Awaited<ReturnType<FlyApi['getApp']>>;
+    try {
+      app = await this.requireApi().getApp();
+    } catch (err) {
+      throw new SwarmError('PROVIDER_UNAVAILABLE', `fly: the Machines API does not answer: ${(err as Error).message}`, { cause: err });
+    }
+    if (!app) throw new SwarmError('PROVIDER_UNAVAILABLE', `fly: app "${this.options.app}" no longer exists`);
+  }
+
   async createInstance(config: InstanceConfig & { image: string }, options: CreateOptions): Promise<VSCodeInstance> {
     const api = this.requireApi();
     const { instanceId, signal } = options;

@@ -12,6 +12,7 @@ import { InstanceRegistry } from '../registry/instance-registry.js';
 import { ActivityTracker } from '../activity/activity-tracker.js';
 import { IdleMonitor } from '../activity/idle-monitor.js';
 import { HealthMonitor } from '../health/health-monitor.js';
+import { ProviderFailover } from '../health/failover.js';
 import { MigrationManager } from '../migration/migration-manager.js';
 import { SwarmError } from '../errors.js';
 import { AccessLinks } from '../gateway/access-links.js';
@@ -104,6 +105,8 @@ export interface SwarmServices {
   gateway?: Gateway;
   idle?: IdleMonitor;
   health?: HealthMonitor;
+  /** Provider failover, when `failover.enabled`. */
+  failover?: ProviderFailover;
   migrations: MigrationManager;
   /** Stops the monitors and the gateway, then closes the controller. */
   close: () => Promise<void>;
@@ -111,7 +114,7 @@ export interface SwarmServices {
 
 /**
  * Initialises the controller and starts what runs beside it: the gateway (when enabled), the idle
- * monitor and the health monitor. The MCP server (stdio) and `up` both run on this.
+ * monitor, the health monitor and the provider failover. The MCP server (stdio) and `up` both run on this.
  */
 export async function startSwarmServices(controller: SwarmController, logger: Logger = silentLogger()): Promise<SwarmServices> {
   const { config } = controller;
@@ -135,17 +138,26 @@ export async function startSwarmServices(controller: SwarmController, logger: Lo
   const settled = await migrations.recover();
   if (settled.length) logger.warn({ migrations: settled.map((m) => ({ id: m.id, status: m.status, reason: m.reason })) }, 'settled migrations left by a previous run');
   let health: HealthMonitor | undefined;
+  // The failover writes its decisions to the health history, so it needs the monitor even when checks are off.
+  const monitor = config.health.enabled || config.failover.enabled ? new HealthMonitor({ controller, stateDir: config.stateDir, config: config.health, migrations, logger }) : undefined;
   if (config.health.enabled) {
-    health = new HealthMonitor({ controller, stateDir: config.stateDir, config: config.health, logger });
-    health.start();
+    health = monitor;
+    health!.start();
+  }
+  let failover: ProviderFailover | undefined;
+  if (config.failover.enabled) {
+    failover = new ProviderFailover({ controller, migrations, health: monitor!, config: config.failover, logger });
+    failover.start();
   }
   return {
     controller,
     ...(gateway ? { gateway } : {}),
     ...(idle ? { idle } : {}),
     ...(health ? { health } : {}),
+    ...(failover ? { failover } : {}),
     migrations,
     close: async () => {
+      await failover?.stop();
       await health?.stop();
       await idle?.stop();
       await gateway?.close();

@@ -41,6 +41,10 @@ import type { AccessLink, AccessLinks } from '../gateway/access-links.js';
 import { WarmPool, type WarmSpec, type WarmStatus } from '../warm/warm-pool.js';
 import { StateLock } from '../state/state-lock.js';
 import { KeyedMutex } from './keyed-mutex.js';
+import { parseInput } from './parse-input.js';
+
+/** Validates a library caller's input the same way the MCP layer does, naming the first bad field. */
+export { parseInput };
 
 /** What a caller may ask for when creating; everything but the name has a default. */
 export const CreateRequestSchema = z
@@ -48,10 +52,10 @@ export const CreateRequestSchema = z
     name: InstanceNameSchema,
     providerType: ProviderTypeSchema.optional(),
     image: ImageReferenceSchema.optional(),
-    resources: ResourcesSchema.partial().optional(),
+    resources: ResourcesSchema.partial().strict().optional(),
     env: EnvSchema.optional(),
     metadata: MetadataSchema.optional(),
-    region: z.string().max(64).optional(),
+    region: z.string().min(1).max(64).optional(),
     idleTimeoutMinutes: z.number().min(0).max(10_080).optional().describe('Minutes without use before it is stopped; 0 never'),
   })
   .strict();
@@ -142,6 +146,9 @@ export interface SwarmControllerDeps {
 
 /** Metadata key (and so container label content) that marks what was created as a warm-buffer member. */
 export const WARM_METADATA_KEY = 'vscode-swarm/warm-pool';
+
+/** The status reason of an instance whose container a recovery is re-creating (status `starting`). */
+const RECREATING = 're-creating: ';
 
 /** How long after a failed provider initialisation the next use tries again. */
 const PROVIDER_RETRY_MS = 5_000;
@@ -238,6 +245,12 @@ export class SwarmController {
         } else if (known.status === 'deleting') {
           await this.finishDelete(provider, known);
           report.removed.push(id);
+        } else if (known.status === 'stopping' && observed.status === 'running') {
+          // A stop interrupted after its intent was recorded (desiredState stopped): finished, as a delete is;
+          // left running, nothing would ever stop it (the health monitor only repairs what should run).
+          const stopped = await provider.stopInstance(id, false);
+          await this.registry.update(id, this.merge(known, stopped, 'stopped: a stop interrupted by a controller restart, finished on start-up'));
+          report.updated.push(id);
         } else if (this.differs(known, observed)) {
           await this.registry.update(id, this.merge(known, observed));
           report.updated.push(id);
@@ -252,6 +265,23 @@ export class SwarmController {
         if (current.status === 'deleting') {
           // The container went first; the workspace volume may still be there. The user asked for it to go.
           await this.finishDelete(provider, current);
+          report.removed.push(current.id);
+        } else if (current.status === 'starting' && current.statusReason?.startsWith(RECREATING)) {
+          // A re-create interrupted after the old instance went: the workspace was kept; finish it around it.
+          const observed = await provider.createInstance(current.config, { instanceId: current.id }).catch((err: unknown) => {
+            this.logger.warn({ instanceId: current.id, err: (err as Error).message }, 'could not finish an interrupted re-create');
+            return undefined;
+          });
+          await this.registry.update(current.id, (now) =>
+            observed ? this.merge(now, observed, current.statusReason) : { ...now, status: 'failed', health: 'unknown', endpoint: undefined, statusReason: this.missingReason(now) },
+          );
+          report.updated.push(current.id);
+        } else if (current.status === 'creating') {
+          // A create interrupted before the provider made the instance (the process died): nobody got it
+          // and nothing was written into it, so it is undone: whatever the provider had begun (a volume),
+          // then the record. A retried create of the same name starts afresh.
+          await provider.deleteInstance(current.id, { keepWorkspace: false });
+          await this.registry.remove(current.id);
           report.removed.push(current.id);
         } else if (current.status !== 'failed' || !current.statusReason?.startsWith('missing')) {
           await this.registry.update(current.id, { status: 'failed', health: 'unknown', endpoint: undefined, statusReason: this.missingReason(current) });
@@ -270,7 +300,8 @@ export class SwarmController {
     const req = parseInput(CreateRequestSchema, request);
     const type = req.providerType ?? this.config.defaultProvider;
     return this.locks.run(`name:${req.name}`, async () => {
-      const existing = this.registry.list().find((i) => i.name === req.name && !i.warmPool);
+      // A record being deleted (a failed create waiting for reconcile among them) is not the workspace asked for.
+      const existing = this.registry.list().find((i) => i.name === req.name && !i.warmPool && i.status !== 'deleting');
       if (existing) return this.createResult(existing, false, false);
 
       const provider = await this.provider(type);
@@ -409,7 +440,7 @@ export class SwarmController {
       await this.finishDelete(provider, recorded);
       this.logger.info({ instanceId }, 'instance deleted');
       return { instanceId, deleted: true as const, workspaceKept: keepWorkspace };
-    });
+    }, { whileDeleting: true });
   }
 
   /**
@@ -520,6 +551,31 @@ export class SwarmController {
     });
   }
 
+  /**
+   * Checks now that a provider is there: a ready one is pinged (where it has a ping) and turns
+   * unavailable with the reason when it does not answer; an unavailable one is connected again. Without
+   * this a provider is only re-checked on use. For the provider failover.
+   */
+  async probeProvider(type: ProviderType): Promise<ProviderStatus> {
+    const slot = this.slots.get(type);
+    if (slot?.state === 'ready' && slot.provider.ping) {
+      try {
+        await slot.provider.ping();
+      } catch (err) {
+        slot.state = 'unavailable';
+        slot.reason = asSwarmError(err, 'PROVIDER_UNAVAILABLE').message;
+        slot.lastAttempt = Date.now();
+        this.logger.warn({ provider: type, reason: slot.reason }, 'provider stopped answering');
+      }
+    } else if (slot && slot.state !== 'ready') {
+      await this.connect(type);
+      const now = this.providerStatuses().find((p) => p.type === type)!;
+      if (now.state === 'ready') this.logger.info({ provider: type }, 'provider answers again');
+      return now;
+    }
+    return this.providerStatuses().find((p) => p.type === type)!;
+  }
+
   /** Waits for in-flight writes and releases provider resources. */
   async close(): Promise<void> {
     this.warm.close();
@@ -554,6 +610,8 @@ export class SwarmController {
   /** Repair by re-creation: the container is replaced from the recorded config around the same workspace files. */
   async recreateInstance(instanceId: string, reason: string): Promise<VSCodeInstance> {
     return this.withInstance(instanceId, async (current, provider) => {
+      // The intent first: a controller killed between the delete and the create finishes it on its next start (reconcile).
+      await this.registry.update(instanceId, { status: 'starting', statusReason: `${RECREATING}${reason}`, desiredState: 'running' });
       await provider.deleteInstance(instanceId, { keepWorkspace: true });
       crashPoint('recover.recreate.after-delete');
       const observed = await provider.createInstance(current.config, { instanceId });
@@ -657,13 +715,15 @@ export class SwarmController {
     warmPool?: string,
   ): Promise<VSCodeInstance> {
     const at = this.now().toISOString();
-    await this.registry.register({
-      id, name: config.name, providerType: type, status: 'creating', health: 'unknown', config, providerRef: {}, createdAt: at, updatedAt: at,
-      desiredState: 'running',
-      ...(warmPool ? { warmPool } : {}),
-    });
-    crashPoint('create.after-record');
+    // Under the instance's lock from the first write: a reconcile (a list call) must never take a
+    // `creating` record whose provider call has not started yet for one a crash left behind.
     return this.locks.run(id, async () => {
+      await this.registry.register({
+        id, name: config.name, providerType: type, status: 'creating', health: 'unknown', config, providerRef: {}, createdAt: at, updatedAt: at,
+        desiredState: 'running',
+        ...(warmPool ? { warmPool } : {}),
+      });
+      crashPoint('create.after-record');
       try {
         const observed = await provider.createInstance(config, { instanceId: id, ...options });
         crashPoint('create.after-provider');
@@ -675,10 +735,29 @@ export class SwarmController {
         this.logger.info({ instanceId: id, provider: type, endpoint: instance.endpoint?.url, warmPool }, warmPool ? 'warm member ready' : 'instance created');
         return instance;
       } catch (err) {
-        await this.registry.remove(id).catch((e) => this.logger.error({ instanceId: id, err: e }, 'could not drop the record of a failed create'));
+        await this.settleFailedCreate(provider, id, err);
         throw asSwarmError(err, 'PROVIDER_ERROR');
       }
     });
+  }
+
+  /**
+   * A failed create leaves nothing behind. The provider cleans up what it knows it made, but when the
+   * connection broke it may not know (a volume or container made, the answer lost) and its own clean-up
+   * may fail the same way: so everything of this fresh id is deleted here, and when that fails too the
+   * record stays as a delete with its files, which reconcile finishes.
+   */
+  private async settleFailedCreate(provider: Provider, id: string, cause: unknown): Promise<void> {
+    try {
+      await provider.deleteInstance(id, { keepWorkspace: false });
+      await this.registry.remove(id);
+    } catch (err) {
+      const reason = `create failed (${(cause as Error)?.message ?? String(cause)}); what it made is removed at the next reconcile`;
+      this.logger.warn({ instanceId: id, err: (err as Error).message }, 'could not clean up after a failed create; left to reconcile');
+      await this.registry
+        .update(id, { status: 'deleting', statusReason: reason, deleteRequest: { at: this.now().toISOString(), keepWorkspace: false } })
+        .catch((e) => this.logger.error({ instanceId: id, err: e }, 'could not record the clean-up of a failed create'));
+    }
   }
 
   private async createWarmMember(spec: WarmSpec): Promise<void> {
@@ -726,12 +805,20 @@ export class SwarmController {
     return undefined;
   }
 
-  private async withInstance<T>(instanceId: string, task: (current: VSCodeInstance, provider: Provider) => Promise<T>): Promise<T> {
+  private async withInstance<T>(
+    instanceId: string,
+    task: (current: VSCodeInstance, provider: Provider) => Promise<T>,
+    options: { whileDeleting?: boolean } = {},
+  ): Promise<T> {
     this.registry.require(checkId(instanceId));
     return this.locks.run(instanceId, async () => {
       const current = this.registry.require(instanceId); // it may have gone while we waited
       if (current.status === 'migrating') {
         throw new SwarmError('CONFLICT', `instance ${instanceId} is being migrated (${current.statusReason ?? ''}); cancel the migration or wait for it`);
+      }
+      // A delete that did not finish is finished by another delete or by reconcile, never undone by a start.
+      if (current.status === 'deleting' && !options.whileDeleting) {
+        throw new SwarmError('CONFLICT', `instance ${instanceId} is being deleted${current.statusReason ? ` (${current.statusReason})` : ''}; delete_swarm_instance finishes it`);
       }
       const provider = await this.provider(current.providerType);
       try {
@@ -749,7 +836,9 @@ export class SwarmController {
     const known = this.registry.get(instanceId);
     if (!known) throw new SwarmError('NOT_FOUND', `instance ${instanceId} does not exist`, { field: 'instanceId' });
     const slot = this.slots.get(known.providerType);
-    if (!slot || slot.state !== 'ready' || known.status === 'migrating') return known;
+    // A record being deleted keeps saying so until the delete is finished (by a delete or by reconcile):
+    // its container may be gone already, which is not "removed outside vscode-swarm".
+    if (!slot || slot.state !== 'ready' || known.status === 'migrating' || known.status === 'deleting') return known;
     const observed = await slot.provider.getInstance(instanceId);
     if (!observed) {
       if (known.status === 'failed' && known.statusReason?.startsWith('missing')) return known;
@@ -765,8 +854,8 @@ export class SwarmController {
   }
 
   /**
-   * The registry owns the request (name, env, metadata); the provider owns what exists (status,
-   * endpoint, native ids, the resources actually applied, the image actually running).
+   * The registry owns the request (name, metadata); the provider owns what exists (status, endpoint,
+   * native ids, the resources actually applied, the image and the env actually running).
    */
   private merge(known: VSCodeInstance, observed: VSCodeInstance, reason?: string): VSCodeInstance {
     const statusReason = reason && observed.status !== 'failed' ? reason : observed.statusReason;
@@ -777,7 +866,9 @@ export class SwarmController {
       endpoint: observed.endpoint,
       providerRef: observed.providerRef,
       health: observed.status === 'running' ? (known.health === 'unknown' ? observed.health : known.health) : 'unknown',
-      config: { ...known.config, image: observed.config.image, resources: observed.config.resources },
+      // Env the provider reports is what the instance runs with (a re-create interrupted after the provider
+      // acted applied the new env before the record heard of it); a provider that reports none leaves the record's.
+      config: { ...known.config, image: observed.config.image, resources: observed.config.resources, ...(observed.config.env ? { env: observed.config.env } : {}) },
     };
   }
 
@@ -788,6 +879,7 @@ export class SwarmController {
       known.config.image !== observed.config.image ||
       known.config.resources.cpu !== observed.config.resources.cpu ||
       known.config.resources.memoryMb !== observed.config.resources.memoryMb ||
+      (observed.config.env !== undefined && JSON.stringify(observed.config.env) !== JSON.stringify(known.config.env ?? {})) ||
       JSON.stringify(known.providerRef) !== JSON.stringify(observed.providerRef)
     );
   }
@@ -856,14 +948,4 @@ function checkResources(resources: { cpu: number; memoryMb: number }, caps: Prov
   if (resources.memoryMb < minMemoryMb || resources.memoryMb > maxMemoryMb) {
     throw invalidInput('resources.memoryMb', `between ${minMemoryMb} and ${maxMemoryMb} MiB on ${type}`, resources.memoryMb);
   }
-}
-
-/** Validates a library caller's input the same way the MCP layer does, naming the first bad field. */
-export function parseInput<S extends z.ZodType>(schema: S, input: unknown): z.infer<S> {
-  const parsed = schema.safeParse(input ?? {});
-  if (!parsed.success) {
-    const issue = parsed.error.issues[0]!;
-    throw invalidInput(issue.path.join('.') || 'input', issue.message);
-  }
-  return parsed.data;
 }

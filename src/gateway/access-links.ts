@@ -7,6 +7,11 @@ import { AccessTokens, SpentLinks, loadOrCreateSecret, type TokenClaims } from '
 
 export const TOKEN_PARAM = 'swarm_token';
 export const SESSION_COOKIE = 'swarm_session';
+/**
+ * The session cookie's name under https: browsers accept a `__Host-` cookie only when it is Secure, has
+ * Path=/ and no Domain, so no sibling host (another instance's editor) can set or shadow it.
+ */
+export const HOST_SESSION_COOKIE = `__Host-${SESSION_COOKIE}`;
 
 export interface AccessLink {
   /** The instance's address, no credentials. */
@@ -72,6 +77,11 @@ export class AccessLinks {
 
   get secureCookies(): boolean {
     return this.config.scheme === 'https';
+  }
+
+  /** The session cookie's name for this scheme. */
+  get cookieName(): string {
+    return this.secureCookies ? HOST_SESSION_COOKIE : SESSION_COOKIE;
   }
 
   private require(): AccessTokens {

@@ -82,10 +82,14 @@ export async function loadOrCreateSecret(stateDir: string, configured?: string):
 /**
  * Link tokens already exchanged, until they expire: a link works once, so a leaked URL (history,
  * screenshots, logs) does not open the editor again. Persisted so a restart does not re-arm them.
+ *
+ * A missing file is a fresh start. A file that exists but cannot be read or parsed is not: forgetting it
+ * would let every used link be replayed, so spending fails (STATE_ERROR) until the file is repaired or
+ * removed; each spend tries to read it again, so a repair takes effect without a restart.
  */
 export class SpentLinks {
   private readonly spent = new Map<string, number>();
-  private readonly file: string;
+  readonly file: string;
   private loading?: Promise<void>;
   private writing: Promise<void> = Promise.resolve();
 
@@ -96,34 +100,58 @@ export class SpentLinks {
     this.file = path.join(stateDir, 'gateway', 'spent-links.json');
   }
 
-  /** Marks a link spent; false when it already was. */
+  /** Marks a link spent; false when it already was. Throws STATE_ERROR when the record cannot be read or written. */
   async spend(claims: TokenClaims): Promise<boolean> {
     await this.load();
     this.prune();
     if (this.spent.has(claims.jti)) return false;
     this.spent.set(claims.jti, claims.expiresAt);
     const snapshot = JSON.stringify(Object.fromEntries(this.spent));
-    this.writing = this.writing.then(async () => {
+    // Chained so writes land in order; a failed write does not stop the ones after it.
+    const write = this.writing.then(async () => {
       await fs.mkdir(path.dirname(this.file), { recursive: true, mode: 0o700 });
       await writeFileAtomic(this.file, snapshot);
     });
-    await this.writing;
+    this.writing = write.catch(() => undefined);
+    try {
+      await write;
+    } catch (err) {
+      // Kept spent in memory: refusing the link again is the safe side.
+      throw new SwarmError('STATE_ERROR', `spent links: cannot write ${this.file}: ${(err as Error).message}`, { cause: err });
+    }
     return true;
   }
 
   /** Every spend awaits the one read of the file, so a burst right after a restart cannot slip past it. */
   private load(): Promise<void> {
-    this.loading ??= this.read();
+    this.loading ??= this.read().catch((err: unknown) => {
+      this.loading = undefined; // read again on the next spend
+      throw err;
+    });
     return this.loading;
   }
 
   private async read(): Promise<void> {
+    let text: string;
     try {
-      const raw = JSON.parse(await fs.readFile(this.file, 'utf8')) as Record<string, number>;
-      for (const [jti, exp] of Object.entries(raw)) if (typeof exp === 'number') this.spent.set(jti, exp);
-    } catch {
-      // missing or unreadable: start empty; links still expire on their own
+      text = await fs.readFile(this.file, 'utf8');
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return; // never written: nothing spent yet
+      throw new SwarmError('STATE_ERROR', `spent links: cannot read ${this.file}: ${(err as Error).message}`, { cause: err });
     }
+    let raw: unknown;
+    try {
+      raw = JSON.parse(text);
+    } catch (err) {
+      throw new SwarmError('STATE_ERROR', `spent links: ${this.file} is not valid JSON (${(err as Error).message}); repair or remove it`, { cause: err });
+    }
+    if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) {
+      throw new SwarmError('STATE_ERROR', `spent links: ${this.file}: expected an object of link id → expiry; repair or remove it`);
+    }
+    const entries = Object.entries(raw);
+    const bad = entries.find(([, exp]) => typeof exp !== 'number' || !Number.isFinite(exp));
+    if (bad) throw new SwarmError('STATE_ERROR', `spent links: ${this.file}: ${JSON.stringify(bad[0])}: expected an expiry in ms; repair or remove it`);
+    for (const [jti, exp] of entries) this.spent.set(jti, exp as number);
   }
 
   private prune(): void {

@@ -7,6 +7,11 @@
  * Order of checks, so that nothing leaks before authentication: host → credentials → instance state.
  * A host that names no valid id is 404 at once; an id that parses but has no instance is 404 only
  * after a validly signed credential for it was shown.
+ *
+ * What an editor sends back is checked too: it may not set cookies for other hosts (a `Domain`
+ * attribute) or under the gateway's own cookie name, and its pages may be framed by their own origin
+ * only. Its own server is bounded: header and request timeouts, and caps on connections in total and
+ * per client (an IPv4 address or an IPv6 /64).
  */
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -18,8 +23,8 @@ import type { GatewayConfig } from '../config.js';
 import type { SwarmController } from '../controller/swarm-controller.js';
 import { asSwarmError } from '../errors.js';
 import { silentLogger, type Logger } from '../logger.js';
-import { SESSION_COOKIE, TOKEN_PARAM, type AccessLinks } from './access-links.js';
-import { FailureLimiter } from './failure-limiter.js';
+import { HOST_SESSION_COOKIE, SESSION_COOKIE, TOKEN_PARAM, type AccessLinks } from './access-links.js';
+import { FailureLimiter, addressKey } from './failure-limiter.js';
 import { page } from './pages.js';
 
 export interface GatewayDeps {
@@ -34,7 +39,7 @@ export interface GatewayDeps {
 /** Headers beyond this size are refused (431) by the HTTP parser before any of our code runs. */
 export const MAX_HEADER_BYTES = 16 * 1024;
 
-type Denial = { status: 400 | 401 | 403 | 404 | 410; title: string; message: string; counts: boolean };
+type Denial = { status: 400 | 401 | 403 | 404 | 410 | 429 | 503; title: string; message: string; counts: boolean; retryAfter?: number };
 type Admission =
   | { ok: true; instance: Readonly<VSCodeInstance>; setCookie?: string; redirectTo?: string }
   | { ok: false; denial: Denial };
@@ -47,13 +52,23 @@ export class Gateway {
   private readonly limiter: FailureLimiter;
   private readonly logger: Logger;
   private readonly sockets = new Set<Duplex>();
+  /** Open connections per client (addressKey), for maxConnectionsPerAddress. */
+  private readonly perClient = new Map<string, number>();
   /** Keeps connections to editors open across requests (http-proxy otherwise closes each one). */
   private readonly agent = new http.Agent({ keepAlive: true, maxSockets: 256 });
 
   constructor(private readonly deps: GatewayDeps) {
     this.logger = (deps.logger ?? silentLogger()).child({ component: 'gateway' });
-    this.limiter = new FailureLimiter(deps.config.maxFailuresPerMinute, deps.now);
-    this.proxy = httpProxy.createProxyServer({ xfwd: true, ws: true, changeOrigin: false, agent: this.agent });
+    const { config } = deps;
+    this.limiter = new FailureLimiter(config.maxFailuresPerMinute, deps.now, config.maxTrackedAddresses);
+    // X-Forwarded-* are set by prepareForEditor (http-proxy's xfwd appends to what the browser sent).
+    this.proxy = httpProxy.createProxyServer({ xfwd: false, ws: true, changeOrigin: false, agent: this.agent });
+    this.proxy.on('proxyRes', (proxyRes, req) => this.checkEditorHeaders(proxyRes.headers, req));
+    // For WebSockets http-proxy writes the editor's answer itself; these listeners run before its own.
+    this.proxy.on('proxyReqWs', (proxyReq, req) => {
+      proxyReq.on('response', (proxyRes) => this.checkEditorHeaders(proxyRes.headers, req));
+      proxyReq.on('upgrade', (proxyRes) => this.checkEditorHeaders(proxyRes.headers, req));
+    });
     this.proxy.on('error', (err, _req, target) => {
       this.logger.warn({ err: err.message }, 'editor did not answer');
       if (target instanceof http.ServerResponse) {
@@ -63,7 +78,14 @@ export class Gateway {
         (target as Duplex | undefined)?.destroy();
       }
     });
-    this.server = http.createServer({ maxHeaderSize: MAX_HEADER_BYTES, headersTimeout: 30_000, requestTimeout: 0 }, (req, res) => {
+    this.server = http.createServer({
+      maxHeaderSize: MAX_HEADER_BYTES,
+      // A client gets this long to send its headers, and this long to send its whole request (408 after).
+      headersTimeout: config.headersTimeoutMs,
+      requestTimeout: config.requestTimeoutMs,
+      // Node checks both only this often, so a timeout is enforced within a quarter of it.
+      connectionsCheckingInterval: Math.min(5_000, Math.max(50, Math.floor(config.headersTimeoutMs / 4))),
+    }, (req, res) => {
       this.onRequest(req, res).catch((err) => {
         this.logger.error({ err: asSwarmError(err).message }, 'gateway request failed');
         if (!res.headersSent) this.send(res, 500, 'Gateway error', 'Something went wrong in the gateway.');
@@ -75,13 +97,31 @@ export class Gateway {
       this.onUpgrade(req, socket, head).catch(() => socket.destroy());
     });
     this.server.on('clientError', (err: NodeJS.ErrnoException, socket) => {
-      const status = err.code === 'HPE_HEADER_OVERFLOW' ? '431 Request Header Fields Too Large' : '400 Bad Request';
+      const status =
+        err.code === 'HPE_HEADER_OVERFLOW' ? '431 Request Header Fields Too Large'
+        : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? '408 Request Timeout' // headersTimeoutMs / requestTimeoutMs
+        : '400 Bad Request';
       if (socket.writable) socket.end(`HTTP/1.1 ${status}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`);
       else socket.destroy();
     });
+    // Past the total, Node drops new connections itself; past the per-client cap, so do we.
+    this.server.maxConnections = config.maxConnections;
     this.server.on('connection', (socket) => {
+      const client = addressKey(socket.remoteAddress ?? 'unknown');
+      const open = (this.perClient.get(client) ?? 0) + 1;
+      if (open > config.maxConnectionsPerAddress) {
+        this.logger.debug({ client, open: open - 1 }, 'connection refused: too many from this client');
+        socket.destroy();
+        return;
+      }
+      this.perClient.set(client, open);
       this.sockets.add(socket);
-      socket.on('close', () => this.sockets.delete(socket));
+      socket.on('close', () => {
+        this.sockets.delete(socket);
+        const left = (this.perClient.get(client) ?? 1) - 1;
+        if (left > 0) this.perClient.set(client, left);
+        else this.perClient.delete(client);
+      });
     });
   }
 
@@ -109,12 +149,7 @@ export class Gateway {
 
   private async onRequest(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
     const client = req.socket.remoteAddress ?? 'unknown';
-    const wait = this.limiter.retryAfter(client);
-    if (wait) {
-      res.setHeader('Retry-After', String(wait));
-      return this.send(res, 429, 'Too many attempts', `Too many failed sign-ins from this address. Try again in ${wait} s.`);
-    }
-    const admission = await this.admit(req, true);
+    const admission = await this.admit(req, true, client);
     if (!admission.ok) return this.deny(res, client, admission.denial);
     if (admission.setCookie) res.setHeader('Set-Cookie', admission.setCookie);
     if (admission.redirectTo) {
@@ -127,21 +162,21 @@ export class Gateway {
     const instance = await this.ensureRunning(admission.instance, res);
     if (!instance) return;
     this.deps.activity.touch(instance.id, 'gateway');
-    stripOwnCredentials(req);
+    this.prepareForEditor(req);
     this.proxy.web(req, res, { target: instance.endpoint!.url });
   }
 
   private async onUpgrade(req: http.IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
     const client = req.socket.remoteAddress ?? 'unknown';
-    const refuse = (status: string): void => {
-      if (socket.writable) socket.end(`HTTP/1.1 ${status}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`);
+    const refuse = (status: string, extra = ''): void => {
+      if (socket.writable) socket.end(`HTTP/1.1 ${status}\r\n${extra}Connection: close\r\nContent-Length: 0\r\n\r\n`);
       else socket.destroy();
     };
-    if (this.limiter.retryAfter(client)) return refuse('429 Too Many Requests');
-    const admission = await this.admit(req, false);
+    const admission = await this.admit(req, false, client);
     if (!admission.ok) {
-      if (admission.denial.counts) this.limiter.fail(client);
-      return refuse(`${admission.denial.status} ${http.STATUS_CODES[admission.denial.status]}`);
+      const { denial } = admission;
+      if (denial.counts) this.limiter.fail(client);
+      return refuse(`${denial.status} ${http.STATUS_CODES[denial.status]}`, denial.retryAfter ? `Retry-After: ${denial.retryAfter}\r\n` : '');
     }
     const instance = admission.instance;
     if (instance.status !== 'running' || !instance.endpoint) return refuse('503 Service Unavailable');
@@ -149,16 +184,25 @@ export class Gateway {
     this.deps.activity.touch(id, 'gateway');
     socket.on('data', () => this.deps.activity.touch(id, 'gateway'));
     socket.pause(); // the listener above set it flowing; bytes sent early must wait for the editor's pipe
-    stripOwnCredentials(req);
+    this.prepareForEditor(req);
     this.proxy.ws(req, socket, head, { target: instance.endpoint.url });
   }
 
-  /** Decides whether a request may reach an instance, and with which cookie or redirect. */
-  private async admit(req: http.IncomingMessage, allowLink: boolean): Promise<Admission> {
+  /**
+   * Decides whether a request may reach an instance, and with which cookie or redirect. A client past its
+   * failure limit gets 429 unless it holds a valid session: failures from its address (a shared NAT, a
+   * neighbour in its /64) never lock out someone signed in; a link it brings is then dropped unread.
+   */
+  private async admit(req: http.IncomingMessage, allowLink: boolean, client: string): Promise<Admission> {
     const { access, controller } = this.deps;
     if (!req.url?.startsWith('/')) return deny(400, 'Bad request', 'The request target must be a path.', false);
     const id = access.instanceIdFromHost(req.headers.host);
     if (!id) return deny(404, 'No such workspace', 'This address names no workspace.', false);
+    const session = this.checkSession(id, readCookies(req.headers.cookie, access.cookieName));
+    const wait = this.limiter.retryAfter(client);
+    if (wait && !session.ok) {
+      return { ok: false, denial: { status: 429, title: 'Too many attempts', message: `Too many failed sign-ins from this address. Try again in ${wait} s.`, counts: false, retryAfter: wait } };
+    }
     const url = new URL(req.url, 'http://gateway.invalid');
     const links = url.searchParams.getAll(TOKEN_PARAM);
     if (links.length > 1) return deny(400, 'Bad request', 'More than one access token was given.', true);
@@ -166,12 +210,11 @@ export class Gateway {
     // Every instance lives on the same site (*.<baseDomain>), so SameSite cookies do not keep a page of
     // one instance from calling another: a cross-origin WebSocket or state-changing request is refused.
     if (!sameOrigin(req, !allowLink)) return deny(403, 'Cross-origin request', 'Requests from another origin are not accepted.', true);
-
-    const session = this.checkSession(id, readCookie(req.headers.cookie, SESSION_COOKIE));
     if (links.length === 0) return session;
 
     url.searchParams.delete(TOKEN_PARAM);
     const cleanPath = `/${url.pathname.replace(/^\/+/, '')}${url.search}`; // never a protocol-relative "//host" redirect
+    if (wait && session.ok) return { ...session, redirectTo: cleanPath };
     const verified = access.verify(links[0], 'link');
     if (!verified.ok) {
       // A stale link in a browser that is already signed in just drops the link.
@@ -183,18 +226,39 @@ export class Gateway {
     const instance = controller.registry.get(id);
     if (!instance || instance.warmPool) return deny(404, 'No such workspace', 'This workspace no longer exists.', false);
     if (claims.epoch !== (instance.accessEpoch ?? 0)) return deny(401, 'Sign-in link revoked', 'Access to this workspace was revoked. Ask for a new link.', true);
-    if (!(await access.spend(claims))) {
+    let fresh: boolean;
+    try {
+      fresh = await access.spend(claims);
+    } catch (err) {
+      // Without the record of used links a used link cannot be told from a new one: refuse them all.
+      this.logger.error({ instanceId: id, err: asSwarmError(err).message }, 'access link refused: the record of used links is unusable');
+      if (session.ok) return { ...session, redirectTo: cleanPath };
+      return deny(503, 'Sign-in unavailable', 'The gateway cannot read or update its record of used sign-in links, so it cannot tell whether this link was used before. Links are refused until an operator repairs that record (the gateway log names the file). Try again later.', false);
+    }
+    if (!fresh) {
       if (session.ok) return { ...session, redirectTo: cleanPath };
       return deny(401, 'Sign-in link already used', 'This link has already been used. Ask for a new link (get_instance_access_link).', true);
     }
     const cookie = access.session(id, claims.epoch);
-    const setCookie = `${SESSION_COOKIE}=${cookie.token}; Path=/; HttpOnly; SameSite=Lax; Max-Age=${cookie.maxAgeSeconds}${access.secureCookies ? '; Secure' : ''}`;
+    // Under https the name carries the __Host- prefix, which browsers accept only as Secure, Path=/, no Domain.
+    const setCookie = `${access.cookieName}=${cookie.token}; Path=/; HttpOnly; SameSite=Lax; Max-Age=${cookie.maxAgeSeconds}${access.secureCookies ? '; Secure' : ''}`;
     this.logger.info({ instanceId: id }, 'access link exchanged for a session');
     return { ok: true, instance, setCookie, redirectTo: cleanPath };
   }
 
-  private checkSession(id: string, token: string | undefined): Admission {
-    if (!token) return deny(401, 'Sign-in required', 'Open this workspace with the link vscode-swarm gave you; get_instance_access_link issues a new one.', true);
+  /** Any one valid session among the cookies admits (a stale cookie can sit beside a fresh one); else the first one's denial. */
+  private checkSession(id: string, tokens: string[]): Admission {
+    if (tokens.length === 0) return deny(401, 'Sign-in required', 'Open this workspace with the link vscode-swarm gave you; get_instance_access_link issues a new one.', true);
+    let first: Admission | undefined;
+    for (const token of tokens) {
+      const admission = this.checkOneSession(id, token);
+      if (admission.ok) return admission;
+      first ??= admission;
+    }
+    return first!;
+  }
+
+  private checkOneSession(id: string, token: string): Admission {
     const verified = this.deps.access.verify(token, 'session');
     if (!verified.ok) return deny(401, 'Session not valid', 'Your session has expired or is not valid. Ask for a new link.', true);
     if (verified.claims.instanceId !== id) return deny(403, 'Wrong workspace', 'This session is for another workspace.', true);
@@ -243,7 +307,44 @@ export class Gateway {
 
   private deny(res: http.ServerResponse, client: string, denial: Denial): void {
     if (denial.counts) this.limiter.fail(client);
+    if (denial.retryAfter) res.setHeader('Retry-After', String(denial.retryAfter));
+    // Answered without reading the body: close, rather than wait for (and drain) whatever the client still sends.
+    res.setHeader('Connection', 'close');
     this.send(res, denial.status, denial.title, denial.message);
+  }
+
+  /**
+   * What the editor is told: none of the gateway's own credentials, and X-Forwarded-* from the gateway
+   * alone (whatever the browser sent is replaced, never appended to). A browser's `Forwarded` is dropped:
+   * code-server takes the host for its WebSocket origin check from `Forwarded: host=` before anything else.
+   */
+  private prepareForEditor(req: http.IncomingMessage): void {
+    stripOwnCredentials(req);
+    const { headers } = req;
+    delete headers.forwarded;
+    headers['x-forwarded-for'] = req.socket.remoteAddress ?? '';
+    headers['x-forwarded-host'] = headers.host ?? '';
+    headers['x-forwarded-proto'] = this.deps.config.scheme;
+    headers['x-forwarded-port'] = String(this.deps.access.port);
+  }
+
+  /**
+   * An editor's answer, before it is passed on: cookies for other hosts (a Domain attribute) or under the
+   * gateway's cookie names are dropped, and the page may be framed by its own origin only.
+   */
+  private checkEditorHeaders(headers: http.IncomingHttpHeaders, req: http.IncomingMessage): void {
+    const cookies = headers['set-cookie'];
+    if (cookies) {
+      const kept = cookies.filter((line) => !isForeignCookie(line));
+      if (kept.length < cookies.length) {
+        const dropped = cookies.filter((line) => isForeignCookie(line)).map((line) => line.slice(0, Math.max(0, line.indexOf('='))).trim());
+        this.logger.warn({ instanceId: this.deps.access.instanceIdFromHost(req.headers.host), cookies: dropped }, "dropped cookies an editor set for other hosts or under the gateway's name");
+      }
+      if (kept.length) headers['set-cookie'] = kept;
+      else delete headers['set-cookie'];
+    }
+    const policy = headers['content-security-policy'];
+    headers['content-security-policy'] = withFrameAncestors(Array.isArray(policy) ? policy.join(', ') : policy);
   }
 
   private send(res: http.ServerResponse, status: number, title: string, message: string, refreshSeconds?: number): void {
@@ -253,6 +354,7 @@ export class Gateway {
       'Content-Length': Buffer.byteLength(body),
       'Cache-Control': 'no-store',
       'X-Content-Type-Options': 'nosniff',
+      'Content-Security-Policy': `default-src 'none'; style-src 'unsafe-inline'; ${FRAME_ANCESTORS}`,
     });
     res.end(body);
   }
@@ -280,13 +382,38 @@ function sameOrigin(req: http.IncomingMessage, upgrade: boolean): boolean {
   }
 }
 
-export function readCookie(header: string | undefined, name: string): string | undefined {
-  if (!header) return undefined;
+/** Every value of the named cookie, in the order sent (a browser can hold several: other paths, stale ones). */
+export function readCookies(header: string | undefined, name: string): string[] {
+  if (!header) return [];
+  const values: string[] = [];
   for (const part of header.split(';')) {
     const eq = part.indexOf('=');
-    if (eq > 0 && part.slice(0, eq).trim() === name) return part.slice(eq + 1).trim();
+    if (eq > 0 && part.slice(0, eq).trim() === name) values.push(part.slice(eq + 1).trim());
   }
-  return undefined;
+  return values;
+}
+
+const OWN_COOKIES = new Set([SESSION_COOKIE, HOST_SESSION_COOKIE].map((n) => n.toLowerCase()));
+
+/** A Set-Cookie line an editor may not send: one for other hosts (Domain) or under the gateway's cookie names. */
+function isForeignCookie(line: string): boolean {
+  const [pair = '', ...attributes] = line.split(';');
+  if (OWN_COOKIES.has(pair.slice(0, Math.max(0, pair.indexOf('='))).trim().toLowerCase())) return true;
+  return attributes.some((a) => a.split('=')[0]!.trim().toLowerCase() === 'domain');
+}
+
+const FRAME_ANCESTORS = "frame-ancestors 'self'";
+
+/**
+ * The editor's Content-Security-Policy with framing limited to its own origin. Its own directives are
+ * kept; where it already names frame-ancestors, ours is added as a second policy (browsers enforce
+ * every policy, so the stricter one wins).
+ */
+export function withFrameAncestors(policy: string | undefined): string {
+  const existing = policy?.trim().replace(/[;,\s]+$/, '');
+  if (!existing) return FRAME_ANCESTORS;
+  if (/(^|[;,])\s*frame-ancestors(\s|;|,|$)/i.test(existing)) return `${existing}, ${FRAME_ANCESTORS}`;
+  return `${existing}; ${FRAME_ANCESTORS}`;
 }
 
 /** Our session cookie is for the gateway alone; the editor never sees it. */
@@ -295,7 +422,7 @@ function stripOwnCredentials(req: http.IncomingMessage): void {
   if (!cookie) return;
   const kept = cookie
     .split(';')
-    .filter((part) => part.slice(0, part.indexOf('=')).trim() !== SESSION_COOKIE)
+    .filter((part) => !OWN_COOKIES.has(part.slice(0, Math.max(0, part.indexOf('='))).trim().toLowerCase()))
     .join(';')
     .trim();
   if (kept) req.headers.cookie = kept;

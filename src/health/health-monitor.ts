@@ -3,6 +3,10 @@
  * reason, and (when enabled) repairs it: restart, then re-create around the same files, then give up
  * loudly with the instance marked failed and why.
  *
+ * The last rung of the ladder, 'migrate', moves the instance with its files to `migrateTo` through the
+ * MigrationManager (every file verified by SHA-256 before the source goes; files that cannot be read
+ * mean no move at all, never an empty workspace elsewhere).
+ *
  * Checks per instance: provider (the instance exists), status (it is running as desired),
  * connectivity (the editor answers /healthz at the endpoint the gateway uses), resources (memory
  * against its limit). A definite finding (the instance is gone, or stopped or failed when it should
@@ -13,15 +17,16 @@
  */
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { HealthStatusSchema, type HealthStatus, type VSCodeInstance } from '../../providers/provider.js';
+import { HealthStatusSchema, type HealthStatus, type ProviderType, type VSCodeInstance } from '../../providers/provider.js';
 import type { SwarmController } from '../controller/swarm-controller.js';
-import { asSwarmError } from '../errors.js';
+import type { MigrationManager } from '../migration/migration-manager.js';
+import { SwarmError, asSwarmError } from '../errors.js';
 import { silentLogger, type Logger } from '../logger.js';
 import { writeJsonAtomic } from '../state/atomic-file.js';
 import { httpStatus } from '../timing/http-probe.js';
 import { z } from 'zod';
 
-export const RECOVERY_ACTIONS = ['restart', 'recreate'] as const;
+export const RECOVERY_ACTIONS = ['restart', 'recreate', 'migrate'] as const;
 export type RecoveryAction = (typeof RECOVERY_ACTIONS)[number];
 
 export interface HealthConfig {
@@ -37,6 +42,8 @@ export interface HealthConfig {
   concurrency: number;
   autoRecover: boolean;
   recoveryActions: RecoveryAction[];
+  /** Where 'migrate' moves a failing instance. */
+  migrateTo?: ProviderType | undefined;
   maxAttempts: number;
   backoffMs: number;
 }
@@ -75,6 +82,8 @@ export interface HealthMonitorOptions {
   controller: SwarmController;
   stateDir: string;
   config: HealthConfig;
+  /** Needed for the 'migrate' recovery action. */
+  migrations?: MigrationManager;
   logger?: Logger;
   now?: () => number;
 }
@@ -133,6 +142,7 @@ export class HealthMonitor {
     const record = await this.record(instanceId);
     if (check.status === 'unhealthy' && (options.recover ?? this.options.config.autoRecover)) {
       check.action = await this.recover(instanceId, record, check.reason);
+      await this.save(record); // the finding's entry now says what was done about it
     }
     return check;
   }
@@ -143,12 +153,28 @@ export class HealthMonitor {
     record.gaveUp = false;
     const check = await this.check(instanceId);
     check.action = await this.recover(instanceId, record, check.reason, action, true);
+    await this.save(record);
     return check;
   }
 
   /** The persisted history of one instance, newest last. */
   async history(instanceId: string): Promise<HealthRecord> {
     return structuredClone(await this.record(instanceId));
+  }
+
+  /**
+   * Adds a decision taken about an instance (a migration, a failover) to its persisted history, with its
+   * reason. No check was made for it, so every check is 'skip'.
+   */
+  async recordDecision(instanceId: string, decision: { status: HealthStatus; reason: string; action: string }): Promise<HealthCheck> {
+    const record = await this.record(instanceId);
+    const entry: HealthCheck = {
+      instanceId, at: new Date(this.now()).toISOString(), status: decision.status, reason: decision.reason, action: decision.action,
+      checks: { provider: 'skip', status: 'skip', connectivity: 'skip', resources: 'skip' },
+    };
+    this.append(record, entry);
+    await this.save(record);
+    return entry;
   }
 
   private async check(instanceId: string): Promise<HealthCheck> {
@@ -238,11 +264,27 @@ export class HealthMonitor {
     const missing = why.startsWith('missing');
     let action: RecoveryAction | undefined = forced ?? allowed[Math.min(record.recoveryAttempts, allowed.length - 1)];
     if (missing && action === 'restart') action = allowed.includes('recreate') ? 'recreate' : undefined; // nothing to restart
+    if (action === 'migrate') {
+      const on = controller.registry.require(instanceId).providerType;
+      const refusal = !config.migrateTo || !this.options.migrations
+        ? new SwarmError('DISABLED', "action: 'migrate' needs health.migrateTo in the configuration (the provider type to move to)", { field: 'action' })
+        : on === config.migrateTo
+          ? new SwarmError('CONFLICT', `instance ${instanceId} is already on ${on}, where health.migrateTo would move it`)
+          : undefined;
+      if (refusal && forced) throw refusal;
+      // Already where a migration would take it (or no way to migrate): re-creation is what is left.
+      if (refusal) action = allowed.includes('recreate') ? 'recreate' : undefined;
+    }
     if (!action) return 'no allowed recovery action';
     record.recoveryAttempts++;
     record.lastAttemptAt = new Date(this.now()).toISOString();
     await this.save(record);
-    await controller.recordHealth(instanceId, 'recovering', `${action} (attempt ${record.recoveryAttempts} of ${config.maxAttempts}) because ${why}`);
+    const attempt = `(attempt ${record.recoveryAttempts} of ${config.maxAttempts})`;
+    if (action === 'migrate') {
+      await controller.recordHealth(instanceId, 'recovering', `migrate to ${config.migrateTo} ${attempt} because ${why}`);
+      return this.migrate(instanceId, config.migrateTo!, `migrate to ${config.migrateTo} ${attempt} because ${why}`);
+    }
+    await controller.recordHealth(instanceId, 'recovering', `${action} ${attempt} because ${why}`);
     const reason = `health: ${action} (attempt ${record.recoveryAttempts}) because ${why}`;
     try {
       if (action === 'restart') await controller.restartInstance(instanceId, reason);
@@ -257,10 +299,50 @@ export class HealthMonitor {
     }
   }
 
-  private async finish(record: HealthRecord, instance: Readonly<VSCodeInstance>, check: HealthCheck): Promise<HealthCheck> {
-    const previous = record.history.at(-1);
+  /**
+   * The last rung: moves the instance with its files through the MigrationManager and waits for it. The
+   * manager refuses to lose files: a source it cannot read means no move (rolled back), never an empty
+   * workspace on the target. The outcome goes to the history, the instance's statusReason and the log.
+   */
+  private async migrate(instanceId: string, to: ProviderType, intro: string): Promise<string> {
+    const { controller } = this.options;
+    let outcome: string;
+    let moved = false;
+    try {
+      const { wait } = await this.options.migrations!.start(instanceId, to, { strategy: 'stop-and-recreate' });
+      const done = await wait;
+      if (done.status === 'completed') {
+        moved = true;
+        outcome = `migration ${done.id} completed with ${done.files ?? 0} files verified`;
+        const now = controller.registry.get(instanceId);
+        // The failing source was seldom running, and a migration leaves the target as it found the source.
+        if (now && now.desiredState !== 'stopped' && now.status !== 'running') {
+          await controller.startInstance(instanceId).catch((err) => {
+            outcome += `, but it did not start on ${to}: ${asSwarmError(err).message}`;
+          });
+        }
+      } else {
+        outcome = `migration ${done.id} ${done.status}: ${done.reason ?? 'no reason recorded'}`;
+      }
+    } catch (err) {
+      outcome = `the migration could not run: ${asSwarmError(err).message}`;
+    }
+    const reason = `${intro}; ${outcome}`;
+    await this.recordDecision(instanceId, { status: moved ? 'recovering' : 'unhealthy', reason, action: 'migrate' });
+    await controller.recordHealth(instanceId, moved ? 'recovering' : 'unhealthy', reason, { statusReason: `health: ${reason}` });
+    if (moved) this.logger.info({ instanceId, to, reason }, 'recovered by migration');
+    else this.logger.warn({ instanceId, to, reason }, 'recovery by migration failed');
+    return `migrate: ${moved ? 'done' : 'failed'} (${outcome})`;
+  }
+
+  private append(record: HealthRecord, check: HealthCheck): void {
     record.history.push(check);
     if (record.history.length > this.options.config.historySize) record.history.splice(0, record.history.length - this.options.config.historySize);
+  }
+
+  private async finish(record: HealthRecord, instance: Readonly<VSCodeInstance>, check: HealthCheck): Promise<HealthCheck> {
+    const previous = record.history.at(-1);
+    this.append(record, check);
     // A steady healthy swarm would otherwise fsync one file per instance per sweep: write when something
     // changed, and otherwise now and then.
     const changed = !previous || previous.status !== check.status || previous.reason !== check.reason || record.consecutiveFailures > 0;
@@ -310,7 +392,7 @@ export class HealthMonitor {
 const SETTLED_NOT_RUNNING: ReadonlySet<string> = new Set(['stopped', 'failed', 'deleted']);
 
 /** Instances the controller wants running: created or started, not stopped on purpose, not a warm member. */
-function shouldRun(instance: Readonly<VSCodeInstance>): boolean {
+export function shouldRun(instance: Readonly<VSCodeInstance>): boolean {
   if (instance.warmPool || instance.status === 'migrating') return false;
   if (instance.desiredState) return instance.desiredState === 'running' && instance.status !== 'creating' && instance.status !== 'deleting';
   return instance.status === 'running';

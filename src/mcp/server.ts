@@ -3,7 +3,9 @@
  * it to stdio, tests to an in-memory pair.
  */
 import { McpServer, ResourceTemplate } from '@modelcontextprotocol/sdk/server/mcp.js';
-import type { SwarmController } from '../controller/swarm-controller.js';
+import { z } from 'zod';
+import { parseInput, type SwarmController } from '../controller/swarm-controller.js';
+import { asSwarmError } from '../errors.js';
 import type { HealthMonitor } from '../health/health-monitor.js';
 import type { MigrationManager } from '../migration/migration-manager.js';
 import { registerMigrationTools } from './tools/migration-tools.js';
@@ -46,6 +48,7 @@ export function createMcpServer(deps: McpServerDeps): { server: McpServer; close
         'Manages VS Code (code-server) workspaces on demand. Create one with create_swarm_instance (names are unique; asking twice returns the same workspace) and give the person its access.accessUrl; get_instance_access_link issues a new link. Workspaces stop after their idle timeout: use keep_instance_alive while you work elsewhere and will be back.',
     },
   );
+  checkArgumentsLikeTheController(server, logger);
   const ctx: ToolContext = { controller, logger, ...(deps.health ? { health: deps.health } : {}), ...(deps.migrations ? { migrations: deps.migrations } : {}) };
   const execEnabled = controller.getSwarmStatus().execEnabled;
 
@@ -86,4 +89,37 @@ export function createMcpServer(deps: McpServerDeps): { server: McpServer; close
   );
 
   return { server, close: () => server.close() };
+}
+
+/**
+ * Tool arguments go through the controller's own parser, so bad input reads the same from every door
+ * ("INVALID_INPUT: resources.cpu: expected at most 256 cores") and unknown keys are refused (the
+ * listed schemas say additionalProperties: false) instead of silently dropped. The SDK would answer
+ * "MCP error -32602: Input validation error: ..." and strip unknown keys, and McpServer has no option
+ * for either: tools are registered with strict schemas, and its argument check is replaced on this
+ * instance (test/e2e/bad-input.test.ts fails if an SDK upgrade moves it).
+ */
+function checkArgumentsLikeTheController(server: McpServer, logger: Logger): void {
+  const register = server.registerTool.bind(server) as (name: string, config: { inputSchema?: unknown }, cb: unknown) => unknown;
+  (server as unknown as { registerTool: typeof register }).registerTool = (name, config, cb) =>
+    register(name, { ...config, inputSchema: strictInput(config.inputSchema) }, cb);
+  const sdk = server as unknown as { validateToolInput?: (tool: { inputSchema?: z.ZodType }, args: unknown, toolName: string) => Promise<unknown> };
+  if (typeof sdk.validateToolInput !== 'function') throw new Error('@modelcontextprotocol/sdk: McpServer.validateToolInput is gone; update src/mcp/server.ts');
+  sdk.validateToolInput = async (tool, args, toolName) => {
+    if (!tool.inputSchema) return undefined;
+    try {
+      return parseInput(tool.inputSchema, args ?? {});
+    } catch (err) {
+      const error = asSwarmError(err);
+      logger.info({ tool: toolName, code: error.code, message: error.message }, 'tool refused');
+      throw new Error(`${error.code}: ${error.message}`); // the SDK reports the message as the isError text
+    }
+  };
+}
+
+function strictInput(schema: unknown): unknown {
+  if (schema === undefined) return undefined;
+  if (schema instanceof z.ZodObject) return schema.strict();
+  if (schema instanceof z.ZodType) return schema;
+  return z.object(schema as z.ZodRawShape).strict();
 }

@@ -5,7 +5,7 @@
 import type { RequestHandlerExtra } from '@modelcontextprotocol/sdk/shared/protocol.js';
 import type { CallToolResult, ServerNotification, ServerRequest } from '@modelcontextprotocol/sdk/types.js';
 import { z } from 'zod';
-import { VSCodeInstanceSchema, type ProgressEvent, type VSCodeInstance } from '../../providers/provider.js';
+import { InstanceIdSchema, VSCodeInstanceSchema, type ProgressEvent, type VSCodeInstance } from '../../providers/provider.js';
 import type { SwarmController } from '../controller/swarm-controller.js';
 import type { HealthMonitor } from '../health/health-monitor.js';
 import type { MigrationManager } from '../migration/migration-manager.js';
@@ -36,7 +36,7 @@ export const AccessLinkSchema = z.object({
   expiresAt: z.string(),
 });
 
-export const instanceIdInput = z.string().describe('The instance id, as returned by create_swarm_instance or list_swarm_instances');
+export const instanceIdInput = InstanceIdSchema.describe('The instance id, as returned by create_swarm_instance or list_swarm_instances');
 
 /** A progress callback that sends MCP progress notifications when the caller asked for them. */
 export function progressFor(extra: ToolExtra): ((event: ProgressEvent) => void) | undefined {

@@ -4,6 +4,7 @@
  *
  * Records handed out are frozen: the registry is the only writer, and a change goes through update().
  */
+import { randomBytes } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import {
@@ -107,7 +108,8 @@ export class InstanceRegistry {
 
   private async setAside(file: string, name: string): Promise<string> {
     await this.ensureDir(this.quarantineDir);
-    const target = path.join(this.quarantineDir, `${name}.${Date.now()}`);
+    // The random part keeps two files of the same name set aside within one millisecond apart: rename would replace the first.
+    const target = path.join(this.quarantineDir, `${name}.${Date.now()}.${randomBytes(3).toString('hex')}`);
     await fs.rename(file, target);
     return target;
   }

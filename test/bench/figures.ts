@@ -19,6 +19,9 @@ export interface Figure {
   p95?: number;
   p99?: number;
   baselineP50?: number;
+  /** The smallest and largest of the per-run values whose median is reported (how much runs disagree). */
+  spread?: [number, number];
+  baselineSpread?: [number, number];
   /** median - baselineMedian, for latency figures whose goal is an added amount. */
   added?: number;
   /** Anything else worth reading beside the numbers (misses, errors, request counts). */
@@ -40,6 +43,10 @@ export function median(values: number[]): number {
 /** Nearest-rank percentile of an ascending array. */
 export function percentile(sorted: number[], p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil(p * sorted.length) - 1))]!;
+}
+
+export function spread(values: number[]): [number, number] {
+  return [Math.min(...values), Math.max(...values)];
 }
 
 export function figure(name: string, ours: number[], baselineName: string, baseline: number[], unit: Figure['unit'] = 'ms'): Figure {

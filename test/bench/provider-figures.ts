@@ -91,12 +91,14 @@ export async function healthSweepFigure(runs: number, count = 1_000): Promise<Fi
     const urls = registry.list().map((i) => `${i.endpoint!.url}/healthz`);
     const agent = new http.Agent({ keepAlive: true, maxSockets: config.health.concurrency });
     for (let r = 0; r < runs; r++) {
-      sweeps.push(await time(async () => void (await monitor.sweep())));
-      bare.push(await time(() => getAll(urls, config.health.concurrency, agent)));
+      const ours = async (): Promise<void> => void sweeps.push(await time(async () => void (await monitor.sweep())));
+      const base = async (): Promise<void> => void bare.push(await time(() => getAll(urls, config.health.concurrency, agent)));
+      for (const side of r % 2 ? [ours, base] : [base, ours]) await side();
     }
     agent.destroy();
     const f = figure(`health sweep over ${count} instances (concurrency ${config.health.concurrency})`, sweeps, `${count} bare GET /healthz, same concurrency`, bare);
-    return { ...f, goal: `a sweep within the ${config.health.intervalMs} ms interval`, meetsGoal: f.median < config.health.intervalMs };
+    // "Within the interval" (30 s) could not fail; what matters is what the monitor adds to the probes it must make.
+    return { ...f, goal: 'sweep ≤ 2x the bare probes', meetsGoal: f.ratio <= 2, detail: `monitor adds ${(f.median - f.baselineMedian).toFixed(1)} ms to ${count} probes (medians of ${runs})` };
   } finally {
     await controller.close();
     await Promise.all(upstreams.map((u) => u.close()));

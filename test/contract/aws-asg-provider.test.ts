@@ -170,7 +170,11 @@ describe('aws-asg provider specifics', () => {
   });
 
   it('protects busy hosts from scale-in', async () => {
-    await emulator.waitFor(() => group().instances.filter((i) => i.lifecycleState === 'InService').every((i) => i.protectedFromScaleIn), 10_000, 'both hosts protected');
+    // Two hosts in service (s1 and s2 on one, s3 on the other), each busy: both protected. An empty list
+    // of hosts must not pass, so the count is part of the condition.
+    const inService = () => group().instances.filter((i) => i.lifecycleState === 'InService');
+    await emulator.waitFor(() => inService().length === 2 && inService().every((i) => i.protectedFromScaleIn), 10_000, 'both hosts protected');
+    expect(inService().map((i) => i.protectedFromScaleIn)).toEqual([true, true]);
   });
 
   it('refuses with a clear CONFLICT when the group is at its max and every host is full', async () => {

@@ -178,6 +178,27 @@ describe('fly provider specifics', () => {
     expect((await provider.getInstance('fly-calls'))?.status).toBe('running');
   });
 
+  it('resizes a running Machine: the API records the new guest, the container runs with it, the editor answers', async () => {
+    const before = await provider.getInstance('fly-calls');
+    const machineId = before!.providerRef.machineId!;
+    const recorded = async () => (await flyClient().Machine.getMachine({ app_name: FLY_APP, machine_id: machineId })) as unknown as { state: string; instance_id: string; config: { guest: Record<string, unknown> } };
+    expect((await recorded()).config.guest).toMatchObject({ cpu_kind: 'shared', cpus: 1, memory_mb: 1024 });
+
+    const updated = await provider.updateInstance('fly-calls', { resources: { cpu: 2, memoryMb: 2048 } });
+    expect(updated).toMatchObject({ status: 'running', updateMode: 'recreate', config: { resources: { cpu: 2, memoryMb: 2048 } } });
+    // As the Machines API records it: a new version with the guest that was asked for.
+    const after = await recorded();
+    expect(after.config.guest).toMatchObject({ cpu_kind: 'shared', cpus: 2, memory_mb: 2048 });
+    expect(after.state).toBe('started');
+    expect(after.instance_id).not.toBe(before!.providerRef.instanceId);
+    // And as the Machine runs: its container has the new limits.
+    const { HostConfig } = await docker.getContainer(emulator.machine(FLY_APP, machineId)!.containerId!).inspect();
+    expect(HostConfig.Memory).toBe(2048 * 2 ** 20);
+    expect(HostConfig.NanoCpus).toBe(Math.min(2, (await docker.info()).NCPU) * 1e9);
+    expect((await provider.getInstance('fly-calls'))?.config.resources).toEqual({ cpu: 2, memoryMb: 2048 });
+    expect(await httpStatus(`${updated.endpoint!.url}/healthz`, 5_000)).toBe(200);
+  });
+
   it('re-waits through /wait timeouts (408) until the Machine is up', async () => {
     await provider.stopInstance('fly-calls');
     emulator.setMaxWaitSeconds(1);

@@ -93,8 +93,9 @@ describe('controller restart', () => {
     const byId = Object.fromEntries(list.map((i) => [i.id, i]));
     expect(byId[stray]).toMatchObject({ status: 'running', config: { resources: { cpu: 0.5, memoryMb: 512 } } });
     expect(byId[stray]!.statusReason).toMatch(/adopted/);
-    expect(byId[interrupted.id]).toMatchObject({ status: 'failed' });
-    expect(byId[interrupted.id]!.statusReason).toMatch(/creation was interrupted/);
+    // A create interrupted before the provider made anything is undone: no half instance is left.
+    expect(byId[interrupted.id]).toBeUndefined();
+    expect(await readdir(path.join(stateDir, 'instances'))).not.toContain(`${interrupted.id}.json`);
     expect(byId[id]).toMatchObject({ status: 'running' });
     expect(await readdir(path.join(stateDir, 'quarantine'))).toEqual([expect.stringMatching(/^corrupt\.json\./)]);
     expect(server!.stderr()).toMatch(/instance file set aside/);

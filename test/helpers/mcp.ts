@@ -33,7 +33,7 @@ export interface LaunchedServer {
 }
 
 /** Starts the server from mcp.json with extra environment (state folder, test image, ...). */
-export async function launchFromMcpJson(env: Record<string, string>): Promise<LaunchedServer> {
+export async function launchFromMcpJson(env: Record<string, string>, options: { connectTimeoutMs?: number } = {}): Promise<LaunchedServer> {
   const entry = mcpServerEntry();
   const transport = new StdioClientTransport({
     command: entry.command === 'node' ? process.execPath : entry.command,
@@ -55,7 +55,8 @@ export async function launchFromMcpJson(env: Record<string, string>): Promise<La
     stderr += chunk.toString();
   });
   const client = new Client({ name: 'vscode-swarm-e2e', version: '1.0.0' });
-  await client.connect(transport);
+  // The handshake is answered once the controller has initialised (reconcile included): slow on a loaded machine.
+  await client.connect(transport, options.connectTimeoutMs ? { timeout: options.connectTimeoutMs } : undefined);
   return {
     client,
     transport,

@@ -17,7 +17,7 @@
  */
 import { AutoScalingClient, DescribeAutoScalingGroupsCommand, type AutoScalingGroup } from '@aws-sdk/client-auto-scaling';
 import { EC2Client, paginateDescribeInstances, type Instance } from '@aws-sdk/client-ec2';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, type TestContext } from 'vitest';
 import type { HostReport } from '../../providers/aws-asg/agent/agent-protocol.js';
 
 const env = process.env;
@@ -71,6 +71,17 @@ describe.skipIf(!live)(`AWS live (read-only): the hosts of Auto Scaling group ${
     ec2?.destroy();
   });
 
+  /**
+   * The checks below hold for every InService host, so an empty list would pass them without checking
+   * anything: the group must exist and have at least one host in service (the deployment keeps MinSize 1).
+   * Only a group that asks for no host at all (desired capacity 0) has nothing to check.
+   */
+  const requireHosts = (ctx: TestContext): void => {
+    expect(group, `Auto Scaling group "${groupName}" not found in ${region}`).toBeDefined();
+    if ((group!.DesiredCapacity ?? 0) === 0) ctx.skip(`group ${groupName} has a desired capacity of 0: no host to check`);
+    expect(hosts.length, `group ${groupName} wants ${group!.DesiredCapacity} host(s) but none is InService`).toBeGreaterThan(0);
+  };
+
   it('the group exists, with sizes that make sense', () => {
     expect(group, `Auto Scaling group "${groupName}" not found in ${region}`).toBeDefined();
     const { MinSize = -1, MaxSize = -1, DesiredCapacity = -1 } = group!;
@@ -81,7 +92,8 @@ describe.skipIf(!live)(`AWS live (read-only): the hosts of Auto Scaling group ${
     console.info(`[aws-live] group ${groupName} in ${region}: min ${MinSize}, desired ${DesiredCapacity}, max ${MaxSize}, ${hosts.length} InService`);
   });
 
-  it('every InService host is a running instance with a private IPv4 address', () => {
+  it('every InService host is a running instance with a private IPv4 address', (ctx) => {
+    requireHosts(ctx);
     for (const { instanceId, instance } of hosts) {
       expect(instance, `${instanceId} is InService in the group but DescribeInstances does not list it`).toBeDefined();
       expect(instance!.State?.Name, `${instanceId} state`).toBe('running');
@@ -89,7 +101,8 @@ describe.skipIf(!live)(`AWS live (read-only): the hosts of Auto Scaling group ${
     }
   });
 
-  it.skipIf(!agentToken)('every InService host runs an agent that answers GET /v1/host for the controller', async () => {
+  it.skipIf(!agentToken)('every InService host runs an agent that answers GET /v1/host for the controller', async (ctx) => {
+    requireHosts(ctx);
     for (const { instanceId, instance } of hosts) {
       const url = `http://${instance?.PrivateIpAddress}:${agentPort}/v1/host`;
       const res = await fetch(url, { headers: { Authorization: `Bearer ${agentToken}` }, signal: AbortSignal.timeout(10_000) }).catch((err: Error) => {
@@ -104,7 +117,8 @@ describe.skipIf(!live)(`AWS live (read-only): the hosts of Auto Scaling group ${
     }
   });
 
-  it.skipIf(!agentToken)('the agents refuse a caller without the token', async () => {
+  it.skipIf(!agentToken)('the agents refuse a caller without the token', async (ctx) => {
+    requireHosts(ctx);
     for (const { instanceId, instance } of hosts) {
       const res = await fetch(`http://${instance?.PrivateIpAddress}:${agentPort}/v1/host`, { signal: AbortSignal.timeout(10_000) });
       expect(res.status, `${instanceId}: GET /v1/host without a token`).toBe(401);

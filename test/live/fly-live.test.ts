@@ -23,16 +23,22 @@ describe.skipIf(!live)('fly provider against the real Machines API', () => {
 
   it('connects, creates, stops, starts and deletes one machine', async () => {
     await provider.initialize();
+    let deleted: boolean | undefined;
     const image = process.env.VSCODE_SWARM_FLY_LIVE_IMAGE ?? 'codercom/code-server:4.99.3';
     try {
       const created = await provider.createInstance({ name: id, image, resources: { cpu: 1, memoryMb: 1024 } }, { instanceId: id });
       expect(created.status).toBe('running');
+      // As Fly records the Machine: the size that was asked for.
+      expect(created.config.resources).toEqual({ cpu: 1, memoryMb: 1024 });
       expect((await provider.stopInstance(id)).status).toBe('stopped');
       expect((await provider.startInstance(id)).status).toBe('running');
-      expect((await provider.listInstances()).map((i) => i.id)).toContain(id);
+      // Exactly one Machine for the instance: none would mean the listing lost it, two a duplicate create.
+      expect((await provider.listInstances({ name: id })).map((i) => i.id)).toEqual([id]);
     } finally {
-      await provider.deleteInstance(id);
+      deleted = await provider.deleteInstance(id);
     }
+    expect(deleted).toBe(true);
     expect(await provider.getInstance(id)).toBeNull();
+    expect((await provider.listInstances()).map((i) => i.id)).not.toContain(id);
   }, 300_000);
 });

@@ -3,18 +3,20 @@
  * with small echo servers standing in for editors (no Docker). Requests are written with node:http (or
  * raw TCP) so the Host header and the request-target are exactly what a test says.
  */
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import http from 'node:http';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { VSCodeInstance } from '../../providers/provider.js';
-import { parseConfig, type SwarmConfig } from '../../src/config.js';
+import { parseConfig, type GatewayConfig, type SwarmConfig } from '../../src/config.js';
 import { SwarmController } from '../../src/controller/swarm-controller.js';
-import { AccessLinks, SESSION_COOKIE, TOKEN_PARAM } from '../../src/gateway/access-links.js';
-import { Gateway } from '../../src/gateway/gateway.js';
+import { AccessLinks, HOST_SESSION_COOKIE, SESSION_COOKIE, TOKEN_PARAM } from '../../src/gateway/access-links.js';
+import { FailureLimiter, addressKey } from '../../src/gateway/failure-limiter.js';
+import { Gateway, withFrameAncestors } from '../../src/gateway/gateway.js';
 import { InstanceRegistry } from '../../src/registry/instance-registry.js';
+import { waitUntil } from '../../src/timing/wait-until.js';
 import { startEchoUpstream, type EchoUpstream } from '../helpers/echo-upstream.js';
 
 // ---- the graph under test ----
@@ -31,20 +33,20 @@ interface Stack {
 
 const cleanups: (() => Promise<unknown>)[] = [];
 
-async function startStack(label: string, maxFailuresPerMinute: number, instances: VSCodeInstance[]): Promise<Stack> {
+async function startStack(label: string, maxFailuresPerMinute: number, instances: VSCodeInstance[], gateway: Partial<GatewayConfig> = {}): Promise<Stack> {
   const stateDir = await mkdtemp(path.join(os.tmpdir(), `gateway-${label}-`));
   cleanups.push(() => rm(stateDir, { recursive: true, force: true }));
-  const config = parseConfig({ stateDir, logLevel: 'silent', gateway: { port: 0, maxFailuresPerMinute, autoStart: false } });
+  const config = parseConfig({ stateDir, logLevel: 'silent', gateway: { port: 0, maxFailuresPerMinute, autoStart: false, ...gateway } });
   const registry = new InstanceRegistry({ stateDir });
   const access = new AccessLinks(config.gateway, stateDir);
   const controller = new SwarmController({ config, registry, providers: {}, access, lockStateDir: false });
   await controller.initialize();
   cleanups.push(() => controller.close());
   for (const instance of instances) await registry.register(instance);
-  const gateway = new Gateway({ controller, access, activity: controller.activity, config: config.gateway });
-  const { port } = await gateway.listen();
-  cleanups.push(() => gateway.close());
-  return { stateDir, config, registry, access, controller, gateway, port };
+  const server = new Gateway({ controller, access, activity: controller.activity, config: config.gateway });
+  const { port } = await server.listen();
+  cleanups.push(() => server.close());
+  return { stateDir, config, registry, access, controller, gateway: server, port };
 }
 
 /** A running instance whose editor answers on `port`, or a stopped one without an endpoint. */
@@ -222,6 +224,66 @@ function upgradeRequest(host: string, target: string, cookie?: string, origin?: 
 }
 
 const headEnd = (text: string): boolean => text.includes('\r\n\r\n');
+
+/** A connection that sends `first` and then one more byte every `dripMs` (if given) until the gateway closes it. */
+interface HeldConnection {
+  socket: net.Socket;
+  received: () => string;
+  isClosed: () => boolean;
+  /** Resolves with everything received once the gateway (or the test) closed it. */
+  closed: Promise<string>;
+}
+
+function holdConnection(port: number, localAddress: string, first: string, dripMs?: number): Promise<HeldConnection> {
+  return new Promise((resolve, reject) => {
+    let text = '';
+    let ended = false;
+    let drip: NodeJS.Timeout | undefined;
+    const socket = net.connect({ host: '127.0.0.1', port, localAddress });
+    socket.on('data', (chunk: Buffer) => void (text += chunk.toString('latin1')));
+    const closed = new Promise<string>((done) =>
+      socket.on('close', () => {
+        ended = true;
+        clearInterval(drip);
+        done(text);
+      }),
+    );
+    socket.once('connect', () => {
+      socket.on('error', () => undefined); // writes racing the gateway's close
+      socket.write(first);
+      if (dripMs) drip = setInterval(() => socket.writable && socket.write('x'), dripMs);
+      resolve({ socket, received: () => text, isClosed: () => ended, closed });
+    });
+    socket.once('error', reject);
+  });
+}
+
+/** An editor that answers each path with the headers a test gives it, and its WebSocket upgrades with Set-Cookie lines. */
+async function startHeaderUpstream(byPath: Record<string, http.OutgoingHttpHeaders>, upgradeCookies: string[]): Promise<{ port: number; close: () => Promise<void> }> {
+  const sockets = new Set<net.Socket>();
+  const server = http.createServer((req, res) => {
+    req.resume();
+    res.writeHead(200, { 'Content-Type': 'text/plain', ...byPath[req.url ?? ''] });
+    res.end('editor');
+  });
+  server.on('upgrade', (_req, socket: net.Socket) => {
+    socket.on('error', () => undefined);
+    socket.write(`HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n${upgradeCookies.map((c) => `Set-Cookie: ${c}\r\n`).join('')}\r\n`);
+    socket.pipe(socket);
+  });
+  server.on('connection', (socket) => {
+    sockets.add(socket);
+    socket.on('close', () => sockets.delete(socket));
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return {
+    port: (server.address() as net.AddressInfo).port,
+    close: async () => {
+      for (const socket of sockets) socket.destroy();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    },
+  };
+}
 
 // ---- the suite ----
 
@@ -663,7 +725,7 @@ describe('Gateway over loopback', () => {
     expect(sign!.at).toBeLessThanOrEqual(Date.now());
   });
 
-  it('rate-limits failed sign-ins per client address with 429 and Retry-After', async () => {
+  it('rate-limits failed sign-ins per client address with 429 and Retry-After, but never a valid session', async () => {
     const limited = await startStack('limit', 5, [record('alpha', upA.port)]);
     const at = `alpha.localhost:${limited.port}`;
     const link = await limited.controller.issueAccessLink('alpha');
@@ -676,18 +738,301 @@ describe('Gateway over loopback', () => {
     expect(statuses).toEqual([401, 401, 401, 401, 401, 429]);
 
     const before = seen();
-    const blocked = await send(limited.port, at, '/', { cookie });
+    const blocked = await send(limited.port, at, '/');
     expect(blocked.status).toBe(429);
     const retryAfter = Number(blocked.headers['retry-after']);
     expect(retryAfter).toBeGreaterThanOrEqual(1);
     expect(retryAfter).toBeLessThanOrEqual(60);
     expect(blocked.body).toContain('Too many');
-    expect(await rawExchange(limited.port, upgradeRequest(at, '/', cookie))).toMatch(/^HTTP\/1\.1 429 /);
+    expect(blocked.headers.connection).toBe('close');
+    expect(await rawExchange(limited.port, upgradeRequest(at, '/'))).toMatch(/^HTTP\/1\.1 429 [^]*\r\nRetry-After: \d+\r\n/);
+    // A stale cookie is no way past the limit; neither is a fresh link (and the refusal does not spend it).
+    expect((await send(limited.port, at, '/', { cookie: `${SESSION_COOKIE}=v1.stale.x` })).status).toBe(429);
+    const fresh = await limited.controller.issueAccessLink('alpha');
+    expect((await open(limited.port, fresh.accessUrl)).status).toBe(429);
     expect(seen()).toEqual(before);
 
-    // Per address: another loopback address is not affected.
-    expect((await send(limited.port, at, '/', { cookie, localAddress: '127.0.0.2' })).status).toBe(200);
+    // Someone signed in from the same address is not locked out by the failures: HTTP, WebSocket, and a
+    // link they open is dropped unread (sent on to the clean path, not spent).
+    expect((await send(limited.port, at, '/after', { cookie })).status).toBe(200);
+    const conn = await connectRaw(limited.port);
+    conn.socket.write(upgradeRequest(at, '/ws', cookie));
+    expect(await conn.read(headEnd).finally(() => conn.socket.destroy())).toMatch(/^HTTP\/1\.1 101 /);
+    const dropped = await open(limited.port, fresh.accessUrl, { cookie });
+    expect(dropped.status).toBe(302);
+    expect(dropped.headers.location).toBe('/');
+    expect(dropped.headers['set-cookie']).toBeUndefined();
+
+    // Per address: another loopback address is not affected, and there the fresh link was never spent.
+    expect((await send(limited.port, at, '/', { localAddress: '127.0.0.2' })).status).toBe(401);
+    expect((await open(limited.port, fresh.accessUrl, { localAddress: '127.0.0.2' })).status).toBe(302);
     // And the main gateway keeps its own count.
     expect((await send(main.port, host('alpha'), '/', { cookie: await signIn('alpha') })).status).toBe(200);
+  });
+
+  it("drops an editor's cookies for other hosts or under the gateway's name, and keeps framing to the page's own origin", async () => {
+    const setCookies = [
+      'theme=dark; Path=/',
+      'wide=1; Domain=localhost; Path=/', // would reach every instance
+      'dotted=1; Path=/; domain=.cookies.localhost',
+      `${SESSION_COOKIE}=forged; Path=/; HttpOnly`, // would overwrite the session
+      `${HOST_SESSION_COOKIE}=forged; Path=/; Secure`,
+      'last=1; Path=/; HttpOnly',
+    ];
+    const editor = await startHeaderUpstream(
+      {
+        '/cookies': { 'Set-Cookie': setCookies, 'Content-Security-Policy': "default-src 'self'; script-src 'self'" },
+        '/framed': { 'Content-Security-Policy': "default-src 'self'; frame-ancestors *" },
+        '/plain': {},
+      },
+      ['ws=1; Path=/', 'wswide=1; Domain=localhost', `${SESSION_COOKIE}=forged`],
+    );
+    cleanups.push(() => editor.close());
+    await main.registry.register(record('cookies', editor.port));
+    const cookie = await signIn('cookies');
+
+    const reply = await send(main.port, host('cookies'), '/cookies', { cookie });
+    expect(reply.status).toBe(200);
+    expect(reply.headers['set-cookie']).toEqual(['theme=dark; Path=/', 'last=1; Path=/; HttpOnly']);
+    expect(reply.headers['content-security-policy']).toBe("default-src 'self'; script-src 'self'; frame-ancestors 'self'");
+    // An editor's own frame-ancestors stays, beside ours as a second policy (browsers enforce both).
+    expect((await send(main.port, host('cookies'), '/framed', { cookie })).headers['content-security-policy']).toBe("default-src 'self'; frame-ancestors *, frame-ancestors 'self'");
+    expect((await send(main.port, host('cookies'), '/plain', { cookie })).headers['content-security-policy']).toBe("frame-ancestors 'self'");
+    // The gateway's own pages too.
+    expect((await send(main.port, host('cookies'), '/')).headers['content-security-policy']).toContain("frame-ancestors 'self'");
+    // The session still works after the editor tried to overwrite it.
+    expect((await send(main.port, host('cookies'), '/plain', { cookie })).status).toBe(200);
+
+    // The same on a WebSocket's 101.
+    const conn = await connectRaw(main.port);
+    conn.socket.write(upgradeRequest(host('cookies'), '/ws', cookie));
+    const head = await conn.read(headEnd).finally(() => conn.socket.destroy());
+    expect(head).toMatch(/^HTTP\/1\.1 101 /);
+    expect(head.match(/^set-cookie: .*$/gim)).toEqual(['set-cookie: ws=1; Path=/']);
+
+    expect(withFrameAncestors(undefined)).toBe("frame-ancestors 'self'");
+    expect(withFrameAncestors("default-src 'none';  ")).toBe("default-src 'none'; frame-ancestors 'self'");
+    expect(withFrameAncestors("script-src 'self', FRAME-ANCESTORS 'none'")).toBe("script-src 'self', FRAME-ANCESTORS 'none', frame-ancestors 'self'");
+  });
+
+  it('accepts any one valid session cookie among several (a stale one beside a fresh one)', async () => {
+    const alpha = await signIn('alpha');
+    const bravo = await signIn('bravo');
+    const stale = `${SESSION_COOKIE}=v1.c3RhbGU.c2lnbmF0dXJl`;
+    for (const header of [`${stale}; ${alpha}`, `${alpha}; ${stale}`, `${bravo}; theme=dark; ${alpha}`]) {
+      const reply = await send(main.port, host('alpha'), '/', { cookie: header });
+      expect(reply.status, header).toBe(200);
+      expect(JSON.stringify(echoed(reply)), header).not.toContain(SESSION_COOKIE); // none of them is forwarded
+    }
+    // None valid: the first one's reason.
+    const refused = await send(main.port, host('alpha'), '/', { cookie: `${stale}; ${bravo}` });
+    expect(refused.status).toBe(401);
+    expect(refused.body).toContain('Session not valid');
+    expect((await send(main.port, host('alpha'), '/', { cookie: `${bravo}; ${stale}` })).status).toBe(403);
+  });
+
+  it('replaces browser-supplied X-Forwarded-* with its own, on HTTP and on WebSockets', async () => {
+    const cookie = await signIn('alpha');
+    const spoofed = { 'x-forwarded-for': '203.0.113.9', 'x-forwarded-host': 'evil.example', 'x-forwarded-proto': 'https', 'x-forwarded-port': '1', forwarded: 'for=203.0.113.9;host=evil.example' };
+    const echo = echoed(await send(main.port, host('alpha'), '/', { cookie, headers: spoofed }));
+    expect(echo.headers).toMatchObject({ 'x-forwarded-for': '127.0.0.1', 'x-forwarded-host': host('alpha'), 'x-forwarded-proto': 'http', 'x-forwarded-port': String(main.port) });
+    expect(echo.headers.forwarded).toBeUndefined();
+
+    const conn = await connectRaw(main.port);
+    const request = upgradeRequest(host('alpha'), '/ws-fwd', cookie).replace('\r\n\r\n', `\r\n${Object.entries(spoofed).map(([k, v]) => `${k}: ${v}`).join('\r\n')}\r\n\r\n`);
+    conn.socket.write(request);
+    expect(await conn.read(headEnd).finally(() => conn.socket.destroy())).toMatch(/^HTTP\/1\.1 101 /);
+    const upgrade = upA.requests.findLast((r) => r.url === '/ws-fwd')!;
+    expect(upgrade.headers).toMatchObject({ 'x-forwarded-for': '127.0.0.1', 'x-forwarded-host': host('alpha'), 'x-forwarded-proto': 'http' });
+    expect(upgrade.headers.forwarded).toBeUndefined();
+  });
+
+  it('under https names the session cookie __Host- (Secure, Path=/, no Domain) and accepts no other', async () => {
+    const secure = await startStack('https', 10_000, [record('alpha', upA.port)], { scheme: 'https' });
+    const at = `alpha.localhost:${secure.port}`;
+    const link = await secure.controller.issueAccessLink('alpha');
+    expect(link.url).toBe(`https://${at}/`);
+    const exchange = await open(secure.port, link.accessUrl);
+    expect(exchange.status).toBe(302);
+    const [line] = exchange.headers['set-cookie']!;
+    const attributes = line!.split(';').map((a) => a.trim());
+    expect(attributes[0]!.startsWith(`${HOST_SESSION_COOKIE}=v1.`)).toBe(true);
+    expect(attributes).toEqual(expect.arrayContaining(['Secure', 'Path=/', 'HttpOnly', 'SameSite=Lax']));
+    expect(attributes.some((a) => /^domain=/i.test(a))).toBe(false);
+    const value = attributes[0]!.slice(HOST_SESSION_COOKIE.length + 1);
+
+    const echo = echoed(await send(secure.port, at, '/', { cookie: `${HOST_SESSION_COOKIE}=${value}; theme=dark` }));
+    expect(echo.headers.cookie).toBe('theme=dark');
+    expect(echo.headers['x-forwarded-proto']).toBe('https');
+    // The same token under the plain name (which a sibling host could have planted) is no session here.
+    expect((await send(secure.port, at, '/', { cookie: `${SESSION_COOKIE}=${value}` })).status).toBe(401);
+  });
+
+  it('refuses link exchanges with 503 while the record of used links cannot be read, and changes nothing', async () => {
+    const stack = await startStack('spent', 10_000, [record('alpha', upA.port)]);
+    const at = `alpha.localhost:${stack.port}`;
+    const file = path.join(stack.stateDir, 'gateway', 'spent-links.json');
+    const link = await stack.controller.issueAccessLink('alpha');
+    const signedIn = `${SESSION_COOKIE}=${stack.access.session('alpha', 0).token}`;
+    await mkdir(path.dirname(file), { recursive: true });
+
+    const broken: [string, () => Promise<void>][] = [
+      ['not JSON', () => writeFile(file, '{"truncated": 17')],
+      ['an array', () => writeFile(file, '[]')],
+      ['an entry that is no expiry', () => writeFile(file, JSON.stringify({ abc: Date.now() + 60_000, def: 'soon' }))],
+      ['a directory', async () => {
+        await rm(file, { force: true });
+        await mkdir(file);
+      }],
+    ];
+    for (const [what, breakIt] of broken) {
+      await breakIt();
+      const before = await readFile(file, 'utf8').catch((err: NodeJS.ErrnoException) => err.code);
+      const reply = await open(stack.port, link.accessUrl);
+      expect(reply.status, what).toBe(503);
+      expect(reply.body, what).toContain('cannot read or update its record of used sign-in links');
+      expect(reply.headers['set-cookie'], what).toBeUndefined();
+      expect(await readFile(file, 'utf8').catch((err: NodeJS.ErrnoException) => err.code), what).toEqual(before);
+      // Someone already signed in is sent on to the clean path; the link stays unspent.
+      const dropped = await open(stack.port, link.accessUrl, { cookie: signedIn });
+      expect(dropped.status, what).toBe(302);
+      expect(dropped.headers['set-cookie'], what).toBeUndefined();
+      expect((await send(stack.port, at, '/', { cookie: signedIn })).status, what).toBe(200);
+    }
+
+    // Repaired (here: emptied by an operator), links work again without a restart, once.
+    await rm(file, { recursive: true });
+    await writeFile(file, '{}');
+    expect((await open(stack.port, link.accessUrl)).status).toBe(302);
+    expect((await open(stack.port, link.accessUrl)).status).toBe(401);
+    expect(Object.keys(JSON.parse(await readFile(file, 'utf8')) as object)).toHaveLength(1);
+  });
+
+  it('caps connections per client and in total; a signed-in request gets through once there is room', async () => {
+    const stack = await startStack('caps', 10_000, [record('alpha', upA.port)], { maxConnectionsPerAddress: 3, maxConnections: 5 });
+    const at = `alpha.localhost:${stack.port}`;
+    const cookie = `${SESSION_COOKIE}=${stack.access.session('alpha', 0).token}`;
+    const partial = `GET / HTTP/1.1\r\nHost: ${at}\r\n`; // headers never finished: held until headersTimeoutMs
+    const held: HeldConnection[] = [];
+    for (let i = 0; i < 3; i++) held.push(await holdConnection(stack.port, '127.0.0.1', partial));
+    // Connections are accepted in order, so the fourth from 127.0.0.1 is seen after the three above.
+    expect(await (await holdConnection(stack.port, '127.0.0.1', partial)).closed).toBe('');
+    held.push(await holdConnection(stack.port, '127.0.0.2', partial), await holdConnection(stack.port, '127.0.0.3', partial));
+    expect(await (await holdConnection(stack.port, '127.0.0.4', partial)).closed).toBe(''); // the total of 5
+    expect(held.some((c) => c.isClosed())).toBe(false);
+
+    // Room for one: a signed-in request from another address gets through while 127.0.0.1 holds its cap.
+    held.pop()!.socket.destroy();
+    const reply = await waitUntil(
+      () => send(stack.port, at, '/', { cookie, localAddress: '127.0.0.4' }).catch(() => undefined), // refused until the gateway saw the close
+      { timeoutMs: 10_000, intervalMs: 50, what: 'a signed-in request through the freed slot' },
+    );
+    expect(reply.status).toBe(200);
+    for (const c of held) c.socket.destroy();
+    const again = await waitUntil(() => send(stack.port, at, '/', { cookie }).catch(() => undefined), { timeoutMs: 10_000, intervalMs: 50, what: 'a signed-in request from 127.0.0.1' });
+    expect(again.status).toBe(200);
+  });
+
+  it('closes 200 slow unauthenticated requests and slow headers promptly, while signed-in requests get through', async () => {
+    const stack = await startStack('flood', 5, [record('alpha', upA.port)], { headersTimeoutMs: 500, requestTimeoutMs: 1_000, maxConnectionsPerAddress: 150 });
+    const at = `alpha.localhost:${stack.port}`;
+    const cookie = `${SESSION_COOKIE}=${stack.access.session('alpha', 0).token}`;
+    const before = seen();
+    const slowBody = `POST /upload HTTP/1.1\r\nHost: ${at}\r\nContent-Type: application/octet-stream\r\nContent-Length: 1000000\r\n\r\n`;
+    const slowHeaders = `GET / HTTP/1.1\r\nHost: ${at}\r\nX-Slow: `;
+    const flood = await Promise.all([
+      ...Array.from({ length: 200 }, () => holdConnection(stack.port, '127.0.0.1', slowBody, 100)),
+      ...Array.from({ length: 20 }, () => holdConnection(stack.port, '127.0.0.3', slowHeaders, 100)),
+    ]);
+    expect((await send(stack.port, at, '/during', { cookie, localAddress: '127.0.0.2' })).status).toBe(200);
+
+    // Before: each held for minutes (no request timeout, the unread body drained). Now: answered and closed,
+    // refused at the per-client cap, or cut by the header or request timeout.
+    const texts = await waitUntil(async () => (flood.every((c) => c.isClosed()) ? Promise.all(flood.map((c) => c.closed)) : undefined), {
+      timeoutMs: 20_000,
+      intervalMs: 50,
+      what: 'every slow connection closed by the gateway',
+    });
+    for (const text of texts) expect(text).toMatch(/^(|HTTP\/1\.1 (401|408|429) [^]*)$/);
+    expect(texts.slice(200).every((t) => t.startsWith('HTTP/1.1 408 '))).toBe(true); // the slow headers: timed out
+    expect(texts.some((t) => t.startsWith('HTTP/1.1 401 '))).toBe(true);
+
+    // 127.0.0.1 is now past its failure limit, yet a signed-in request from it goes through; nothing else reached the editor.
+    expect((await send(stack.port, at, '/')).status).toBe(429);
+    expect((await send(stack.port, at, '/after', { cookie })).status).toBe(200);
+    expect(seen()).toEqual([before[0] + 2, before[1]]);
+  });
+});
+
+describe('FailureLimiter', () => {
+  it('counts IPv4 addresses one by one and IPv6 addresses by /64', () => {
+    expect(addressKey('203.0.113.7')).toBe('203.0.113.7');
+    expect(addressKey('::ffff:203.0.113.7')).toBe('203.0.113.7');
+    expect(addressKey('::ffff:cb00:7107')).toBe('203.0.113.7');
+    expect(addressKey('2001:DB8:1:2:aaaa:bbbb:cccc:dddd')).toBe('2001:db8:1:2::/64');
+    expect(addressKey('2001:db8:1:2::9')).toBe('2001:db8:1:2::/64');
+    expect(addressKey('2001:db8::1')).toBe('2001:db8:0:0::/64');
+    expect(addressKey('::1')).toBe('0:0:0:0::/64');
+    expect(addressKey('fe80::1%eth0')).toBe('fe80:0:0:0::/64');
+    expect(addressKey('64:ff9b::192.0.2.33')).toBe('64:ff9b:0:0::/64');
+
+    const limiter = new FailureLimiter(3, () => 1_000_000);
+    for (const a of ['2001:db8:1:2::1', '2001:db8:1:2::2', '2001:db8:1:2:ffff:ffff:ffff:ffff']) limiter.fail(a);
+    expect(limiter.retryAfter('2001:db8:1:2::77')).toBe(60); // another address of the same /64
+    expect(limiter.retryAfter('2001:db8:1:3::1')).toBe(0); // the next /64
+    limiter.fail('10.0.0.1');
+    limiter.fail('::ffff:10.0.0.1');
+    limiter.fail('10.0.0.2');
+    expect(limiter.retryAfter('10.0.0.1')).toBe(0);
+    limiter.fail('10.0.0.1');
+    expect(limiter.retryAfter('::ffff:10.0.0.1')).toBe(60);
+    expect(limiter.retryAfter('10.0.0.2')).toBe(0);
+  });
+
+  it('blocks for exactly a sliding minute after the limit', () => {
+    let now = 5_000_000;
+    const limiter = new FailureLimiter(3, () => now);
+    for (const dt of [0, 10_000, 20_000]) {
+      now = 5_000_000 + dt;
+      expect(limiter.retryAfter('a')).toBe(0);
+      limiter.fail('a');
+    }
+    expect(limiter.retryAfter('a')).toBe(40); // the first failure ages out at +60 s
+    now = 5_060_000;
+    expect(limiter.retryAfter('a')).toBe(0);
+    limiter.fail('a'); // three in the last minute again: +10, +20, +60
+    expect(limiter.retryAfter('a')).toBe(10);
+    now = 5_070_001;
+    expect(limiter.retryAfter('a')).toBe(0);
+    now += 60_000; // nothing left in the window: forgotten
+    expect(limiter.retryAfter('a')).toBe(0);
+    expect(limiter.size).toBe(0);
+  });
+
+  it('remembers at most maxTracked clients, forgetting the least recently failing first', () => {
+    const limiter = new FailureLimiter(2, () => 7_000_000, 100);
+    limiter.fail('192.0.2.1');
+    for (let i = 0; i < 1_000; i++) {
+      limiter.fail(`10.1.${i >> 8}.${i & 255}`);
+      limiter.fail(`10.1.${i >> 8}.${i & 255}`);
+      if (i % 50 === 0) limiter.fail('192.0.2.1'); // failing again makes it the most recent: never evicted
+    }
+    expect(limiter.size).toBe(100);
+    expect(limiter.retryAfter('192.0.2.1')).toBe(60);
+    expect(limiter.retryAfter('10.1.3.231')).toBe(60); // i = 999, the last
+    expect(limiter.retryAfter('10.1.3.133')).toBe(60); // i = 901: the 100th most recent
+    expect(limiter.retryAfter('10.1.3.132')).toBe(0); // i = 900: evicted
+    expect(limiter.retryAfter('10.1.0.1')).toBe(0);
+    expect(() => new FailureLimiter(0)).toThrow(/maxPerMinute/);
+  });
+});
+
+describe('gateway and mcpHttp configuration', () => {
+  it('names the field of a bad value', () => {
+    expect(() => parseConfig({ gateway: { headersTimeoutMs: 30_000, requestTimeoutMs: 10_000 } })).toThrow(/gateway\.headersTimeoutMs: expected at most requestTimeoutMs/);
+    expect(() => parseConfig({ gateway: { maxConnectionsPerAddress: 0 } })).toThrow(/gateway\.maxConnectionsPerAddress/);
+    expect(() => parseConfig({ gateway: { maxTrackedAddresses: 1.5 } })).toThrow(/gateway\.maxTrackedAddresses/);
+    const defaults = parseConfig({}).gateway;
+    expect(defaults).toMatchObject({ headersTimeoutMs: 20_000, requestTimeoutMs: 60_000, maxConnections: 4_096, maxConnectionsPerAddress: 256, maxTrackedAddresses: 10_000 });
   });
 });

@@ -20,7 +20,8 @@ export function registerCheckInstanceHealthTool(server: McpServer, ctx: ToolCont
         if (!ctx.health) throw new SwarmError('DISABLED', 'the health monitor is turned off in the configuration (health.enabled)');
         const check = await ctx.health.checkAndRecover(instanceId, { recover: false });
         const record = await ctx.health.history(instanceId);
-        const history = record.history.slice(-(historyLimit ?? 10));
+        const limit = historyLimit ?? 10;
+        const history = limit === 0 ? [] : record.history.slice(-limit); // slice(-0) would be everything
         return {
           text: `${instanceId}: ${check.status} (${check.reason})`,
           structured: { check, history, consecutiveFailures: record.consecutiveFailures, recoveryAttempts: record.recoveryAttempts },

@@ -12,7 +12,7 @@ export function registerKeepInstanceAliveTool(server: McpServer, ctx: ToolContex
       inputSchema: {
         instanceId: instanceIdInput,
         minutes: z.number().gt(0).max(1_440).describe('Minutes to keep it awake (at most 1440)'),
-        holder: z.string().max(128).optional().describe('Who holds the lease, shown in the instance'),
+        holder: z.string().max(128).regex(/^[^\u0000-\u001f\u007f-\u009f]*$/, 'expected one line of text without control characters').optional().describe('Who holds the lease, shown in the instance'),
       },
       outputSchema: { instance: InstanceOutputSchema },
       annotations: { readOnlyHint: false, destructiveHint: false, idempotentHint: true, openWorldHint: false },

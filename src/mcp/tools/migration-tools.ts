@@ -117,7 +117,7 @@ export function registerMigrationTools(server: McpServer, ctx: ToolContext): voi
     {
       title: 'List migrations',
       description: 'Migrations, oldest first, optionally for one workspace or in one status.',
-      inputSchema: { instanceId: z.string().optional(), status: z.enum(MIGRATION_STATUSES).optional() },
+      inputSchema: { instanceId: instanceIdInput.optional(), status: z.enum(MIGRATION_STATUSES).optional() },
       outputSchema: { migrations: z.array(MigrationSchema) },
       annotations: { readOnlyHint: true, openWorldHint: false },
     },

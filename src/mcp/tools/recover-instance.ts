@@ -10,7 +10,7 @@ export function registerRecoverInstanceTool(server: McpServer, ctx: ToolContext)
     {
       title: 'Repair a workspace',
       description:
-        'Repairs a workspace now: restart (stop and start its editor) or recreate (a new container around the same workspace files). Without an action, the next one in the configured order is used. The reason is recorded.',
+        'Repairs a workspace now: restart (stop and start its editor), recreate (a new container around the same workspace files) or migrate (move it with its files, each verified, to the provider named by health.migrateTo). Without an action, the next one in the configured order is used. The reason is recorded.',
       inputSchema: { instanceId: instanceIdInput, action: z.enum(RECOVERY_ACTIONS).optional() },
       outputSchema: { check: HealthCheckSchema },
       annotations: { readOnlyHint: false, destructiveHint: true, idempotentHint: false, openWorldHint: false },

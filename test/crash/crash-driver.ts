@@ -1,0 +1,120 @@
+/**
+ * Drives the real stdio server (launched from mcp.json) to a named crash point, confirms it died there
+ * by SIGKILL, and starts the next server on the same state directory. A "lane" is one state directory
+ * with its config file; several crash points run one after another in a lane.
+ */
+import { createHash } from 'node:crypto';
+import { writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { swarmIdFor } from '../../src/config.js';
+import { CRASH_ENV } from '../../src/crash/crash-points.js';
+import { waitUntil } from '../../src/timing/wait-until.js';
+import type { VSCodeInstance } from '../../providers/provider.js';
+import { makeStateDir } from '../helpers/docker.js';
+import { callTool, launchFromMcpJson, type LaunchedServer, type ToolResult } from '../helpers/mcp.js';
+
+export interface Lane {
+  label: string;
+  stateDir: string;
+  swarmId: string;
+  env: Record<string, string>;
+}
+
+export async function makeLane(label: string, config: Record<string, unknown>, env: Record<string, string>): Promise<Lane> {
+  const stateDir = await makeStateDir(label);
+  const configFile = path.join(stateDir, 'crash-config.json');
+  await writeFile(configFile, JSON.stringify(config));
+  return {
+    label,
+    stateDir,
+    swarmId: swarmIdFor(stateDir),
+    env: { ...env, VSCODE_SWARM_STATE_DIR: stateDir, VSCODE_SWARM_CONFIG: configFile, VSCODE_SWARM_ENABLE_EXEC: '1' },
+  };
+}
+
+export function launch(lane: Lane, crashAt?: string): Promise<LaunchedServer> {
+  return launchFromMcpJson({ ...lane.env, ...(crashAt ? { [CRASH_ENV]: crashAt } : {}) }, { connectTimeoutMs: 170_000 });
+}
+
+/** A tool call that must succeed: an error result throws with its text. */
+export async function ok(server: LaunchedServer, tool: string, args: Record<string, unknown> = {}): Promise<Record<string, unknown>> {
+  const result: ToolResult = await callTool(server.client, tool, args);
+  if (result.isError) {
+    const text = (result.content as { text?: string }[]).map((c) => c.text ?? '').join('\n');
+    throw new Error(`${tool} ${JSON.stringify(args)} failed: ${text}`);
+  }
+  return result.structuredContent ?? {};
+}
+
+export async function list(server: LaunchedServer): Promise<VSCodeInstance[]> {
+  return (await ok(server, 'list_swarm_instances', { includeWarm: true })).instances as VSCodeInstance[];
+}
+
+/**
+ * Launches a server that dies at `crashAt` (`<point>` or `<point>:<n>`) while `drive` runs, and
+ * confirms it died there. `drive` must reach the point; finishing without dying is a failure.
+ */
+export async function killAt(lane: Lane, crashAt: string, drive: (server: LaunchedServer) => Promise<void>): Promise<void> {
+  const point = crashAt.split(':')[0]!;
+  const server = await launch(lane, crashAt);
+  let driveError: unknown;
+  let finished = false;
+  try {
+    await drive(server);
+    finished = true;
+  } catch (err) {
+    driveError = err;
+  }
+  try {
+    if (finished) {
+      // Some points are reached by work that outlives the tool call (a refill, a write chain): give it a moment.
+      await waitUntil(async () => (isAlive(server.pid) ? undefined : true), { timeoutMs: 15_000, what: `the server to die at ${crashAt}` }).catch(() => {
+        throw new Error(`${crashAt}: the operation finished and the server never reached the crash point`);
+      });
+    } else {
+      await waitUntil(async () => (isAlive(server.pid) ? undefined : true), { timeoutMs: 30_000, what: `the server to die at ${crashAt}` }).catch(() => {
+        throw new Error(`${crashAt}: the server is still alive after the drive failed: ${(driveError as Error)?.message}`);
+      });
+    }
+    if (!server.stderr().includes(`crash point ${point} reached`)) {
+      throw new Error(`${crashAt}: the server died, but not at the crash point: ${server.stderr().slice(-2000)}`);
+    }
+  } finally {
+    await server.close().catch(() => undefined);
+  }
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Deterministic workspace content for an instance: the command that writes it and the SHA-256 of each file. */
+export function seededFiles(seed: string): { command: string; files: Record<string, string> } {
+  const notes = `notes of ${seed}\n`;
+  // busybox seq and sed produce exactly these bytes; the expected hash is computed here, independently.
+  const lines = Array.from({ length: 3000 }, (_, i) => `${seed}-${i + 1}\n`).join('');
+  return {
+    command: `printf '%s\\n' 'notes of ${seed}' > notes.txt && mkdir -p deep/er && seq 1 3000 | sed 's/^/${seed}-/' > deep/er/lines.txt`,
+    files: { 'notes.txt': sha256(notes), 'deep/er/lines.txt': sha256(lines) },
+  };
+}
+
+export function sha256(text: string): string {
+  return createHash('sha256').update(text).digest('hex');
+}
+
+/** The files' SHA-256 as the instance itself reports them (any provider), through execute_command. */
+export async function filesThroughExec(server: LaunchedServer, instanceId: string, names: string[]): Promise<Record<string, string>> {
+  const out = await ok(server, 'execute_command', { instanceId, command: `sha256sum ${names.map((n) => `'${n}'`).join(' ')}` });
+  const found: Record<string, string> = {};
+  for (const line of String(out.stdout).split('\n')) {
+    const m = /^([0-9a-f]{64})\s+(.+)$/.exec(line.trim());
+    if (m) found[m[2]!] = m[1]!;
+  }
+  return found;
+}
