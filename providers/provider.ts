@@ -6,6 +6,7 @@
  * states (Docker container states, EC2/ASG lifecycle, Fly machine states) into the closed sets below
  * inside their own folder.
  */
+import type { Readable } from 'node:stream';
 import { z } from 'zod';
 import { SwarmError } from '../src/errors.js';
 
@@ -292,12 +293,17 @@ export interface Provider {
   /** Runs a shell command inside the instance, bounded in time and output. */
   executeCommand(instanceId: string, command: string, options?: ExecOptions): Promise<CommandResult>;
   /**
-   * The workspace folder as a tar archive (entries relative to the folder), where capabilities say
-   * workspaceTransfer. Works on a stopped instance where the provider can.
+   * The workspace folder as a tar stream (entries relative to the folder), where capabilities say
+   * workspaceTransfer, produced as it is read: never held whole in memory. Resolves once the copy has
+   * begun; destroying the stream stops it. Works on a stopped instance where the provider can.
    */
-  exportWorkspace?(instanceId: string): Promise<Buffer>;
-  /** Unpacks such an archive into the workspace folder, replacing files of the same name. */
-  importWorkspace?(instanceId: string, archive: Buffer): Promise<void>;
+  exportWorkspace?(instanceId: string): Promise<Readable>;
+  /**
+   * Unpacks such a stream into the workspace folder as it arrives, replacing files of the same name.
+   * Takes the stream over: it is read to its end or destroyed, whatever happens (an export left
+   * unread would hold its source's connection open).
+   */
+  importWorkspace?(instanceId: string, archive: Readable): Promise<void>;
   /** Current resource usage, where capabilities.stats says so. */
   getInstanceStats?(instanceId: string): Promise<InstanceStats>;
   /** Releases connections and timers. */

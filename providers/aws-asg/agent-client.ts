@@ -6,6 +6,8 @@
  * What is not retried: 4xx (the agent refused: retrying changes nothing), 502/504 (the agent reached
  * Docker and Docker failed or timed out: a real outcome), and exec (running a command twice is not safe).
  */
+import { Readable } from 'node:stream';
+import type { ReadableStream as WebReadableStream } from 'node:stream/web';
 import pRetry from 'p-retry';
 import { SwarmError, type ErrorCode } from '../../src/errors.js';
 import type { Logger } from '../../src/logger.js';
@@ -33,10 +35,11 @@ export interface AgentClientOptions {
 
 interface RequestOptions {
   body?: unknown;
-  raw?: Buffer;
+  /** A body streamed as it is read (a workspace archive). */
+  raw?: Readable;
   timeoutMs?: number;
   idempotent: boolean;
-  /** Expect a binary answer. */
+  /** Expect a binary answer, handed on as a stream once the status is known to be good. */
   binary?: boolean;
 }
 
@@ -143,13 +146,14 @@ export class AgentClient {
     });
   }
 
-  exportWorkspace(instanceId: string, timeoutMs: number): Promise<Buffer> {
-    return this.request<Buffer>('GET', `/instances/${instanceId}/workspace`, { idempotent: true, binary: true, timeoutMs });
+  /** Retried until the agent answers; from then on the archive streams, and a cut shows as a truncated archive. */
+  exportWorkspace(instanceId: string, timeoutMs: number): Promise<Readable> {
+    return this.request<Readable>('GET', `/instances/${instanceId}/workspace`, { idempotent: true, binary: true, timeoutMs });
   }
 
-  /** Unpacking the same archive twice gives the same files, so it is retried like the rest. */
-  async importWorkspace(instanceId: string, archive: Buffer, timeoutMs: number): Promise<void> {
-    await this.request('PUT', `/instances/${instanceId}/workspace`, { raw: archive, idempotent: true, timeoutMs });
+  /** The stream is consumed by the first attempt, so this is not retried: the caller holds the source and may try again. */
+  async importWorkspace(instanceId: string, archive: Readable, timeoutMs: number): Promise<void> {
+    await this.request('PUT', `/instances/${instanceId}/workspace`, { raw: archive, idempotent: false, timeoutMs });
   }
 
   // ---- plumbing ----
@@ -179,10 +183,10 @@ export class AgentClient {
 
   private async once<T>(method: string, route: string, options: RequestOptions): Promise<T> {
     const headers: Record<string, string> = { authorization: `Bearer ${this.options.token}` };
-    let body: string | Buffer | undefined;
+    let body: string | WebReadableStream | undefined;
     if (options.raw) {
       headers['content-type'] = 'application/x-tar';
-      body = options.raw;
+      body = Readable.toWeb(options.raw);
     } else if (options.body !== undefined) {
       headers['content-type'] = 'application/json';
       body = JSON.stringify(options.body);
@@ -192,7 +196,9 @@ export class AgentClient {
       res = await fetch(`${this.baseUrl}${AGENT_API_PREFIX}${route}`, {
         method,
         headers,
-        ...(body !== undefined ? { body } : {}),
+        ...(body !== undefined ? { body: body as RequestInit['body'] } : {}),
+        // A streamed request body must say so (fetch's half-duplex upload).
+        ...(options.raw ? { duplex: 'half' } : {}),
         signal: AbortSignal.timeout(options.timeoutMs ?? this.options.timeoutMs),
       });
     } catch (err) {
@@ -202,7 +208,7 @@ export class AgentClient {
       failure.transport = e.name === 'TimeoutError' ? 'timeout' : (networkCode(err) ?? 'error');
       throw failure;
     }
-    if (options.binary && res.ok) return Buffer.from(await res.arrayBuffer()) as T;
+    if (options.binary && res.ok && res.body) return Readable.fromWeb(res.body as WebReadableStream) as T;
     const text = await res.text().catch(() => '');
     let parsed: unknown;
     try {

@@ -29,6 +29,7 @@
  * deliberately not wrapped in p-retry as well, so the two never multiply each other's attempts. Agent
  * calls retry with p-retry (agent-client.ts), for idempotent operations only.
  */
+import type { Readable } from 'node:stream';
 import {
   AutoScalingClient,
   DescribeAutoScalingGroupsCommand,
@@ -425,14 +426,18 @@ export class AwsAsgProvider implements Provider {
     return { ...result, stdout: out.text, stderr: err.text, truncated: result.truncated || out.truncated || err.truncated };
   }
 
-  async exportWorkspace(instanceId: string): Promise<Buffer> {
+  async exportWorkspace(instanceId: string): Promise<Readable> {
     const { host } = await this.require(instanceId);
     return host.client!.exportWorkspace(instanceId, this.o.agentCreateTimeoutMs);
   }
 
-  async importWorkspace(instanceId: string, archive: Buffer): Promise<void> {
-    const { host } = await this.require(instanceId);
-    await host.client!.importWorkspace(instanceId, archive, this.o.agentCreateTimeoutMs);
+  async importWorkspace(instanceId: string, archive: Readable): Promise<void> {
+    try {
+      const { host } = await this.require(instanceId);
+      await host.client!.importWorkspace(instanceId, archive, this.o.agentCreateTimeoutMs);
+    } finally {
+      archive.destroy();
+    }
   }
 
   // ---- what tests and operators may read ----

@@ -297,18 +297,21 @@ export class DockerProvider implements Provider {
     return { instanceId, lines: truncated ? lines.slice(-tail) : lines, truncated };
   }
 
-  async exportWorkspace(instanceId: string): Promise<Buffer> {
+  async exportWorkspace(instanceId: string): Promise<Readable> {
     const container = await this.requireContainer(instanceId);
-    // The archive API reads the container's filesystem, volume included, whether it runs or not.
-    const stream = await this.call(`export workspace of ${instanceId}`, () => container.getArchive({ path: `${WORKSPACE_PATH}/.` }));
-    const chunks: Buffer[] = [];
-    for await (const chunk of stream as AsyncIterable<Buffer>) chunks.push(chunk);
-    return Buffer.concat(chunks);
+    // The archive API reads the container's filesystem, volume included, whether it runs or not; the
+    // engine's response is handed on as it arrives.
+    return (await this.call(`export workspace of ${instanceId}`, () => container.getArchive({ path: `${WORKSPACE_PATH}/.` }))) as unknown as Readable;
   }
 
-  async importWorkspace(instanceId: string, archive: Buffer): Promise<void> {
-    const container = await this.requireContainer(instanceId);
-    await this.call(`import workspace into ${instanceId}`, () => container.putArchive(archive, { path: WORKSPACE_PATH }));
+  async importWorkspace(instanceId: string, archive: Readable): Promise<void> {
+    try {
+      const container = await this.requireContainer(instanceId);
+      // The stream is piped into the engine's request; its errors (a cap, a deadline) abort the request.
+      await this.call(`import workspace into ${instanceId}`, () => container.putArchive(archive, { path: WORKSPACE_PATH }));
+    } finally {
+      archive.destroy();
+    }
   }
 
   async getInstanceStats(instanceId: string): Promise<InstanceStats> {

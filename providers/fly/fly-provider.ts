@@ -15,6 +15,7 @@
  * gateway.
  */
 import { randomBytes } from 'node:crypto';
+import { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { SwarmError, asSwarmError } from '../../src/errors.js';
 import { silentLogger, type Logger } from '../../src/logger.js';
@@ -380,39 +381,61 @@ export class FlyProvider implements Provider {
 
   /**
    * The Machines API has no file transfer, so workspace files travel through exec: a tar archive made in
-   * the Machine and read back in base64 chunks. A stopped Machine is booted for the copy and stopped again.
+   * the Machine and read back in base64 blocks, one block per read of the stream (so memory holds one
+   * block, whatever the workspace's size). A stopped Machine is booted for the copy and stopped again
+   * when the stream ends or is destroyed.
    */
-  async exportWorkspace(instanceId: string): Promise<Buffer> {
-    return this.withRunningMachine(instanceId, async () => {
-      const tmp = `/tmp/vscode-swarm-export-${randomBytes(6).toString('hex')}.tar`;
-      const size = Number((await this.shell(instanceId, `tar -C ${WORKSPACE_PATH} -cf ${tmp} . && stat -c %s ${tmp}`)).trim());
-      const chunks: Buffer[] = [];
+  async exportWorkspace(instanceId: string): Promise<Readable> {
+    const wasStarted = (await this.requireMachine(instanceId)).state === 'started';
+    if (!wasStarted) await this.startInstance(instanceId);
+    const tmp = `/tmp/vscode-swarm-export-${randomBytes(6).toString('hex')}.tar`;
+    const finish = async (): Promise<void> => {
+      await this.shell(instanceId, `rm -f ${tmp}`).catch(() => undefined);
+      if (!wasStarted) await this.stopInstance(instanceId).catch(() => undefined);
+    };
+    let size: number;
+    try {
+      size = Number((await this.shell(instanceId, `tar -C ${WORKSPACE_PATH} -cf ${tmp} . && stat -c %s ${tmp}`)).trim());
+    } catch (err) {
+      await finish();
+      throw err;
+    }
+    const blocks = async function* (this: FlyProvider): AsyncGenerator<Buffer> {
+      let read = 0;
       try {
         for (let block = 0; block * TRANSFER_READ_CHUNK < size; block++) {
           const b64 = await this.shell(instanceId, `dd if=${tmp} bs=${TRANSFER_READ_CHUNK} skip=${block} count=1 status=none | base64 -w0`);
-          chunks.push(Buffer.from(b64, 'base64'));
+          const chunk = Buffer.from(b64, 'base64');
+          read += chunk.length;
+          yield chunk;
         }
+        if (read !== size) throw new SwarmError('PROVIDER_ERROR', `fly: workspace export of ${instanceId} read ${read} of ${size} bytes`);
       } finally {
-        await this.shell(instanceId, `rm -f ${tmp}`).catch(() => undefined);
+        await finish();
       }
-      const archive = Buffer.concat(chunks);
-      if (archive.length !== size) throw new SwarmError('PROVIDER_ERROR', `fly: workspace export of ${instanceId} read ${archive.length} of ${size} bytes`);
-      return archive;
-    });
+    };
+    return Readable.from(blocks.call(this), { objectMode: false });
   }
 
-  /** Writes the archive into the Machine in chunks small enough for one command argument, then unpacks it. */
-  async importWorkspace(instanceId: string, archive: Buffer): Promise<void> {
+  /** Writes the stream into the Machine as it arrives, in blocks small enough for one command argument, then unpacks it. */
+  async importWorkspace(instanceId: string, archive: Readable): Promise<void> {
     await this.withRunningMachine(instanceId, async () => {
       const tmp = `/tmp/vscode-swarm-import-${randomBytes(6).toString('hex')}.tar`;
+      const append = (block: Buffer): Promise<string> => this.shell(instanceId, `printf %s '${block.toString('base64')}' | base64 -d >> ${tmp}`);
       try {
         await this.shell(instanceId, `: > ${tmp}`);
-        for (let offset = 0; offset < archive.length; offset += TRANSFER_WRITE_CHUNK) {
-          const b64 = archive.subarray(offset, offset + TRANSFER_WRITE_CHUNK).toString('base64');
-          await this.shell(instanceId, `printf %s '${b64}' | base64 -d >> ${tmp}`);
+        let pending = Buffer.alloc(0);
+        for await (const chunk of archive) {
+          pending = Buffer.concat([pending, chunk as Buffer]);
+          while (pending.length >= TRANSFER_WRITE_CHUNK) {
+            await append(pending.subarray(0, TRANSFER_WRITE_CHUNK));
+            pending = pending.subarray(TRANSFER_WRITE_CHUNK);
+          }
         }
+        if (pending.length) await append(pending);
         await this.shell(instanceId, `tar -C ${WORKSPACE_PATH} -xf ${tmp}`);
       } finally {
+        archive.destroy();
         await this.shell(instanceId, `rm -f ${tmp}`).catch(() => undefined);
       }
     });

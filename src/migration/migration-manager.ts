@@ -24,7 +24,7 @@ import { SwarmError, asSwarmError, invalidInput } from '../errors.js';
 import { silentLogger, type Logger } from '../logger.js';
 import { isTempFile, writeJsonAtomic } from '../state/atomic-file.js';
 import { httpStatus } from '../timing/http-probe.js';
-import { manifestDifferences, manifestOf, totalBytes, type Manifest } from './workspace-archive.js';
+import { manifestDifferences, manifestOf, openSpooled, spoolArchive, totalBytes, type Manifest, type SpooledArchive, type TransferLimits } from './workspace-archive.js';
 
 export const MIGRATION_STEPS = [
   'prepare', 'validate-source', 'validate-target', 'export-source-config', 'create-target',
@@ -84,6 +84,8 @@ export interface MigrationOptions {
   stateDir: string;
   /** Default time a migration may take before it is stopped and rolled back. */
   timeoutMs?: number;
+  /** The largest workspace a migration carries (default 64 GiB); a target's own smaller limit wins. */
+  maxWorkspaceBytes?: number;
   logger?: Logger;
   now?: () => number;
   /** Test seam: runs before each step; a throw stops the run as a crash would (no rollback). */
@@ -98,6 +100,9 @@ const VERIFIED_AT = MIGRATION_STEPS.indexOf('verify-target');
 /** Throughput assumed for the downtime estimate; deliberately modest. */
 const ASSUMED_BYTES_PER_MS = 20_000;
 const ASSUMED_START_MS = 1_500;
+const DEFAULT_MAX_WORKSPACE_BYTES = 64 * 2 ** 30;
+/** Spooled archives beside the migration records: `<id>.<part>.tar`. */
+const SPOOL_SUFFIX = '.tar';
 
 export class MigrationManager {
   private readonly dir: string;
@@ -117,11 +122,15 @@ export class MigrationManager {
     const instance = await controller.getInstance(instanceId);
     const { source, targetProvider, sourceProvider } = await this.validate(instance, target);
     const warnings: string[] = [];
-    const workspaceBytes = totalBytes(await manifestOf(await sourceProvider.exportWorkspace!(instanceId)));
     const limit = targetProvider.getCapabilities().maxWorkspaceMb;
-    if (limit !== undefined && workspaceBytes > limit * 2 ** 20) {
-      throw invalidInput('target', `a provider that can hold ${Math.ceil(workspaceBytes / 2 ** 20)} MiB of workspace (${target} holds at most ${limit} MiB)`);
-    }
+    const workspaceBytes = totalBytes(
+      await manifestOf(await sourceProvider.exportWorkspace!(instanceId), { maxBytes: this.maxBytesFor(targetProvider), what: `the workspace of ${instanceId}` }).catch((err: unknown) => {
+        if (err instanceof SwarmError && err.code === 'CONFLICT' && limit !== undefined) {
+          throw invalidInput('target', `a provider that can hold the workspace of ${instanceId} (${target} holds at most ${limit} MiB)`);
+        }
+        throw err;
+      }),
+    );
     if (instance.status !== 'running') warnings.push(`the instance is ${instance.status}; it will be ${instance.status === 'stopped' ? 'left stopped on the target' : 'moved as it is'}`);
     const copyMs = workspaceBytes / ASSUMED_BYTES_PER_MS;
     const expectedDowntimeMs = Math.round(strategy === 'stop-and-recreate' ? 2 * copyMs + ASSUMED_START_MS : 2 * copyMs + 500);
@@ -214,6 +223,7 @@ export class MigrationManager {
    * verified, else back to the source. Call once after the controller has initialised.
    */
   async recover(): Promise<Migration[]> {
+    await this.removeLeftovers();
     const settled: Migration[] = [];
     for (const migration of await this.loadAll()) {
       if (TERMINAL.has(migration.status) || this.active.has(migration.id)) continue;
@@ -238,12 +248,30 @@ export class MigrationManager {
   // ---- the run ----
 
   private async run(entry: { migration: Migration; cancel: boolean }, from: number): Promise<Migration> {
+    try {
+      return await this.runSteps(entry, from);
+    } finally {
+      await this.removeSpools(entry.migration.id).catch((err: unknown) => this.logger.warn({ migrationId: entry.migration.id, err: (err as Error).message }, 'could not remove a spooled archive'));
+    }
+  }
+
+  private async runSteps(entry: { migration: Migration; cancel: boolean }, from: number): Promise<Migration> {
     const { migration } = entry;
     const { controller } = this.options;
-    let archive: Buffer | undefined;
+    // The workspace travels through a file beside the migration record, never whole in memory: copied
+    // once from the source (its manifest computed on the way), then streamed into the target.
+    let spooled: SpooledArchive | undefined;
     let manifest: Manifest | undefined;
     const source = async (): Promise<Provider> => controller.connectedProvider(migration.source);
     const target = async (): Promise<Provider> => controller.connectedProvider(migration.target);
+    const limits = async (): Promise<TransferLimits> => ({
+      maxBytes: this.maxBytesFor(await target()),
+      deadline: Date.parse(migration.deadline),
+      now: this.now,
+      what: `the workspace of ${migration.instanceId}`,
+    });
+    const spool = async (part: string): Promise<SpooledArchive> =>
+      spoolArchive(await (await source()).exportWorkspace!(migration.instanceId), this.spoolFile(migration.id, part), await limits());
 
     const steps: Record<MigrationStep, () => Promise<string | undefined>> = {
       prepare: async () => {
@@ -268,14 +296,11 @@ export class MigrationManager {
           migration.downtimeStartedAt = new Date(this.now()).toISOString();
           await p.stopInstance(migration.instanceId);
         }
-        archive = await p.exportWorkspace!(migration.instanceId);
-        manifest = await manifestOf(archive);
+        // The target's size limit is enforced during the copy: an oversized workspace stops it at once.
+        spooled = await spool('export');
+        manifest = spooled.manifest;
         migration.files = Object.keys(manifest).length;
         migration.bytes = totalBytes(manifest);
-        const limit = (await target()).getCapabilities().maxWorkspaceMb;
-        if (limit !== undefined && migration.bytes > limit * 2 ** 20) {
-          throw new SwarmError('CONFLICT', `the workspace (${migration.bytes} bytes) is larger than ${migration.target} can hold (${limit} MiB)`);
-        }
         return `${migration.files} files, ${migration.bytes} bytes`;
       },
       'create-target': async () => {
@@ -283,15 +308,17 @@ export class MigrationManager {
         const config: InstanceConfig & { image: string } = { ...record.config };
         const p = await target();
         await p.createInstance(config, { instanceId: migration.instanceId });
-        if (!archive) archive = await (await source()).exportWorkspace!(migration.instanceId);
-        await p.importWorkspace!(migration.instanceId, archive);
+        spooled ??= await spool('export');
+        manifest ??= spooled.manifest;
+        await p.importWorkspace!(migration.instanceId, openSpooled(spooled));
         return `created on ${migration.target}, files imported`;
       },
       'start-target': async () => {
         const observed = await (await target()).startInstance(migration.instanceId);
         return `${observed.status} at ${observed.endpoint?.url ?? '(no endpoint)'}`;
       },
-      'verify-target': async () => this.verify(migration, await target(), manifest ?? (await manifestOf(await (await source()).exportWorkspace!(migration.instanceId)))),
+      'verify-target': async () =>
+        this.verify(migration, await target(), manifest ?? (await manifestOf(await (await source()).exportWorkspace!(migration.instanceId), await limits()))),
       'stop-source': async () => {
         const p = await source();
         const observed = await p.getInstance(migration.instanceId);
@@ -302,9 +329,9 @@ export class MigrationManager {
         }
         if (migration.strategy !== 'create-then-stop') return 'stopped';
         // What changed while both ran: copy the final state and verify again.
-        const final = await p.exportWorkspace!(migration.instanceId);
-        await (await target()).importWorkspace!(migration.instanceId, final);
-        return `stopped; final copy: ${await this.verify(migration, await target(), await manifestOf(final))}`;
+        const final = await spool('final');
+        await (await target()).importWorkspace!(migration.instanceId, openSpooled(final));
+        return `stopped; final copy: ${await this.verify(migration, await target(), final.manifest)}`;
       },
       'cleanup-source': async () => {
         await (await source()).deleteInstance(migration.instanceId);
@@ -395,7 +422,10 @@ export class MigrationManager {
     const observed = await target.getInstance(migration.instanceId);
     if (!observed || observed.status !== 'running' || !observed.endpoint) throw new SwarmError('PROVIDER_ERROR', `the target is ${observed?.status ?? 'missing'}`);
     if ((await httpStatus(`${observed.endpoint.url}/healthz`, 5_000)) !== 200) throw new SwarmError('PROVIDER_ERROR', 'the editor on the target does not answer /healthz');
-    const differences = manifestDifferences(expected, await manifestOf(await target.exportWorkspace!(migration.instanceId)));
+    const differences = manifestDifferences(
+      expected,
+      await manifestOf(await target.exportWorkspace!(migration.instanceId), { maxBytes: this.maxBytesFor(target), deadline: Date.parse(migration.deadline), now: this.now, what: `the workspace of ${migration.instanceId} on ${migration.target}` }),
+    );
     if (differences.length) throw new SwarmError('PROVIDER_ERROR', `files differ on the target: ${differences.slice(0, 5).join('; ')}${differences.length > 5 ? ` and ${differences.length - 5} more` : ''}`);
     return `editor answers; ${Object.keys(expected).length} files match by SHA-256`;
   }
@@ -471,6 +501,30 @@ export class MigrationManager {
 
   private file(id: string): string {
     return path.join(this.dir, `${id}.json`);
+  }
+
+  private spoolFile(id: string, part: string): string {
+    return path.join(this.dir, `${id}.${part}${SPOOL_SUFFIX}`);
+  }
+
+  private maxBytesFor(target: Provider): number {
+    const own = this.options.maxWorkspaceBytes ?? DEFAULT_MAX_WORKSPACE_BYTES;
+    const limit = target.getCapabilities().maxWorkspaceMb;
+    return limit === undefined ? own : Math.min(own, limit * 2 ** 20);
+  }
+
+  /** Spooled archives and temp files of migrations no longer running: a crash may have left them. */
+  private async removeLeftovers(): Promise<void> {
+    const names = await fs.readdir(this.dir).catch(() => [] as string[]);
+    for (const name of names) {
+      const spool = name.endsWith(SPOOL_SUFFIX) && !this.active.has(name.split('.')[0]!);
+      if (spool || isTempFile(name)) await fs.rm(path.join(this.dir, name), { force: true });
+    }
+  }
+
+  /** The run's spooled archives go when it ends, whatever the outcome. */
+  private async removeSpools(id: string): Promise<void> {
+    await Promise.all(['export', 'final'].map((part) => fs.rm(this.spoolFile(id, part), { force: true })));
   }
 }
 

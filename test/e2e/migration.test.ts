@@ -3,6 +3,8 @@
  * real code-server containers), with every file verified byte for byte; faults roll back to the source;
  * a controller that dies at any step comes back to exactly one intact instance and nothing leaked.
  */
+import { readdir } from 'node:fs/promises';
+import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MIGRATION_STEPS, MigrationManager, SimulatedCrash, type MigrationStep } from '../../src/migration/migration-manager.js';
 import { manifestOf, type Manifest } from '../../src/migration/workspace-archive.js';
@@ -86,6 +88,23 @@ describe('migration between docker and fly', () => {
     expect(await manifestOn(controller, 'docker', instance.id)).toEqual(manifest);
     expect(await (await controller.connectedProvider('fly')).getInstance(instance.id)).toBeNull();
     expect((await migrations.list({ instanceId: instance.id })).map((m) => m.status)).toEqual(['completed', 'completed']);
+    // The archives travelled through files beside the records; none is left behind.
+    expect((await readdir(path.join(stateDir, 'migrations'))).filter((n) => n.endsWith('.tar'))).toEqual([]);
+  });
+
+  it('stops copying a workspace larger than a migration may carry, and leaves the source as it was', async () => {
+    const { controller } = services;
+    const { instance, manifest } = await populated(controller, `${PREFIX}-big`);
+    // The workspace holds 300 KB; this manager carries at most 100 KB.
+    const small = new MigrationManager({ controller, stateDir, maxWorkspaceBytes: 100_000 });
+    const failed = await (await small.start(instance.id, 'fly')).wait;
+    expect(failed.status).toBe('failed');
+    expect(failed.reason).toMatch(/export-source-config failed: the workspace of .* is larger than the 100000 bytes a transfer may carry; stopped after \d+ bytes/);
+    expect(await (await controller.connectedProvider('fly')).getInstance(instance.id)).toBeNull();
+    expect(await controller.getInstance(instance.id)).toMatchObject({ providerType: 'docker', status: 'running' });
+    expect(await manifestOn(controller, 'docker', instance.id)).toEqual(manifest);
+    expect((await readdir(path.join(stateDir, 'migrations'))).filter((n) => n.endsWith('.tar'))).toEqual([]);
+    await controller.deleteInstance(instance.id);
   });
 
   it('refuses what cannot work and changes nothing', async () => {

@@ -24,7 +24,9 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { pipeline } from 'node:stream/promises';
 import { SwarmError, asSwarmError, invalidInput } from '../../../src/errors.js';
+import { transferGuard } from '../../../src/migration/workspace-archive.js';
 import { silentLogger, type Logger } from '../../../src/logger.js';
 import { AGENT_API_PREFIX, httpStatusOf, type AgentErrorBody } from './agent-protocol.js';
 import type { HostAgent } from './host-agent.js';
@@ -172,17 +174,28 @@ export class AgentApi {
       route('POST', '/instances/:id/exec', json(200, (_req, p, body) => agent.exec(p.id!, body))),
       route('POST', '/instances/:id/access', json(200, async (_req, p, body) => ({ instance: await agent.setAccessEpoch(p.id!, body) }))),
       route('POST', '/instances/:id/keep-alive', json(200, async (_req, p, body) => ({ instance: await agent.keepAlive(p.id!, body) }))),
+      // Archives stream through: the engine's export straight into the response (chunked: its size is
+      // not known before the end; a failure part-way cuts the response, which the client reads as a
+      // truncated archive), and the request body straight into the engine, counted against the cap.
       route('GET', '/instances/:id/workspace', async (req, res, p) => {
         req.resume();
         const archive = await agent.exportWorkspace(p.id!);
-        res.writeHead(200, { 'Content-Type': 'application/x-tar', 'Content-Length': archive.length, 'Cache-Control': 'no-store' });
-        res.end(archive);
+        res.writeHead(200, { 'Content-Type': 'application/x-tar', 'Cache-Control': 'no-store' });
+        await pipeline(archive, res);
       }),
       route('PUT', '/instances/:id/workspace', async (req, res, p) => {
-        const archive = await this.readBody(req, this.options.maxArchiveBytes ?? DEFAULT_MAX_ARCHIVE, 'workspace archive');
-        if (archive.length === 0) throw invalidInput('body', 'a tar archive of the workspace');
-        await agent.importWorkspace(p.id!, archive);
-        this.send(res, 200, { instanceId: p.id!, imported: true, bytes: archive.length });
+        const limit = this.options.maxArchiveBytes ?? DEFAULT_MAX_ARCHIVE;
+        if (Number(req.headers['content-length'] ?? 0) > limit) {
+          req.resume();
+          throw new HttpError(413, { code: 'INVALID_INPUT', message: `body: the workspace archive is larger than ${limit} bytes`, field: 'body' });
+        }
+        let bytes = 0;
+        req.on('data', (chunk: Buffer) => void (bytes += chunk.length));
+        const guarded = req.pipe(transferGuard({ maxBytes: limit, what: 'body: the workspace archive' }));
+        req.on('error', (err) => guarded.destroy(err));
+        await agent.importWorkspace(p.id!, guarded);
+        if (bytes === 0) throw invalidInput('body', 'a tar archive of the workspace');
+        this.send(res, 200, { instanceId: p.id!, imported: true, bytes });
       }),
     ];
   }

@@ -16,6 +16,7 @@
  * directly (SwarmController.createInstance makes up its own ids); every other operation goes through
  * the SwarmController.
  */
+import type { Readable } from 'node:stream';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { DockerProvider } from '../../docker/docker-provider.js';
@@ -317,15 +318,20 @@ export class HostAgent {
     return this.controller.executeCommand(instanceId, req.command, { timeoutMs: req.timeoutMs ?? 30_000 });
   }
 
-  /** The workspace as a tar archive (works on a stopped instance): the source side of a migration. */
-  async exportWorkspace(instanceId: string): Promise<Buffer> {
+  /** The workspace as a tar stream (works on a stopped instance): the source side of a migration. */
+  async exportWorkspace(instanceId: string): Promise<Readable> {
     this.registry.require(checkId(instanceId));
     return this.provider.exportWorkspace(instanceId);
   }
 
-  /** Unpacks a tar archive into the workspace: the target side of a migration. */
-  async importWorkspace(instanceId: string, archive: Buffer): Promise<void> {
-    this.registry.require(checkId(instanceId));
+  /** Unpacks a tar stream into the workspace as it arrives: the target side of a migration. */
+  async importWorkspace(instanceId: string, archive: Readable): Promise<void> {
+    try {
+      this.registry.require(checkId(instanceId));
+    } catch (err) {
+      archive.destroy(); // the provider takes the stream over; refused before it, it is dropped here
+      throw err;
+    }
     await this.track(this.provider.importWorkspace(instanceId, archive));
   }
 
