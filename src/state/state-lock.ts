@@ -32,7 +32,7 @@ export class StateLock {
         if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
       }
       const current = await this.owner();
-      if (current && current.pid !== process.pid && isAlive(current.pid)) {
+      if (current && current.pid !== process.pid && isProcessAlive(current.pid)) {
         throw new SwarmError(
           'CONFLICT',
           `another vscode-swarm controller (pid ${current.pid}, "${current.command}", since ${current.startedAt}) owns the state directory ${path.dirname(this.file)}; use its MCP tools or stop it first (if that process is not vscode-swarm, delete ${this.file})`,
@@ -59,7 +59,8 @@ export class StateLock {
   }
 }
 
-function isAlive(pid: number): boolean {
+/** Whether a process with this pid exists (one we may not signal still counts). */
+export function isProcessAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
     return true;

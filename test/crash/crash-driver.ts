@@ -12,6 +12,7 @@ import { waitUntil } from '../../src/timing/wait-until.js';
 import type { VSCodeInstance } from '../../providers/provider.js';
 import { makeStateDir } from '../helpers/docker.js';
 import { callTool, launchFromMcpJson, type LaunchedServer, type ToolResult } from '../helpers/mcp.js';
+import { isProcessAlive } from '../../src/state/state-lock.js';
 
 export interface Lane {
   label: string;
@@ -68,11 +69,11 @@ export async function killAt(lane: Lane, crashAt: string, drive: (server: Launch
   try {
     if (finished) {
       // Some points are reached by work that outlives the tool call (a refill, a write chain): give it a moment.
-      await waitUntil(async () => (isAlive(server.pid) ? undefined : true), { timeoutMs: 15_000, what: `the server to die at ${crashAt}` }).catch(() => {
+      await waitUntil(async () => (isProcessAlive(server.pid) ? undefined : true), { timeoutMs: 15_000, what: `the server to die at ${crashAt}` }).catch(() => {
         throw new Error(`${crashAt}: the operation finished and the server never reached the crash point`);
       });
     } else {
-      await waitUntil(async () => (isAlive(server.pid) ? undefined : true), { timeoutMs: 30_000, what: `the server to die at ${crashAt}` }).catch(() => {
+      await waitUntil(async () => (isProcessAlive(server.pid) ? undefined : true), { timeoutMs: 30_000, what: `the server to die at ${crashAt}` }).catch(() => {
         throw new Error(`${crashAt}: the server is still alive after the drive failed: ${(driveError as Error)?.message}`);
       });
     }
@@ -84,14 +85,6 @@ export async function killAt(lane: Lane, crashAt: string, drive: (server: Launch
   }
 }
 
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 /** Deterministic workspace content for an instance: the command that writes it and the SHA-256 of each file. */
 export function seededFiles(seed: string): { command: string; files: Record<string, string> } {

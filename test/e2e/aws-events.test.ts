@@ -4,7 +4,6 @@
  * Real agents on the AWS emulator, a real controller with its HTTP endpoint, the stand-in image.
  */
 import { mkdtemp, rm } from 'node:fs/promises';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -20,19 +19,13 @@ import { startAwsEmulator, type AwsEmulator } from '../emulators/aws/index.js';
 import { REPO_ROOT } from '../helpers/mcp.js';
 import { docker, makeStateDir, testConfig } from '../helpers/docker.js';
 import { ensureStandinImage } from '../helpers/standin-image.js';
+import { freePort } from '../helpers/ports.js';
 
 const GROUP = 'vscode-swarm-events';
 const TOKEN = 'aws-events-agent-token-0123456789abcdef';
 const SECRET = 'aws-events-gateway-secret-0123456789abcdef';
 const AGENT_PORT = 19400;
 
-async function freePort(): Promise<number> {
-  const server = net.createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as net.AddressInfo;
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
 
 describe('events from the AWS host agents', () => {
   let emulator: AwsEmulator;

@@ -9,7 +9,6 @@
  */
 import { existsSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -21,6 +20,7 @@ import { startAwsEmulator, type AwsEmulator } from '../emulators/aws/index.js';
 import { cleanUp } from '../helpers/docker.js';
 import { REPO_ROOT } from '../helpers/mcp.js';
 import { ensureStandinImage } from '../helpers/standin-image.js';
+import { freePort } from '../helpers/ports.js';
 
 const PREFIX = 'awsxfer';
 const GROUP = 'transfer-asg';
@@ -72,13 +72,6 @@ async function shaInside(provider: Provider, instanceId: string): Promise<Record
 
 const shas = (manifest: Manifest): Record<string, string> => Object.fromEntries(Object.entries(manifest).map(([name, e]) => [name, e.sha256]));
 
-async function freePort(): Promise<number> {
-  const server = net.createServer();
-  await new Promise<void>((resolve) => server.listen(0, resolve));
-  const { port } = server.address() as net.AddressInfo;
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
 
 describe('aws-asg workspace transfer (export, import) between hosts and with Docker', () => {
   let emulator: AwsEmulator;

@@ -32,6 +32,7 @@ import { seededRandom, startFaultProxy, type FaultPlan, type FaultProxy } from '
 import { swarmViolations } from '../helpers/invariants.js';
 import { REPO_ROOT } from '../helpers/mcp.js';
 import { ensureStandinImage } from '../helpers/standin-image.js';
+import { freePort } from '../helpers/ports.js';
 
 /** Instance names of this suite start with this (containers are found by it for clean-up). */
 const PREFIX = 'flt';
@@ -275,13 +276,6 @@ function resourceProblems(records: readonly VSCodeInstance[], type: ProviderType
   return found;
 }
 
-async function freePort(): Promise<number> {
-  const server = net.createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as net.AddressInfo;
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
 
 /** A controller on the state directory after the faults: initialise (reconcile) and list, faults off. */
 async function reconcileWith(config: SwarmConfig, env?: NodeJS.ProcessEnv): Promise<SwarmController> {

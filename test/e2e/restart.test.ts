@@ -11,6 +11,7 @@ import { swarmIdFor } from '../../src/config.js';
 import { waitUntil } from '../../src/timing/wait-until.js';
 import { TEST_IMAGE, cleanUp, containersNamed, docker, makeStateDir } from '../helpers/docker.js';
 import { callTool, launchFromMcpJson, type LaunchedServer } from '../helpers/mcp.js';
+import { isProcessAlive } from '../../src/state/state-lock.js';
 
 const PREFIX = 'e2e-restart';
 
@@ -46,7 +47,7 @@ describe('controller restart', () => {
     const fileBefore = await readFile(path.join(stateDir, 'instances', `${id}.json`), 'utf8');
 
     process.kill(server!.pid, 'SIGKILL');
-    await waitUntil(async () => (isAlive(server!.pid) ? undefined : true), { timeoutMs: 10_000, what: 'killed controller' });
+    await waitUntil(async () => (isProcessAlive(server!.pid) ? undefined : true), { timeoutMs: 10_000, what: 'killed controller' });
     await server!.close().catch(() => undefined);
 
     await launch();
@@ -130,7 +131,7 @@ describe('controller killed in the middle of a delete', () => {
     const pid = server.pid;
     // The call never answers: the server dies at the crash point.
     await callTool(server.client, 'delete_swarm_instance', { instanceId: id, keepWorkspace }).catch(() => undefined);
-    await waitUntil(async () => (isAlive(pid) ? undefined : true), { timeoutMs: 20_000, what: 'the server to die at the crash point' });
+    await waitUntil(async () => (isProcessAlive(pid) ? undefined : true), { timeoutMs: 20_000, what: 'the server to die at the crash point' });
     expect(server.stderr()).toContain(`crash point ${point} reached`);
     await server.close().catch(() => undefined);
 
@@ -145,14 +146,6 @@ describe('controller killed in the middle of a delete', () => {
   });
 });
 
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 function pick<T extends Record<string, unknown>>(value: T, keys: string[]): Partial<T> {
   return Object.fromEntries(keys.map((k) => [k, value[k]])) as Partial<T>;

@@ -26,6 +26,7 @@ import { docker, makeStateDir, testConfig } from '../helpers/docker.js';
 import { swarmViolations } from '../helpers/invariants.js';
 import { callTool, launchFromMcpJson, type LaunchedServer } from '../helpers/mcp.js';
 import { ensureStandinImage, STANDIN_IMAGE } from '../helpers/standin-image.js';
+import { isProcessAlive } from '../../src/state/state-lock.js';
 
 const SEED = Number(process.env.MODEL_SEED ?? 7_2026);
 const NUM_RUNS = Number(process.env.MODEL_RUNS ?? 5);
@@ -465,12 +466,12 @@ class Crash extends Step {
                   : callTool(server.client, 'update_swarm_instance', { instanceId: id, resources: spec.resources });
       // The call never answers: the server dies at the crash point.
       answered = await call.then((result) => result, () => undefined);
-      await waitUntil(async () => (isAlive(server.pid) ? undefined : true), { timeoutMs: 30_000, what: `the server to die at ${this.point}` });
+      await waitUntil(async () => (isProcessAlive(server.pid) ? undefined : true), { timeoutMs: 30_000, what: `the server to die at ${this.point}` });
       expect(answered, `${this.spec.op} answered instead of dying at ${this.point}: ${JSON.stringify(answered)}\n${server.stderr()}`).toBeUndefined();
       expect(server.stderr()).toContain(`crash point ${this.point} reached`);
       log(`  server up in ${launched - t0} ms, dead ${Date.now() - launched} ms later`);
     } finally {
-      if (isAlive(server.pid)) process.kill(server.pid, 'SIGKILL');
+      if (isProcessAlive(server.pid)) process.kill(server.pid, 'SIGKILL');
       await server.close().catch(() => undefined);
     }
 
@@ -542,14 +543,6 @@ class Crash extends Step {
   toString = (): string => `crash(${this.spec.op} ${this.name} at ${this.point}${this.spec.op === 'delete' && this.spec.keepWorkspace ? ', keepWorkspace' : ''}${'env' in this.spec ? `, env ${JSON.stringify(this.spec.env)}` : ''}${'resources' in this.spec ? `, cpu ${this.spec.resources.cpu}, ${this.spec.resources.memoryMb} MiB` : ''})`;
 }
 
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 // ---- generators ----
 
