@@ -78,5 +78,5 @@ export function engineAgent(connection: DockerConnection): http.Agent {
     }
   }
   // As Node's global agent (which docker-modem used before): kept-alive sockets, closed after 5 s idle.
-  return new EngineAgent({ keepAlive: true, scheduling: 'lifo', timeout: 5_000 });
+  return new EngineAgent({ keepAlive: true, scheduling: 'lifo', timeout: 5_000, noDelay: true });
 }

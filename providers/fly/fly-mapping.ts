@@ -219,7 +219,9 @@ export function instanceFromMachine(machine: FlyMachine, address: EditorAddress)
       name,
       image: machine.config?.image ?? '',
       resources: resourcesFromGuest(machine.config?.guest, meta[META_CPU]),
-      ...(Object.keys(env).length ? { env: { ...env } } : {}),
+      // The Machine's config holds exactly the env the provider set, so an empty one is reported as {}
+      // (known to be empty) rather than left out (unknown), which would keep a stale env in the registry.
+      ...(machine.config?.env ? { env: { ...env } } : {}),
       ...(machine.region ? { region: machine.region } : {}),
       ...(userMetadata ? { metadata: userMetadata } : {}),
     },
