@@ -280,8 +280,7 @@ export class SwarmController {
           // A create interrupted before the provider made the instance (the process died): nobody got it
           // and nothing was written into it, so it is undone: whatever the provider had begun (a volume),
           // then the record. A retried create of the same name starts afresh.
-          await provider.deleteInstance(current.id, { keepWorkspace: false });
-          await this.registry.remove(current.id);
+          await this.finishDelete(provider, { ...current, deleteRequest: { at: this.now().toISOString(), keepWorkspace: false } });
           report.removed.push(current.id);
         } else if (current.status !== 'failed' || !current.statusReason?.startsWith('missing')) {
           await this.registry.update(current.id, { status: 'failed', health: 'unknown', endpoint: undefined, statusReason: this.missingReason(current) });
@@ -744,19 +743,16 @@ export class SwarmController {
   /**
    * A failed create leaves nothing behind. The provider cleans up what it knows it made, but when the
    * connection broke it may not know (a volume or container made, the answer lost) and its own clean-up
-   * may fail the same way: so everything of this fresh id is deleted here, and when that fails too the
-   * record stays as a delete with its files, which reconcile finishes.
+   * may fail the same way: so the record becomes a delete of everything of this fresh id, finished here
+   * or, when that fails too, by reconcile — the same path as any interrupted delete.
    */
   private async settleFailedCreate(provider: Provider, id: string, cause: unknown): Promise<void> {
     try {
-      await provider.deleteInstance(id, { keepWorkspace: false });
-      await this.registry.remove(id);
+      const reason = `create failed (${(cause as Error)?.message ?? String(cause)}); what it made is being removed`;
+      const record = await this.registry.update(id, { status: 'deleting', statusReason: reason, deleteRequest: { at: this.now().toISOString(), keepWorkspace: false } });
+      await this.finishDelete(provider, record);
     } catch (err) {
-      const reason = `create failed (${(cause as Error)?.message ?? String(cause)}); what it made is removed at the next reconcile`;
       this.logger.warn({ instanceId: id, err: (err as Error).message }, 'could not clean up after a failed create; left to reconcile');
-      await this.registry
-        .update(id, { status: 'deleting', statusReason: reason, deleteRequest: { at: this.now().toISOString(), keepWorkspace: false } })
-        .catch((e) => this.logger.error({ instanceId: id, err: e }, 'could not record the clean-up of a failed create'));
     }
   }
 

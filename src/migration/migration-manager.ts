@@ -264,12 +264,7 @@ export class MigrationManager {
     let manifest: Manifest | undefined;
     const source = async (): Promise<Provider> => controller.connectedProvider(migration.source);
     const target = async (): Promise<Provider> => controller.connectedProvider(migration.target);
-    const limits = async (): Promise<TransferLimits> => ({
-      maxBytes: this.maxBytesFor(await target()),
-      deadline: Date.parse(migration.deadline),
-      now: this.now,
-      what: `the workspace of ${migration.instanceId}`,
-    });
+    const limits = async (): Promise<TransferLimits> => this.limitsFor(migration, await target(), `the workspace of ${migration.instanceId}`);
     const spool = async (part: string): Promise<SpooledArchive> =>
       spoolArchive(await (await source()).exportWorkspace!(migration.instanceId), this.spoolFile(migration.id, part), await limits());
 
@@ -424,7 +419,7 @@ export class MigrationManager {
     if ((await httpStatus(`${observed.endpoint.url}/healthz`, 5_000)) !== 200) throw new SwarmError('PROVIDER_ERROR', 'the editor on the target does not answer /healthz');
     const differences = manifestDifferences(
       expected,
-      await manifestOf(await target.exportWorkspace!(migration.instanceId), { maxBytes: this.maxBytesFor(target), deadline: Date.parse(migration.deadline), now: this.now, what: `the workspace of ${migration.instanceId} on ${migration.target}` }),
+      await manifestOf(await target.exportWorkspace!(migration.instanceId), this.limitsFor(migration, target, `the workspace of ${migration.instanceId} on ${migration.target}`)),
     );
     if (differences.length) throw new SwarmError('PROVIDER_ERROR', `files differ on the target: ${differences.slice(0, 5).join('; ')}${differences.length > 5 ? ` and ${differences.length - 5} more` : ''}`);
     return `editor answers; ${Object.keys(expected).length} files match by SHA-256`;
@@ -505,6 +500,11 @@ export class MigrationManager {
 
   private spoolFile(id: string, part: string): string {
     return path.join(this.dir, `${id}.${part}${SPOOL_SUFFIX}`);
+  }
+
+  /** What every copy of a migration is held to: the target's size limit and the migration's deadline. */
+  private limitsFor(migration: Migration, target: Provider, what: string): TransferLimits {
+    return { maxBytes: this.maxBytesFor(target), deadline: Date.parse(migration.deadline), now: this.now, what };
   }
 
   private maxBytesFor(target: Provider): number {
