@@ -143,6 +143,8 @@ export const VSCodeInstanceSchema = z.object({
   deleteRequest: z.object({ at: z.string(), keepWorkspace: z.boolean() }).optional(),
   /** Set while the instance waits unassigned in a warm buffer; the key names the buffer. */
   warmPool: z.string().optional(),
+  /** The principal it belongs to; records from before tenancy (and adopted ones) belong to the local admin. */
+  owner: z.string().optional(),
 });
 export type VSCodeInstance = z.infer<typeof VSCodeInstanceSchema>;
 

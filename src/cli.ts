@@ -2,18 +2,44 @@
 /**
  * vscode-swarm: `serve` speaks MCP over stdio; the other subcommands are for a person at a shell.
  * Results go to stdout (human lines, or JSON with --json); logs and progress go to stderr.
+ *
+ * A command acts through a SwarmApi, as one principal (the local admin, or VSCODE_SWARM_TOKEN's): while
+ * `up` runs on the state directory, through that controller's MCP tools over HTTP (RemoteSwarm);
+ * otherwise through a controller started for this one command (one-shot, AuthorizedSwarm). Both print
+ * the same JSON and the same errors.
  */
 import { StdioServerTransport } from '@modelcontextprotocol/sdk/server/stdio.js';
+import { promises as fs } from 'node:fs';
+import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { loadConfig, type SwarmConfig, type SwarmConfigInput } from './config.js';
 import { createSwarm, startSwarmServices, type SwarmServices } from './controller/create-swarm.js';
-import type { SwarmController } from './controller/swarm-controller.js';
-import { asSwarmError, invalidInput } from './errors.js';
+import { parseInput } from './controller/parse-input.js';
+import { SwarmError, asSwarmError, invalidInput } from './errors.js';
+import { Authenticator } from './tenancy/authenticate.js';
+import { AuthorizedSwarm } from './tenancy/authorized-swarm.js';
+import { localAdmin } from './tenancy/identity.js';
+import { LOCAL_CREDENTIAL_FILE, NewPrincipalSchema, type Principal } from './tenancy/principals.js';
+import type { QuotaLimits } from './tenancy/quotas.js';
+import { RemoteSwarm } from './tenancy/remote-swarm.js';
+import type { SwarmApi } from './tenancy/swarm-api.js';
 import { createLogger, type Logger } from './logger.js';
 import { AGENT_EVENTS_PATH, agentEventsHandler } from '../providers/aws-asg/agent-events.js';
+import { removeControllerFile, runningController, writeControllerFile } from './cli/running-controller.js';
 import { startMcpHttp } from './mcp/http.js';
 import { createMcpServer } from './mcp/server.js';
 import { describeInstance } from './mcp/tool-support.js';
+import {
+  CreateTokenInputSchema,
+  ListAuditEventsInputSchema,
+  ListTokensInputSchema,
+  RevokeTokenInputSchema,
+  UpdatePrincipalInputSchema,
+  auditQueryOf,
+  describeAuditEvent,
+  describePrincipal,
+  describeToken,
+} from './mcp/tools/tenancy-tools.js';
 import { PACKAGE_VERSION } from './version.js';
 import { runAgentCommand } from '../providers/aws-asg/agent/agent-cli.js';
 
@@ -23,12 +49,14 @@ Usage: vscode-swarm <command> [options]
 
 Commands:
   up [--demo [NAME]]         Run the controller with its gateway and MCP over HTTP; print how to connect
-                             and, with --demo, the link to a working editor
+                             and, with --demo, the link to a working editor. While it runs, the commands
+                             below go through it.
   serve                      Serve MCP over stdio with the gateway (what mcp.json launches)
   status                     Counts by provider, status and health; provider states
   list                       List workspaces   [--status S] [--provider P] [--name GLOB]
   get ID                     Show one workspace
   create NAME                Create a workspace [--cpu N] [--memory MiB] [--image REF] [--provider P] [--env K=V ...]
+                             [--owner PRINCIPAL] (admins: for another principal)
   start ID                   Start a workspace
   stop ID                    Stop a workspace  [--force]
   update ID                  Change a workspace [--cpu N] [--memory MiB] [--image REF]
@@ -36,6 +64,17 @@ Commands:
   logs ID                    Recent editor output [--tail N]
   link ID                    A fresh one-time link that opens the editor [--revoke]
   keep-alive ID MINUTES      Hold a workspace awake
+  whoami                     Who the CLI acts as: role, scopes, credential, usage and quotas
+  principals list            Every principal (admins)
+  principals add ID          Add a principal [--name N] [--role admin|member|viewer] [--kind person|service]
+                             [--subject SUB ...] [--max-instances N] [--max-cpu N] [--max-memory MiB]
+  principals set ID          Change a principal's role or own quotas [--role R] [--max-instances N] [--max-cpu N] [--max-memory MiB]
+  principals disable ID      Refuse its tokens from the next request on (enable ID undoes it)
+  tokens create NAME         Make an API token, printed this once [--principal ID] [--scope S ...] [--expires-days N]
+  tokens list                API tokens, never their secrets [--principal ID]
+  tokens revoke TOKEN_ID     Revoke a token
+  audit                      The audit trail [--since ISO] [--until ISO] [--instance ID] [--actor ID]
+                             [--type T (prefix with *)] [--outcome ok|denied|failed] [--limit N]
   agent --host-id ID ...     Run the host agent of the AWS provider on this host (agent --help)
 
 Options:
@@ -43,6 +82,9 @@ Options:
   --state-dir DIR            State directory; also VSCODE_SWARM_STATE_DIR
   --json                     Print results as JSON
   -h, --help                 This text
+
+Environment:
+  VSCODE_SWARM_TOKEN         Act as the principal of this API token instead of the local admin
 `;
 
 const OPTIONS = {
@@ -63,7 +105,43 @@ const OPTIONS = {
   tail: { type: 'string' },
   demo: { type: 'boolean' },
   revoke: { type: 'boolean' },
+  owner: { type: 'string' },
+  role: { type: 'string' },
+  kind: { type: 'string' },
+  subject: { type: 'string', multiple: true },
+  'max-instances': { type: 'string' },
+  'max-cpu': { type: 'string' },
+  'max-memory': { type: 'string' },
+  principal: { type: 'string' },
+  scope: { type: 'string', multiple: true },
+  'expires-days': { type: 'string' },
+  since: { type: 'string' },
+  until: { type: 'string' },
+  instance: { type: 'string' },
+  actor: { type: 'string' },
+  type: { type: 'string' },
+  outcome: { type: 'string' },
+  limit: { type: 'string' },
 } as const;
+
+/** Commands that act through a SwarmApi, with their subcommands where they have some. */
+const COMMANDS: Record<string, readonly string[] | undefined> = {
+  status: undefined,
+  list: undefined,
+  get: undefined,
+  create: undefined,
+  start: undefined,
+  stop: undefined,
+  update: undefined,
+  delete: undefined,
+  logs: undefined,
+  link: undefined,
+  'keep-alive': undefined,
+  whoami: undefined,
+  principals: ['list', 'add', 'set', 'disable', 'enable'],
+  tokens: ['create', 'list', 'revoke'],
+  audit: undefined,
+};
 
 type Values = ReturnType<typeof parseArgs<{ options: typeof OPTIONS; allowPositionals: true }>>['values'];
 
@@ -91,22 +169,84 @@ async function main(argv: string[]): Promise<number> {
   const overrides: SwarmConfigInput = values['state-dir'] ? { stateDir: values['state-dir'] } : {};
   const config = await loadConfig({ ...(values.config ? { file: values.config } : {}), overrides });
   const logger = createLogger(command === 'serve' ? config.logLevel : (process.env.VSCODE_SWARM_LOG_LEVEL as 'info' | undefined) ?? 'warn');
-  const controller = createSwarm(config, { logger });
-  if (command === 'serve') return serve(await startSwarmServices(controller, logger), logger);
-  if (command === 'up') return up(await startSwarmServices(controller, logger), config, logger, values.demo ? (rest[0] ?? 'demo') : undefined);
+  if (command === 'serve') return serve(await startSwarmServices(createSwarm(config, { logger }), logger), logger);
+  if (command === 'up') return up(await startSwarmServices(createSwarm(config, { logger }), logger), config, logger, values.demo ? (rest[0] ?? 'demo') : undefined);
 
-  await controller.initialize();
+  checkCommand(command, rest);
+  const { swarm, close } = await openSwarm(config, logger);
   try {
-    const result = await runCommand(controller, command, rest, values);
+    const result = await runCommand(swarm, command, rest, values);
     print(result, values.json ?? false);
     return 0;
   } finally {
-    await controller.close();
+    await close();
   }
 }
 
+/**
+ * The swarm this command acts on: the running controller's over MCP HTTP when `up` owns the state
+ * directory, else a controller of its own for this one command (which refuses, as it always has, when
+ * another controller without HTTP, a stdio `serve`, owns the directory).
+ */
+async function openSwarm(config: SwarmConfig, logger: Logger): Promise<{ swarm: SwarmApi; close: () => Promise<void> }> {
+  const token = process.env.VSCODE_SWARM_TOKEN;
+  delete process.env.VSCODE_SWARM_TOKEN; // nothing started from here inherits it
+  const asToken = (err: unknown): SwarmError => {
+    const error = asSwarmError(err);
+    return token !== undefined && error.code === 'UNAUTHENTICATED' ? new SwarmError('UNAUTHENTICATED', `VSCODE_SWARM_TOKEN: ${error.message}`) : error;
+  };
+  const running = await runningController(config.stateDir);
+  if (running) {
+    logger.info({ pid: running.pid, url: running.mcpUrl }, 'acting through the running controller');
+    const credential = token !== undefined ? token.trim() : await localCredential(config.stateDir);
+    const remote = await RemoteSwarm.connect({ url: running.mcpUrl, credential }).catch((err: unknown) => {
+      throw asToken(err);
+    });
+    return { swarm: remote, close: () => remote.close() };
+  }
+  const controller = createSwarm(config, { logger });
+  await controller.initialize();
+  try {
+    const actor = token === undefined ? localAdmin('cli') : await new Authenticator(controller.principals).authenticate(token.trim(), 'cli');
+    return { swarm: new AuthorizedSwarm({ controller }, actor), close: () => controller.close() };
+  } catch (err) {
+    await controller.close();
+    throw asToken(err);
+  }
+}
+
+/** The local admin's credential, which only the user who runs the controller can read. */
+async function localCredential(stateDir: string): Promise<string> {
+  const file = path.join(stateDir, LOCAL_CREDENTIAL_FILE);
+  try {
+    return (await fs.readFile(file, 'utf8')).trim();
+  } catch (err) {
+    throw new SwarmError('UNAUTHENTICATED', `cannot read the local admin's credential ${file} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message}); run as the user who runs the controller, or set VSCODE_SWARM_TOKEN to an API token`);
+  }
+}
+
+/** Refuses an unknown command before anything is started or connected. */
+function checkCommand(command: string, args: string[]): void {
+  if (!Object.hasOwn(COMMANDS, command)) throw invalidInput('command', `one of up, serve, ${Object.keys(COMMANDS).join(', ')}`, command);
+  const subcommands = COMMANDS[command];
+  if (subcommands && !subcommands.includes(args[0] ?? '')) throw invalidInput(command, `one of ${subcommands.map((s) => `"${command} ${s}"`).join(', ')}`, args[0] ?? '');
+}
+
 async function serve(services: SwarmServices, logger: Logger): Promise<number> {
-  const { server } = createMcpServer({ controller: services.controller, logger, migrations: services.migrations, ...(services.health ? { health: services.health } : {}) });
+  // The launching user is the local admin, unless the client's config names a principal's token.
+  let actor = localAdmin('mcp-stdio');
+  const token = process.env.VSCODE_SWARM_TOKEN;
+  if (token !== undefined) {
+    try {
+      actor = await new Authenticator(services.controller.principals).authenticate(token.trim(), 'mcp-stdio');
+    } catch (err) {
+      await services.close();
+      throw new SwarmError('UNAUTHENTICATED', `VSCODE_SWARM_TOKEN: ${asSwarmError(err).message}`);
+    }
+    delete process.env.VSCODE_SWARM_TOKEN; // nothing started from here inherits it
+  }
+  logger.info({ principal: actor.principalId, role: actor.role, credential: actor.credentialId }, 'serving MCP as');
+  const { server } = createMcpServer({ controller: services.controller, actor, logger, migrations: services.migrations, ...(services.health ? { health: services.health } : {}) });
   const transport = new StdioServerTransport();
   await server.connect(transport);
   logger.info({ version: PACKAGE_VERSION }, 'MCP server ready on stdio');
@@ -124,6 +264,18 @@ async function up(services: SwarmServices, config: SwarmConfig, logger: Logger, 
   const { controller } = services;
   const routes = config.providers['aws-asg'].enabled ? { [AGENT_EVENTS_PATH]: agentEventsHandler(controller, logger) } : undefined;
   const mcp = await startMcpHttp({ controller, migrations: services.migrations, ...(services.health ? { health: services.health } : {}), ...(routes ? { routes } : {}), host: config.mcpHttp.host, port: config.mcpHttp.port, stateDir: config.stateDir, logger });
+  // From now on the CLI's commands on this state directory come here instead of starting a controller.
+  const stop = async (): Promise<void> => {
+    await removeControllerFile(config.stateDir).catch((err: unknown) => logger.warn({ err: (err as Error).message }, 'could not remove controller.json'));
+    await mcp.close();
+    await services.close();
+  };
+  try {
+    await writeControllerFile(config.stateDir, mcp.url);
+  } catch (err) {
+    await stop();
+    throw err;
+  }
   const status = controller.getSwarmStatus();
   const lines = [
     `vscode-swarm ${PACKAGE_VERSION} is up (state: ${config.stateDir}).`,
@@ -132,6 +284,7 @@ async function up(services: SwarmServices, config: SwarmConfig, logger: Logger, 
     `  MCP (HTTP):  ${mcp.url}   header  Authorization: Bearer ${mcp.token}`,
     `               npx @modelcontextprotocol/inspector --cli ${mcp.url} --transport http --header "Authorization: Bearer ${mcp.token}" --method tools/list`,
     `  MCP (stdio): clients that launch their server use mcp.json (node dist/src/cli.js serve); run that instead of \`up\`, not beside it.`,
+    `  CLI:         vscode-swarm commands on this state directory now go through this controller (VSCODE_SWARM_TOKEN picks the principal).`,
     ...(routes ? [`  AWS hosts:   run agents with --controller-url ${mcp.url.replace(/\/mcp$/, AGENT_EVENTS_PATH)} (reachable from the hosts; bind mcpHttp.host accordingly)`] : []),
   ];
   process.stdout.write(`${lines.join('\n')}\n`);
@@ -142,16 +295,12 @@ async function up(services: SwarmServices, config: SwarmConfig, logger: Logger, 
       const link = result.access ?? (await controller.issueAccessLink(result.instance.id));
       process.stdout.write(`  Demo editor: ${link.accessUrl}\n               (one-time link; afterwards ${link.url} while signed in)\n`);
     } catch (err) {
-      await mcp.close();
-      await services.close();
+      await stop();
       throw err;
     }
   }
   process.stdout.write('Press Ctrl+C to stop. Workspaces keep running; idle ones stop by themselves.\n');
-  return untilShutdown(logger, async () => {
-    await mcp.close();
-    await services.close();
-  });
+  return untilShutdown(logger, stop);
 }
 
 function untilShutdown(logger: Logger, close: () => Promise<void>, more?: (shutdown: (why: string) => void) => void): Promise<number> {
@@ -171,7 +320,7 @@ function untilShutdown(logger: Logger, close: () => Promise<void>, more?: (shutd
 
 type Printable = { text: string; json: unknown };
 
-async function runCommand(controller: SwarmController, command: string, args: string[], values: Values): Promise<Printable> {
+async function runCommand(swarm: SwarmApi, command: string, args: string[], values: Values): Promise<Printable> {
   const id = (): string => {
     if (!args[0]) throw invalidInput('ID', `an instance id after "${command}"`);
     return args[0];
@@ -181,7 +330,7 @@ async function runCommand(controller: SwarmController, command: string, args: st
   };
   switch (command) {
     case 'status': {
-      const status = controller.getSwarmStatus();
+      const status = await swarm.getSwarmStatus();
       const lines = [
         `${status.total} workspace(s)`,
         ...Object.entries(status.byStatus).filter(([, n]) => n > 0).map(([s, n]) => `  ${s}: ${n}`),
@@ -190,7 +339,7 @@ async function runCommand(controller: SwarmController, command: string, args: st
       return { text: lines.join('\n'), json: status };
     }
     case 'list': {
-      const instances = await controller.listInstances({
+      const instances = await swarm.listInstances({
         ...(values.status ? { status: values.status as never } : {}),
         ...(values.provider ? { providerType: values.provider as never } : {}),
         ...(values.name ? { namePattern: values.name } : {}),
@@ -198,22 +347,20 @@ async function runCommand(controller: SwarmController, command: string, args: st
       return { text: instances.map(describeInstance).join('\n') || 'No workspaces.', json: instances };
     }
     case 'get': {
-      const instance = await controller.getInstance(id());
+      const instance = await swarm.getInstance(id());
       return { text: describeInstance(instance), json: instance };
     }
     case 'create': {
       if (!args[0]) throw invalidInput('NAME', 'a workspace name after "create"');
-      const resources = {
-        ...(values.cpu !== undefined ? { cpu: numberFlag('--cpu', values.cpu) } : {}),
-        ...(values.memory !== undefined ? { memoryMb: numberFlag('--memory', values.memory) } : {}),
-      };
-      const { instance, created, access } = await controller.createInstance(
+      const resources = resourceFlags(values);
+      const { instance, created, access } = await swarm.createInstance(
         {
           name: args[0],
           ...(values.provider ? { providerType: values.provider as never } : {}),
           ...(values.image ? { image: values.image } : {}),
-          ...(Object.keys(resources).length ? { resources } : {}),
+          ...(resources ? { resources } : {}),
           ...(values.env ? { env: envFlags(values.env) } : {}),
+          ...(values.owner !== undefined ? { owner: values.owner } : {}),
         },
         { onProgress: progress },
       );
@@ -221,45 +368,157 @@ async function runCommand(controller: SwarmController, command: string, args: st
       return { text: `${created ? 'Created' : 'Already exists'}: ${describeInstance(instance)}${open}`, json: { instance, created, access } };
     }
     case 'start': {
-      const instance = await controller.startInstance(id(), { onProgress: progress });
+      const instance = await swarm.startInstance(id(), { onProgress: progress });
       return { text: `Started: ${describeInstance(instance)}`, json: instance };
     }
     case 'stop': {
-      const instance = await controller.stopInstance(id(), { force: values.force ?? false });
+      const instance = await swarm.stopInstance(id(), { force: values.force ?? false });
       return { text: `Stopped: ${describeInstance(instance)}`, json: instance };
     }
     case 'update': {
-      const resources = {
-        ...(values.cpu !== undefined ? { cpu: numberFlag('--cpu', values.cpu) } : {}),
-        ...(values.memory !== undefined ? { memoryMb: numberFlag('--memory', values.memory) } : {}),
-      };
-      const result = await controller.updateInstance(
-        id(),
-        { ...(values.image ? { image: values.image } : {}), ...(Object.keys(resources).length ? { resources } : {}) },
-        { onProgress: progress },
-      );
+      const resources = resourceFlags(values);
+      const result = await swarm.updateInstance(id(), { ...(values.image ? { image: values.image } : {}), ...(resources ? { resources } : {}) }, { onProgress: progress });
       return { text: `Updated (${result.updateMode}): ${describeInstance(result)}`, json: result };
     }
     case 'delete': {
-      const result = await controller.deleteInstance(id(), { keepWorkspace: values['keep-workspace'] ?? false });
+      const result = await swarm.deleteInstance(id(), { keepWorkspace: values['keep-workspace'] ?? false });
       return { text: `Deleted ${result.instanceId}${result.workspaceKept ? ' (workspace files kept)' : ''}`, json: result };
     }
     case 'logs': {
-      const logs = await controller.getInstanceLogs(id(), values.tail ? { tail: numberFlag('--tail', values.tail) } : {});
+      const logs = await swarm.getInstanceLogs(id(), values.tail ? { tail: numberFlag('--tail', values.tail) } : {});
       return { text: logs.lines.join('\n'), json: logs };
     }
     case 'link': {
-      const link = await controller.issueAccessLink(id(), { revokeExisting: values.revoke ?? false });
+      const link = await swarm.issueAccessLink(id(), { revokeExisting: values.revoke ?? false });
       return { text: link.accessUrl, json: link };
     }
     case 'keep-alive': {
       if (!args[1]) throw invalidInput('MINUTES', 'a number of minutes after the id');
-      const instance = await controller.keepAlive(id(), numberFlag('MINUTES', args[1]));
+      const instance = await swarm.keepAlive(id(), numberFlag('MINUTES', args[1]));
       return { text: `Kept awake until ${instance.lease?.until}`, json: instance };
     }
+    case 'whoami': {
+      const me = await swarm.whoami();
+      const limit = (n: number | undefined): string => (n === undefined ? 'no limit' : String(n));
+      const text = [
+        `${me.principal.id} (${me.principal.role}) via ${me.door}${me.credentialId ? ` with credential ${me.credentialId}` : ''}`,
+        `scopes: ${me.scopes.join(', ') || 'none'}`,
+        `usage: ${me.usage.instances} workspace(s) of ${limit(me.limits.instances)}, ${me.usage.cpu} CPU of ${limit(me.limits.cpu)}, ${me.usage.memoryMb} MiB of ${limit(me.limits.memoryMb)}`,
+      ];
+      return { text: text.join('\n'), json: me };
+    }
+    case 'principals':
+      return principalsCommand(swarm, args, values);
+    case 'tokens':
+      return tokensCommand(swarm, args, values);
+    case 'audit': {
+      const input = parseInput(ListAuditEventsInputSchema, {
+        since: values.since,
+        until: values.until,
+        instanceId: values.instance,
+        actorId: values.actor,
+        type: values.type,
+        outcome: values.outcome,
+        limit: values.limit !== undefined ? numberFlag('--limit', values.limit) : undefined,
+      });
+      const events = await swarm.auditEvents(auditQueryOf(input));
+      return { text: events.map(describeAuditEvent).join('\n') || 'No events match.', json: events };
+    }
     default:
-      throw invalidInput('command', `one of up, serve, status, list, get, create, start, stop, update, delete, logs, link, keep-alive`, command);
+      throw invalidInput('command', `one of up, serve, ${Object.keys(COMMANDS).join(', ')}`, command);
   }
+}
+
+/** principals list | add ID | set ID | disable ID | enable ID: flags are checked with the MCP tools' schemas. */
+async function principalsCommand(swarm: SwarmApi, [sub, principalId]: string[], values: Values): Promise<Printable> {
+  if (sub === 'list') {
+    const principals = await swarm.listPrincipals();
+    return { text: principals.map(describePrincipal).join('\n'), json: principals };
+  }
+  if (!principalId) throw invalidInput('ID', `a principal id after "principals ${sub}"`);
+  const done = (verb: string, principal: Principal): Printable => ({ text: `${verb}: ${describePrincipal(principal)}`, json: principal });
+  switch (sub) {
+    case 'add': {
+      const quotas = quotaFlags(values);
+      const input = parseInput(NewPrincipalSchema, {
+        id: principalId,
+        name: values.name,
+        kind: values.kind,
+        role: values.role,
+        subjects: values.subject,
+        ...(quotas ? { quotas } : {}),
+      });
+      return done('Added', await swarm.addPrincipal(input));
+    }
+    case 'set': {
+      const own = quotaFlags(values);
+      if (values.role === undefined && !own) throw invalidInput('principals set', 'a change: --role, --max-instances, --max-cpu or --max-memory');
+      // Limits not named stay as they are: the store replaces the principal's own quotas as a whole.
+      const current = own ? (await swarm.listPrincipals()).find((p) => p.id === principalId) : undefined;
+      const { principalId: target, ...change } = parseInput(UpdatePrincipalInputSchema, {
+        principalId,
+        role: values.role,
+        ...(own ? { quotas: { ...current?.quotas, ...own } } : {}),
+      });
+      return done('Updated', await swarm.updatePrincipal(target, change));
+    }
+    case 'disable':
+    case 'enable': {
+      const { principalId: target } = parseInput(UpdatePrincipalInputSchema, { principalId });
+      return done(sub === 'disable' ? 'Disabled' : 'Enabled', await swarm.updatePrincipal(target, { disabled: sub === 'disable' }));
+    }
+    default:
+      throw invalidInput('principals', 'one of list, add, set, disable, enable', sub);
+  }
+}
+
+/** tokens create NAME | list | revoke TOKEN_ID. */
+async function tokensCommand(swarm: SwarmApi, [sub, arg]: string[], values: Values): Promise<Printable> {
+  switch (sub) {
+    case 'create': {
+      if (!arg) throw invalidInput('NAME', 'a token name after "tokens create"');
+      const input = parseInput(CreateTokenInputSchema, {
+        name: arg,
+        principalId: values.principal,
+        scopes: values.scope,
+        expiresInDays: values['expires-days'] !== undefined ? numberFlag('--expires-days', values['expires-days']) : undefined,
+      });
+      const made = await swarm.createToken(input);
+      // The token is the result (stdout, alone on its line for scripts); the warning is for the person.
+      process.stderr.write(`Token ${made.info.id} for ${made.info.principalId} (${made.info.scopes.join(', ')}): this is the only time it is shown; it is not stored and will not be shown again.\n`);
+      return { text: made.token, json: made };
+    }
+    case 'list': {
+      const { principalId } = parseInput(ListTokensInputSchema, { principalId: values.principal });
+      const tokens = await swarm.listTokens(principalId);
+      return { text: tokens.map(describeToken).join('\n') || 'No tokens.', json: tokens };
+    }
+    case 'revoke': {
+      if (!arg) throw invalidInput('TOKEN_ID', 'a token id after "tokens revoke" (see "tokens list")');
+      const { tokenId } = parseInput(RevokeTokenInputSchema, { tokenId: arg });
+      const token = await swarm.revokeToken(tokenId);
+      return { text: `Revoked: ${describeToken(token)}`, json: token };
+    }
+    default:
+      throw invalidInput('tokens', 'one of create, list, revoke', sub);
+  }
+}
+
+function resourceFlags(values: Values): { cpu?: number; memoryMb?: number } | undefined {
+  const resources = {
+    ...(values.cpu !== undefined ? { cpu: numberFlag('--cpu', values.cpu) } : {}),
+    ...(values.memory !== undefined ? { memoryMb: numberFlag('--memory', values.memory) } : {}),
+  };
+  return Object.keys(resources).length ? resources : undefined;
+}
+
+function quotaFlags(values: Values): QuotaLimits | undefined {
+  const quotas: QuotaLimits = {
+    ...(values['max-instances'] !== undefined ? { instances: numberFlag('--max-instances', values['max-instances']) } : {}),
+    ...(values['max-cpu'] !== undefined ? { cpu: numberFlag('--max-cpu', values['max-cpu']) } : {}),
+    ...(values['max-memory'] !== undefined ? { memoryMb: numberFlag('--max-memory', values['max-memory']) } : {}),
+  };
+  return Object.keys(quotas).length ? quotas : undefined;
 }
 
 function numberFlag(flag: string, value: string): number {

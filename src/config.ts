@@ -4,6 +4,9 @@
  *
  * Precedence, highest first: explicit overrides (CLI flags, library callers) > environment > file > defaults.
  */
+import { AuditConfigSchema } from './audit/audit-log.js';
+import { OAuthConfigSchema } from './tenancy/oauth.js';
+import { QuotaConfigSchema } from './tenancy/quotas.js';
 import { createHash } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
@@ -190,6 +193,12 @@ export const SwarmConfigSchema = z
       })
       .strict()
       .prefault({}),
+    /** Per-principal limits by role; a principal's own limits (principals add --quota...) override these. */
+    quotas: QuotaConfigSchema.prefault({}),
+    /** The audit trail under <stateDir>/audit, with retention and optional signed webhooks. */
+    audit: AuditConfigSchema.prefault({}),
+    /** Accept OAuth 2.1 access tokens (JWT) from this issuer on MCP over HTTP, besides API tokens. */
+    oauth: OAuthConfigSchema.optional(),
     idle: z
       .object({
         enabled: z.boolean().default(true),

@@ -4,6 +4,9 @@
  */
 export const ERROR_CODES = {
   INVALID_INPUT: 'the caller sent something malformed; nothing was changed',
+  UNAUTHENTICATED: 'no valid credential was presented',
+  FORBIDDEN: 'the caller may see this but not do it; the missing scope is named',
+  QUOTA_EXCEEDED: 'the request would exceed a quota; the limit, the usage and the request are named',
   NOT_FOUND: 'the named instance or object does not exist',
   CONFLICT: 'the request clashes with the current state',
   PROVIDER_UNKNOWN: 'no provider of that type is known',

@@ -4,8 +4,8 @@
  * Secrets are redacted before a line is written, wherever they appear: a value under a secret-looking key
  * at any depth, every value of an environment map (workspace env values are the user's secrets), and in
  * any string (messages, error messages and stacks included) a token-like URL parameter, the password of a
- * URL's user info, and a bearer credential. Key paths alone (pino's `redact`) cannot reach arbitrary depth
- * nor the inside of a string, so the walk is ours.
+ * URL's user info, a bearer credential and one of our `vss_` API tokens. Key paths alone (pino's `redact`)
+ * cannot reach arbitrary depth nor the inside of a string, so the walk is ours.
  */
 import { pino, type Logger, type LevelWithSilent } from 'pino';
 
@@ -21,11 +21,13 @@ const ENV_KEY = /^(env|environment|containerEnv|remoteEnv)$/i;
 const SECRET_PARAM = /([?&](?:[\w.-]*(?:token|secret|passw(?:or)?d|signature|api[-_]?key|credential)[\w.-]*)=)[^&#\s"'<>]*/gi;
 const URL_USERINFO = /(\b[a-z][a-z0-9+.-]*:\/\/[^/\s:@"'<>]*:)[^@/\s"'<>]+@/gi;
 const BEARER = /\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]{4,}/g;
+/** Our own API tokens (`vss_` then base64url), wherever they stand: a pasted token is caught without a key or a header. */
+const API_TOKEN = /\bvss_[A-Za-z0-9_-]{16,}/g;
 const MAX_DEPTH = 12;
 
 /** A string with credentials in URLs and authorization values replaced. */
 export function redactString(text: string): string {
-  return text.replace(SECRET_PARAM, `$1${REDACTED}`).replace(URL_USERINFO, `$1${REDACTED}@`).replace(BEARER, `$1 ${REDACTED}`);
+  return text.replace(SECRET_PARAM, `$1${REDACTED}`).replace(URL_USERINFO, `$1${REDACTED}@`).replace(BEARER, `$1 ${REDACTED}`).replace(API_TOKEN, REDACTED);
 }
 
 /** A copy of `value` that is safe to log: see the module comment. Cycles and very deep values are cut. */

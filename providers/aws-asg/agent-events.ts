@@ -15,11 +15,18 @@ const MAX_EVENT_BYTES = 256 * 1024;
 
 export async function applyAgentEvent(controller: SwarmController, event: AgentEvent): Promise<void> {
   if (event.type === 'idle-stopped') {
-    await controller.noteStopped(event.instanceId, `stopped by host ${event.hostId}: ${event.reason}`, 'idle');
+    const reason = `stopped by host ${event.hostId}: ${event.reason}`;
+    await controller.noteStopped(event.instanceId, reason, 'idle');
+    await controller.recordSystemEvent('agent', 'instance.idle-stop', { subject: event.instanceId, reason, request: { hostId: event.hostId } });
   } else if (event.type === 'drained') {
     for (const id of event.instances) {
-      if (controller.registry.get(id)) await controller.noteStopped(id, `host ${event.hostId} drained before the group terminated it; the workspace is kept until the host goes`, 'provider');
+      if (!controller.registry.get(id)) continue;
+      const reason = `host ${event.hostId} drained before the group terminated it; the workspace is kept until the host goes`;
+      await controller.noteStopped(id, reason, 'provider');
+      await controller.recordSystemEvent('agent', 'instance.drain-stop', { subject: id, reason, request: { hostId: event.hostId } });
     }
+  } else {
+    await controller.recordSystemEvent('agent', 'host.draining', { reason: `host ${event.hostId} is draining`, request: { hostId: event.hostId } });
   }
 }
 

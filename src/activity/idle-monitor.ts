@@ -90,8 +90,10 @@ export class IdleMonitor {
         await controller.stopInstance(instance.id, { reason, by: 'idle' });
         report.stopped.push({ instanceId: instance.id, reason });
         this.logger.info({ instanceId: instance.id, reason }, 'stopped an idle instance');
+        await controller.recordSystemEvent('idle', 'instance.idle-stop', { subject: instance.id, reason });
       } catch (err) {
         this.logger.warn({ instanceId: instance.id, err: (err as Error).message }, 'could not stop an idle instance');
+        await controller.recordSystemEvent('idle', 'instance.idle-stop', { subject: instance.id, outcome: 'failed', reason: `${reason}: ${(err as Error).message}` });
       }
       return;
     }

@@ -33,7 +33,7 @@ import {
 } from '../../providers/provider.js';
 import type { SwarmConfig } from '../config.js';
 import { crashPoint } from '../crash/crash-points.js';
-import { SwarmError, asSwarmError, invalidInput } from '../errors.js';
+import { SwarmError, asSwarmError, invalidInput, isSwarmError } from '../errors.js';
 import { silentLogger, type Logger } from '../logger.js';
 import type { InstanceRegistry } from '../registry/instance-registry.js';
 import { ActivityTracker } from '../activity/activity-tracker.js';
@@ -41,6 +41,12 @@ import type { AccessLink, AccessLinks } from '../gateway/access-links.js';
 import { WarmPool, type WarmSpec, type WarmStatus } from '../warm/warm-pool.js';
 import { StateLock } from '../state/state-lock.js';
 import { KeyedMutex } from './keyed-mutex.js';
+import { LOCAL_ADMIN_ID, PrincipalIdSchema } from '../tenancy/identity.js';
+import { ACTIVE_STATUSES, checkAdmission, limitsFor, ownerOf, type AdmissionRequest } from '../tenancy/quotas.js';
+import { PrincipalStore } from '../tenancy/principals.js';
+import { AuditLog, type AuditOutcome } from '../audit/audit-log.js';
+import { WebhookDelivery } from '../audit/webhooks.js';
+import path from 'node:path';
 import { parseInput } from './parse-input.js';
 
 /** Validates a library caller's input the same way the MCP layer does, naming the first bad field. */
@@ -57,6 +63,7 @@ export const CreateRequestSchema = z
     metadata: MetadataSchema.optional(),
     region: z.string().min(1).max(64).optional(),
     idleTimeoutMinutes: z.number().min(0).max(10_080).optional().describe('Minutes without use before it is stopped; 0 never'),
+    owner: PrincipalIdSchema.optional().describe('Whose workspace it is (admins only; default: the caller)'),
   })
   .strict();
 export type CreateRequest = z.infer<typeof CreateRequestSchema>;
@@ -142,6 +149,10 @@ export interface SwarmControllerDeps {
   activity?: ActivityTracker;
   /** Take the state directory's lock on initialize (default true): one controller per state directory. */
   lockStateDir?: boolean;
+  /** Principals and their tokens; by default the store in the state directory. */
+  principals?: PrincipalStore;
+  /** Where every operation and system action is recorded; by default the audit log in the state directory. */
+  audit?: AuditLog;
 }
 
 /** Metadata key (and so container label content) that marks what was created as a warm-buffer member. */
@@ -166,7 +177,6 @@ export class SwarmController {
   /** The configuration it was built with (services started beside it read theirs from here). */
   readonly config: SwarmConfig;
   readonly registry: InstanceRegistry;
-  private readonly logger: Logger;
   private readonly now: () => Date;
   private readonly randomId: () => string;
   private readonly slots = new Map<ProviderType, ProviderSlot>();
@@ -175,6 +185,13 @@ export class SwarmController {
   readonly activity: ActivityTracker;
   readonly warm: WarmPool;
   private readonly lock?: StateLock;
+  /** Who may use the swarm: principals, their tokens, their quotas (checked here, see admit). */
+  readonly principals: PrincipalStore;
+  /** The audit trail; every door's AuthorizedSwarm and every system action record into it. */
+  readonly audit: AuditLog;
+  readonly logger: Logger;
+  /** Delivers the audit trail to the configured webhooks, from a cursor into the log. */
+  private readonly webhooks?: WebhookDelivery;
 
   constructor(deps: SwarmControllerDeps) {
     this.config = deps.config;
@@ -184,6 +201,12 @@ export class SwarmController {
     this.randomId = deps.randomId ?? (() => randomBytes(4).toString('hex'));
     if (deps.access) this.access = deps.access;
     if (deps.lockStateDir !== false) this.lock = new StateLock(this.config.stateDir);
+    this.principals = deps.principals ?? new PrincipalStore({ stateDir: this.config.stateDir, logger: this.logger });
+    this.audit = deps.audit ?? new AuditLog({ dir: path.join(this.config.stateDir, 'audit'), config: this.config.audit, logger: this.logger });
+    // Made before the log opens: its cursors hold the day files they still need against the prune at open.
+    if (this.config.audit.webhooks.length) {
+      this.webhooks = new WebhookDelivery({ log: this.audit, dir: this.audit.dir, webhooks: this.config.audit.webhooks, logger: this.logger });
+    }
     this.activity = deps.activity ?? new ActivityTracker();
     for (const [type, provider] of Object.entries(deps.providers) as [ProviderType, Provider][]) {
       this.slots.set(type, { provider, state: 'unavailable', reason: 'not initialised yet', lastAttempt: 0 });
@@ -195,7 +218,7 @@ export class SwarmController {
       {
         registry: this.registry,
         createMember: (spec) => this.createWarmMember(spec),
-        deleteMember: (id) => this.deleteInstance(id).then(() => undefined),
+        deleteMember: (id) => this.deleteInstance(id).then(() => this.recordSystemEvent('warm', 'warm.remove', { subject: id })),
         logger: this.logger,
       },
     );
@@ -204,6 +227,9 @@ export class SwarmController {
   /** Loads the registry, connects every provider (one that fails is reported, not fatal) and reconciles. */
   async initialize(): Promise<{ reconciled: ReconcileReport[]; unavailable: ProviderStatus[] }> {
     await this.lock?.acquire();
+    await this.principals.open();
+    await this.audit.open();
+    this.webhooks?.start();
     await this.access?.initialize();
     const load = await this.registry.load();
     if (load.setAside.length) this.logger.warn({ setAside: load.setAside }, 'some state files were set aside');
@@ -291,6 +317,9 @@ export class SwarmController {
     if (report.adopted.length + report.markedMissing.length + report.removed.length + report.updated.length) {
       this.logger.info(report, 'reconciled');
     }
+    for (const id of report.adopted) await this.recordSystemEvent('reconcile', 'instance.adopt', { subject: id, reason: `found on ${type} without a registry record` });
+    for (const id of report.markedMissing) await this.recordSystemEvent('reconcile', 'instance.mark-missing', { subject: id, reason: `its ${type} instance is gone` });
+    for (const id of report.removed) await this.recordSystemEvent('reconcile', 'instance.finish-delete', { subject: id, reason: 'an interrupted delete or create was finished' });
     return report;
   }
 
@@ -298,9 +327,11 @@ export class SwarmController {
   async createInstance(request: CreateRequest, options: OperationOptions = {}): Promise<CreateResult> {
     const req = parseInput(CreateRequestSchema, request);
     const type = req.providerType ?? this.config.defaultProvider;
-    return this.locks.run(`name:${req.name}`, async () => {
+    const owner = req.owner ?? LOCAL_ADMIN_ID;
+    // Names are unique per owner: two people may both call theirs "api".
+    return this.locks.run(`name:${owner}/${req.name}`, async () => {
       // A record being deleted (a failed create waiting for reconcile among them) is not the workspace asked for.
-      const existing = this.registry.list().find((i) => i.name === req.name && !i.warmPool && i.status !== 'deleting');
+      const existing = this.registry.list().find((i) => i.name === req.name && !i.warmPool && i.status !== 'deleting' && ownerOf(i) === owner);
       if (existing) return this.createResult(existing, false, false);
 
       const provider = await this.provider(type);
@@ -322,10 +353,10 @@ export class SwarmController {
         throw invalidInput('region', regions.length ? `one of ${regions.join(', ')} on ${type}` : `no region: ${type} has one place`, req.region);
       }
 
-      const claimed = req.env || req.region ? undefined : await this.claimWarm(type, config, provider);
+      const claimed = req.env || req.region ? undefined : await this.claimWarm(type, config, provider, owner);
       if (claimed) return this.createResult(claimed, true, true);
 
-      const instance = await this.provision(type, provider, config, this.newId(req.name), options);
+      const instance = await this.provision(type, provider, config, this.newId(req.name), options, undefined, owner);
       return this.createResult(instance, true, false);
     });
   }
@@ -393,6 +424,9 @@ export class SwarmController {
 
   async startInstance(instanceId: string, options: OperationOptions = {}): Promise<VSCodeInstance> {
     return this.withInstance(instanceId, async (current, provider) => {
+      if (!ACTIVE_STATUSES.has(current.status)) {
+        this.admit({ owner: ownerOf(current), providerType: current.providerType, instanceId, newInstance: false, resources: current.config.resources }, provider);
+      }
       await this.registry.update(instanceId, { status: 'starting', statusReason: undefined, desiredState: 'running' });
       crashPoint('start.after-record');
       const exists = await provider.getInstance(instanceId);
@@ -461,8 +495,14 @@ export class SwarmController {
       throw invalidInput('patch', 'at least one of image, env, metadata, resources, idleTimeoutMinutes');
     }
     return this.withInstance(instanceId, async (current, provider) => {
-      checkResources({ ...current.config.resources, ...p.resources }, provider.getCapabilities(), current.providerType);
+      const resources = { ...current.config.resources, ...p.resources };
+      checkResources(resources, provider.getCapabilities(), current.providerType);
       await this.requireOnProvider(instanceId, provider);
+      // A bigger running workspace needs room for the new size (its old share is counted out); a stopped one
+      // is checked when it starts. Checked after the await above, just before the provider acts.
+      if (p.resources && ACTIVE_STATUSES.has(this.registry.require(instanceId).status)) {
+        this.admit({ owner: ownerOf(current), providerType: current.providerType, instanceId, newInstance: false, resources }, provider);
+      }
       const observed = await provider.updateInstance(instanceId, p, options);
       crashPoint('update.after-provider');
       const updated = await this.registry.update(instanceId, (now) => {
@@ -510,11 +550,12 @@ export class SwarmController {
     return provider.executeCommand(instanceId, command, { timeoutMs, maxOutputBytes: this.config.exec.maxOutputBytes });
   }
 
-  getSwarmStatus(): SwarmStatus {
+  /** Counts by status, health and provider, over every instance or those `include` keeps. */
+  getSwarmStatus(include?: (instance: Readonly<VSCodeInstance>) => boolean): SwarmStatus {
     const byStatus = Object.fromEntries(INSTANCE_STATUSES.map((s) => [s, 0])) as Record<InstanceStatus, number>;
     const byHealth = Object.fromEntries(HEALTH_STATUSES.map((h) => [h, 0])) as Record<HealthStatus, number>;
     const byProvider: SwarmStatus['byProvider'] = {};
-    const instances = this.registry.list().filter((i) => !i.warmPool);
+    const instances = this.registry.list().filter((i) => !i.warmPool && (!include || include(i)));
     for (const i of instances) {
       byStatus[i.status]++;
       byHealth[i.health]++;
@@ -580,6 +621,9 @@ export class SwarmController {
     this.warm.close();
     await this.registry.flush();
     await Promise.all([...this.slots.values()].map((s) => s.provider.close?.().catch(() => undefined)));
+    await this.principals.close();
+    await this.webhooks?.close();
+    await this.audit.close();
     await this.lock?.release();
   }
 
@@ -684,12 +728,48 @@ export class SwarmController {
     });
   }
 
+  /**
+   * Records something the system did by itself (a health repair, an idle stop, a warm refill, a
+   * migration step, a host agent's report, what reconcile found) as one audit event with the component as
+   * its actor. Never throws: the action is done, and a trail that cannot be written is logged.
+   */
+  async recordSystemEvent(component: string, action: string, event: { subject?: string; outcome?: AuditOutcome; reason?: string; code?: string; request?: unknown } = {}): Promise<void> {
+    const instance = event.subject && InstanceIdSchema.safeParse(event.subject).success ? this.registry.get(event.subject) : undefined;
+    await this.audit
+      .record({
+        type: `dev.vscode-swarm.system.${action}`,
+        action,
+        actor: { type: 'system', id: component, door: 'system' },
+        outcome: event.outcome ?? 'ok',
+        ...(event.subject ? { subject: event.subject } : {}),
+        ...(instance && !instance.warmPool ? { owner: ownerOf(instance) } : {}),
+        ...(event.code ? { code: event.code } : {}),
+        ...(event.reason ? { reason: event.reason.slice(0, 1_000) } : {}),
+        ...(event.request !== undefined ? { request: event.request } : {}),
+      })
+      .then(
+        () => undefined,
+        (err: unknown) => this.logger.error({ err: (err as Error).message, component, action }, 'could not record an audit event'),
+      );
+  }
+
   /** The idle timeout that applies to an instance, in minutes (0: never). */
   idleTimeoutOf(instance: VSCodeInstance): number {
     return instance.config.idleTimeoutMinutes ?? this.config.idle.timeoutMinutes;
   }
 
   // ---- internals ----
+
+  /**
+   * The quota check, against the owner's limits (its own, else its role's; an owner with no principal
+   * record gets a member's). Synchronous: it must run in the same step as the write that makes the change count.
+   */
+  private admit(request: Omit<AdmissionRequest, 'providerMaxInstances'>, provider: Provider): void {
+    const principal = this.principals.getPrincipal(request.owner);
+    const limits = limitsFor(principal?.role ?? 'member', principal?.quotas, this.config.quotas);
+    const max = provider.getCapabilities().maxInstancesPerUser;
+    checkAdmission({ ...request, ...(max !== undefined ? { providerMaxInstances: max } : {}) }, limits, this.registry.list());
+  }
 
   /** Adds what is derived rather than stored: the URL users open. */
   private present(instance: VSCodeInstance): VSCodeInstance {
@@ -712,15 +792,18 @@ export class SwarmController {
     id: string,
     options: OperationOptions,
     warmPool?: string,
+    owner?: string,
   ): Promise<VSCodeInstance> {
     const at = this.now().toISOString();
     // Under the instance's lock from the first write: a reconcile (a list call) must never take a
     // `creating` record whose provider call has not started yet for one a crash left behind.
     return this.locks.run(id, async () => {
+      if (owner) this.admit({ owner, providerType: type, instanceId: id, newInstance: true, resources: config.resources }, provider);
       await this.registry.register({
         id, name: config.name, providerType: type, status: 'creating', health: 'unknown', config, providerRef: {}, createdAt: at, updatedAt: at,
         desiredState: 'running',
         ...(warmPool ? { warmPool } : {}),
+        ...(owner ? { owner } : {}),
       });
       crashPoint('create.after-record');
       try {
@@ -760,14 +843,21 @@ export class SwarmController {
     const provider = await this.provider(spec.provider);
     const id = `warm-${this.randomId()}${this.randomId()}`;
     const config = { name: id, image: spec.image, resources: spec.resources, metadata: { [WARM_METADATA_KEY]: spec.key } };
-    await this.provision(spec.provider, provider, config, id, {}, spec.key);
+    try {
+      await this.provision(spec.provider, provider, config, id, {}, spec.key);
+      await this.recordSystemEvent('warm', 'warm.refill', { subject: id, reason: `warm buffer ${spec.key}` });
+    } catch (err) {
+      const error = asSwarmError(err);
+      await this.recordSystemEvent('warm', 'warm.refill', { subject: id, outcome: 'failed', code: error.code, reason: error.message });
+      throw err;
+    }
   }
 
   /**
    * Hands a ready warm member to this request: checked alive with its provider, then renamed in the
    * registry. The container keeps its creation labels; the registry holds the new name and metadata.
    */
-  private async claimWarm(type: ProviderType, config: InstanceConfig & { image: string }, provider: Provider): Promise<VSCodeInstance | undefined> {
+  private async claimWarm(type: ProviderType, config: InstanceConfig & { image: string }, provider: Provider, owner: string): Promise<VSCodeInstance | undefined> {
     for (let member = this.warm.take(type, config.image, config.resources); member; member = this.warm.take(type, config.image, config.resources)) {
       const id = member.id;
       try {
@@ -776,9 +866,11 @@ export class SwarmController {
           if (live?.status !== 'running') return undefined;
           crashPoint('warm.claim.after-check');
           const at = this.now();
+          this.admit({ owner, providerType: type, instanceId: id, newInstance: true, resources: live.config.resources }, provider);
           this.activity.touch(id, 'create', at.getTime());
           return this.registry.update(id, (now) => ({
             ...this.merge(now, live),
+            owner,
             name: config.name,
             config: { ...now.config, name: config.name, metadata: config.metadata, idleTimeoutMinutes: config.idleTimeoutMinutes },
             warmPool: undefined,
@@ -794,6 +886,7 @@ export class SwarmController {
         await this.refresh(id).catch(() => undefined);
       } catch (err) {
         this.warm.release(id);
+        if (isSwarmError(err, 'QUOTA_EXCEEDED')) throw err;
         this.logger.warn({ instanceId: id, err: (err as Error).message }, 'warm claim failed; creating instead');
         return undefined;
       }

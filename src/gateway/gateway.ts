@@ -294,6 +294,7 @@ export class Gateway {
           timer = setTimeout(() => reject(new Error('timed out')), this.deps.config.startTimeoutMs);
         }),
       ]);
+      await this.deps.controller.recordSystemEvent('gateway', 'instance.wake', { subject: instance.id, reason: 'a signed-in visitor opened a stopped workspace' });
       if (started.status === 'running' && started.endpoint) return started;
       throw new Error(`it is ${started.status}`);
     } catch (err) {

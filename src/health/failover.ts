@@ -201,12 +201,17 @@ export class ProviderFailover {
     return this.record(decision('failed', reason, done?.id), 'unhealthy');
   }
 
-  /** Every decision: the instance's health history, a log line, and (one day) the audit trail. */
+  /** Every decision: the instance's health history, a log line, and one audit event. */
   private async record(decision: FailoverDecision, status: 'recovering' | 'unhealthy'): Promise<FailoverDecision> {
     await this.options.health.recordDecision(decision.instanceId, { status, reason: decision.reason, action: `failover: ${decision.outcome}` });
     if (decision.outcome === 'failed') this.logger.error({ ...decision }, 'failover: instance left failed');
     else this.logger.warn({ ...decision }, `failover: instance ${decision.outcome}`);
-    emitAuditEvent(decision);
+    await this.options.controller.recordSystemEvent('failover', `instance.failover.${decision.outcome}`, {
+      subject: decision.instanceId,
+      outcome: decision.outcome === 'failed' ? 'failed' : 'ok',
+      reason: decision.reason,
+      request: { from: decision.from, to: decision.to, unavailableSince: decision.unavailableSince, ...(decision.migrationId ? { migrationId: decision.migrationId } : {}) },
+    });
     return decision;
   }
 }
@@ -226,12 +231,4 @@ async function restoreFromNewestSnapshot(
   _to: ProviderType,
 ): Promise<{ restored: true; detail: string } | { restored: false; why: string }> {
   return { restored: false, why: 'no snapshot (snapshots are not implemented yet)' };
-}
-
-/**
- * SEAM (audit trail): the audit trail does not exist yet. Each failover decision is one audit event with
- * the system as its actor; it is emitted here, and only here, once the trail exists.
- */
-function emitAuditEvent(_decision: FailoverDecision): void {
-  // Intentionally empty until the audit trail exists; the log line in ProviderFailover.record stands in.
 }

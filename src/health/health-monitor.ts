@@ -290,10 +290,13 @@ export class HealthMonitor {
       if (action === 'restart') await controller.restartInstance(instanceId, reason);
       else await controller.recreateInstance(instanceId, reason);
       this.logger.info({ instanceId, action, why }, 'recovery step done');
+      await controller.recordSystemEvent('health', `instance.${action}`, { subject: instanceId, reason });
       return `${action}: done`;
     } catch (err) {
-      const message = asSwarmError(err).message;
+      const error = asSwarmError(err);
+      const message = error.message;
       this.logger.warn({ instanceId, action, err: message }, 'recovery step failed');
+      await controller.recordSystemEvent('health', `instance.${action}`, { subject: instanceId, outcome: 'failed', code: error.code, reason: `${reason}: ${message}` });
       await controller.recordHealth(instanceId, 'unhealthy', `${action} failed: ${message}`);
       return `${action}: failed (${message})`;
     }
@@ -332,6 +335,7 @@ export class HealthMonitor {
     await controller.recordHealth(instanceId, moved ? 'recovering' : 'unhealthy', reason, { statusReason: `health: ${reason}` });
     if (moved) this.logger.info({ instanceId, to, reason }, 'recovered by migration');
     else this.logger.warn({ instanceId, to, reason }, 'recovery by migration failed');
+    await controller.recordSystemEvent('health', 'instance.migrate', { subject: instanceId, outcome: moved ? 'ok' : 'failed', reason });
     return `migrate: ${moved ? 'done' : 'failed'} (${outcome})`;
   }
 

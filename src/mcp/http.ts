@@ -1,25 +1,32 @@
 /**
  * MCP over Streamable HTTP, stateless: each POST gets a fresh server and transport over the one
- * controller, so nothing is kept between requests. Guarded by a bearer token (generated into
- * `<stateDir>/mcp-http.token`, mode 0600) because anyone who can call these tools can start containers.
+ * controller, acting as the principal its bearer credential names, so nothing is kept between requests.
+ * Credentials: a principal's API token, the local admin's `<stateDir>/mcp-http.token` (mode 0600), or,
+ * with `oauth` configured, a JWT access token from that issuer, whose RFC 9728 protected-resource
+ * metadata is served here and named in every challenge.
  *
  * Before the token, /mcp checks Host and Origin, as the MCP transport specification requires against DNS
  * rebinding (a web page whose name is made to resolve to 127.0.0.1): a Host, or an Origin when one is
  * sent, that is not allowed is 403. Allowed are the loopback names on the listening port, the bound
- * address, and whatever `mcpHttp.allowedHosts` / `allowedOrigins` add. A request without the token gets
- * 401 with a `WWW-Authenticate: Bearer` challenge.
+ * address, and whatever `mcpHttp.allowedHosts` / `allowedOrigins` add. A request without a valid
+ * credential gets 401 with a `WWW-Authenticate: Bearer` challenge; a tool call whose scope the credential
+ * lacks gets 403 with `error="insufficient_scope"` and the scope (the MCP authorization spec's step-up),
+ * before any tool runs. Both are audit events. A JWT that cannot be checked because the issuer's keys
+ * cannot be fetched gets 503 with Retry-After instead (the client did nothing wrong), also audited.
  */
 import { StreamableHTTPServerTransport } from '@modelcontextprotocol/sdk/server/streamableHttp.js';
-import { timingSafeEqual } from 'node:crypto';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
-import path from 'node:path';
 import type { SwarmController } from '../controller/swarm-controller.js';
 import type { HealthMonitor } from '../health/health-monitor.js';
 import type { MigrationManager } from '../migration/migration-manager.js';
+import { asSwarmError } from '../errors.js';
 import { silentLogger, type Logger } from '../logger.js';
-import { readOrCreateSecret } from '../state/secret-file.js';
-import { createMcpServer } from './server.js';
+import { Authenticator, bearerOf } from '../tenancy/authenticate.js';
+import { OPERATIONS, type PrincipalActor } from '../tenancy/identity.js';
+import { ownerOf } from '../tenancy/quotas.js';
+import { bearerChallenge, createJwtVerifier, metadataPathsFor, protectedResourceMetadata, protectedResourceMetadataUrl, type JwtVerifier } from '../tenancy/oauth.js';
+import { TOOL_OPERATIONS, createMcpServer } from './server.js';
 
 export interface McpHttpOptions {
   controller: SwarmController;
@@ -34,35 +41,64 @@ export interface McpHttpOptions {
 }
 
 const MAX_BODY_BYTES = 4 * 1024 * 1024;
+/** Retry-After on a 503 when the OAuth issuer is down; discovery is tried again on every request. */
+const AUTH_UNAVAILABLE_RETRY_SECONDS = 5;
 
 export async function startMcpHttp(options: McpHttpOptions): Promise<{ url: string; token: string; close: () => Promise<void> }> {
   const logger = (options.logger ?? silentLogger()).child({ component: 'mcp-http' });
-  // Made once and kept, so that a client configured with it keeps working across restarts.
-  const token = (await readOrCreateSecret(path.join(options.stateDir, 'mcp-http.token'), 24)).toString('base64url');
-  const expected = Buffer.from(`Bearer ${token}`);
-  const { allowedHosts, allowedOrigins } = options.controller.config.mcpHttp;
+  const { controller } = options;
+  // The local admin's credential, made once and kept, so that a client configured with it keeps working across restarts.
+  const token = controller.principals.localToken();
+  const { allowedHosts, allowedOrigins } = controller.config.mcpHttp;
+  const oauth = controller.config.oauth;
   let allowed: { hosts: Set<string>; origins: Set<string> } | undefined; // known once listening (port 0)
+  let authenticator = new Authenticator(controller.principals);
+  let resource: { url: string; metadataUrl: string; paths: Set<string>; document: string } | undefined; // with oauth, once listening
+  let jwt: JwtVerifier | undefined;
   const server = http.createServer((req, res) => {
     void (async () => {
       const url = new URL(req.url ?? '/', 'http://mcp.invalid');
       const route = options.routes?.[url.pathname];
       if (route) return route(req, res);
+      if (resource?.paths.has(url.pathname) && (req.method === 'GET' || req.method === 'HEAD')) {
+        res.writeHead(200, { 'Content-Type': 'application/json', 'Cache-Control': 'max-age=300', 'Access-Control-Allow-Origin': '*' });
+        return void res.end(req.method === 'HEAD' ? undefined : resource.document);
+      }
       if (url.pathname !== '/mcp') return reply(res, 404, 'not found: the MCP endpoint is /mcp');
       const host = (req.headers.host ?? '').toLowerCase();
       if (!allowed?.hosts.has(host) && !allowed?.hosts.has(`${host}:80`)) return reply(res, 403, `Host ${JSON.stringify(req.headers.host ?? '')} is not allowed (mcpHttp.allowedHosts)`);
       const origin = req.headers.origin;
       if (origin !== undefined && !allowed?.origins.has(origin.toLowerCase())) return reply(res, 403, `Origin ${JSON.stringify(origin)} is not allowed (mcpHttp.allowedOrigins)`);
-      const given = Buffer.from(req.headers.authorization ?? '');
-      if (given.length !== expected.length || !timingSafeEqual(given, expected)) {
-        // RFC 6750 §3: no credentials, a bare challenge; wrong ones, invalid_token.
-        res.setHeader('WWW-Authenticate', given.length ? 'Bearer realm="vscode-swarm", error="invalid_token"' : 'Bearer realm="vscode-swarm"');
-        return reply(res, 401, 'missing or wrong bearer token');
+      const credential = bearerOf(req.headers.authorization);
+      let actor: PrincipalActor;
+      try {
+        actor = await authenticator.authenticate(credential, 'mcp-http');
+      } catch (err) {
+        const error = asSwarmError(err);
+        const reason = error.message;
+        // The issuer's keys could not be had: nothing is known about the credential, so not 401 but "try again".
+        const unavailable = error.details?.unavailable === true;
+        // RFC 6750 §3: no credentials, a bare challenge; wrong ones, invalid_token with why.
+        if (!unavailable) res.setHeader('WWW-Authenticate', bearerChallenge({ ...(resource ? { resourceMetadataUrl: resource.metadataUrl } : {}), ...(credential ? { error: 'invalid_token', description: reason } : {}) }));
+        await recordDenial(controller, { action: 'auth.authenticate', reason: credential ? reason : 'no credential', remote: req.socket.remoteAddress });
+        if (unavailable) {
+          res.setHeader('Retry-After', String(AUTH_UNAVAILABLE_RETRY_SECONDS));
+          return reply(res, 503, `the credential could not be checked now: ${reason}`);
+        }
+        return reply(res, 401, credential ? `invalid credential: ${reason}` : 'a bearer credential is required');
       }
       if (req.method !== 'POST') return reply(res, 405, 'stateless server: POST only');
       const body = await readJson(req);
       if (body === undefined) return reply(res, 400, 'body: expected JSON of at most 4 MiB');
+      const missing = missingToolScope(body, actor);
+      if (missing) {
+        res.setHeader('WWW-Authenticate', bearerChallenge({ ...(resource ? { resourceMetadataUrl: resource.metadataUrl } : {}), error: 'insufficient_scope', scope: missing.scope, description: `${missing.tool} needs ${missing.scope}` }));
+        await recordDenial(controller, { action: missing.operation, reason: `${missing.tool} needs the ${missing.scope} scope`, actor, code: 'FORBIDDEN', ...(missing.instanceId ? { subject: missing.instanceId } : {}) });
+        return reply(res, 403, `FORBIDDEN: ${missing.tool} needs the ${missing.scope} scope, which this credential does not carry`);
+      }
       const { server: mcp } = createMcpServer({
-        controller: options.controller,
+        controller,
+        actor,
         logger,
         ...(options.health ? { health: options.health } : {}),
         ...(options.migrations ? { migrations: options.migrations } : {}),
@@ -85,11 +121,64 @@ export async function startMcpHttp(options: McpHttpOptions): Promise<{ url: stri
   });
   const { port } = server.address() as AddressInfo;
   allowed = allowList(options.host, port, allowedHosts, allowedOrigins);
+  const endpoint = `http://${options.host.includes(':') && !options.host.startsWith('[') ? `[${options.host}]` : options.host}:${port}/mcp`;
+  if (oauth) {
+    const resourceUrl = oauth.resource ?? endpoint;
+    jwt = createJwtVerifier(oauth, { resource: resourceUrl, logger });
+    authenticator = new Authenticator(controller.principals, jwt);
+    resource = {
+      url: resourceUrl,
+      metadataUrl: protectedResourceMetadataUrl(resourceUrl),
+      paths: new Set(metadataPathsFor(resourceUrl)),
+      document: JSON.stringify(protectedResourceMetadata({ resource: resourceUrl, authorizationServers: [oauth.issuer], scopesSupported: oauth.scopesSupported })),
+    };
+  }
   return {
-    url: `http://${options.host}:${port}/mcp`,
+    url: endpoint,
     token,
-    close: () => new Promise<void>((resolve) => server.close(() => resolve())),
+    close: () =>
+      new Promise<void>((resolve) => {
+        jwt?.close?.();
+        server.close(() => resolve());
+      }),
   };
+}
+
+/** For a `tools/call` whose tool needs a scope the caller's credential lacks: which, so that it is refused up front. */
+function missingToolScope(body: unknown, actor: PrincipalActor): { tool: string; operation: string; scope: string; instanceId?: string } | undefined {
+  const message = body as { method?: unknown; params?: { name?: unknown; arguments?: { instanceId?: unknown } } } | null;
+  if (!message || typeof message !== 'object' || message.method !== 'tools/call' || typeof message.params?.name !== 'string') return undefined;
+  const tool = message.params.name;
+  const operation = Object.hasOwn(TOOL_OPERATIONS, tool) ? TOOL_OPERATIONS[tool as keyof typeof TOOL_OPERATIONS] : undefined;
+  if (!operation) return undefined;
+  const scope = OPERATIONS[operation].scope;
+  if (actor.scopes.includes(scope)) return undefined;
+  const instanceId = message.params.arguments?.instanceId;
+  return { tool, operation, scope, ...(typeof instanceId === 'string' ? { instanceId: instanceId.slice(0, 63) } : {}) };
+}
+
+/** A refusal at the door (no or a bad credential, a missing scope) is an audit event like any other. */
+async function recordDenial(
+  controller: SwarmController,
+  d: { action: string; reason: string; actor?: PrincipalActor; code?: string; subject?: string; remote?: string | undefined },
+): Promise<void> {
+  // The owner of the instance acted on, as every other denial records it, so that its owner sees the attempt.
+  const instance = d.subject ? controller.registry.get(d.subject) : undefined;
+  await controller.audit
+    .record({
+      type: `dev.vscode-swarm.${d.action}`,
+      action: d.action,
+      actor: d.actor
+        ? { type: 'principal', id: d.actor.principalId, door: 'mcp-http', ...(d.actor.credentialId ? { credentialId: d.actor.credentialId } : {}) }
+        : { type: 'principal', id: 'anonymous', door: 'mcp-http' },
+      outcome: 'denied',
+      code: d.code ?? 'UNAUTHENTICATED',
+      reason: d.reason,
+      ...(d.subject ? { subject: d.subject } : {}),
+      ...(instance && !instance.warmPool ? { owner: ownerOf(instance) } : {}),
+      ...(d.remote ? { request: { remoteAddress: d.remote } } : {}),
+    })
+    .catch((err: unknown) => controller.logger.error({ err: (err as Error).message }, 'could not record an audit event'));
 }
 
 const WILDCARD = new Set(['0.0.0.0', '::', '[::]', '']);

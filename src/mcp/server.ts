@@ -12,6 +12,8 @@ import { registerMigrationTools } from './tools/migration-tools.js';
 import { silentLogger, type Logger } from '../logger.js';
 import { PACKAGE_VERSION } from '../version.js';
 import type { ToolContext } from './tool-support.js';
+import { AuthorizedSwarm } from '../tenancy/authorized-swarm.js';
+import { localAdmin, type Operation, type PrincipalActor } from '../tenancy/identity.js';
 import { registerCheckInstanceHealthTool } from './tools/check-instance-health.js';
 import { registerRecoverInstanceTool } from './tools/recover-instance.js';
 import { registerCreateSwarmInstanceTool } from './tools/create-swarm-instance.js';
@@ -26,13 +28,51 @@ import { registerListSwarmInstancesTool } from './tools/list-swarm-instances.js'
 import { registerStartSwarmInstanceTool } from './tools/start-swarm-instance.js';
 import { registerStopSwarmInstanceTool } from './tools/stop-swarm-instance.js';
 import { registerUpdateSwarmInstanceTool } from './tools/update-swarm-instance.js';
+import { registerTenancyTools } from './tools/tenancy-tools.js';
 
 export interface McpServerDeps {
   controller: SwarmController;
+  /** Who calls through this server: the launching user (local admin) by default, or a token's principal. */
+  actor?: PrincipalActor;
   health?: HealthMonitor;
   migrations?: MigrationManager;
   logger?: Logger;
 }
+
+/**
+ * The operation (and so the scope) each tool is: MCP over HTTP refuses a call whose scope the credential
+ * lacks before it runs (403, insufficient_scope); the domain layer checks again, for every door. A tool
+ * missing here cannot be registered.
+ */
+export const TOOL_OPERATIONS = {
+  list_swarm_instances: 'instance.list',
+  get_swarm_instance: 'instance.get',
+  create_swarm_instance: 'instance.create',
+  start_swarm_instance: 'instance.start',
+  stop_swarm_instance: 'instance.stop',
+  delete_swarm_instance: 'instance.delete',
+  update_swarm_instance: 'instance.update',
+  get_swarm_status: 'swarm.status',
+  get_instance_logs: 'instance.logs',
+  execute_command: 'instance.exec',
+  get_instance_access_link: 'instance.access-link',
+  keep_instance_alive: 'instance.keep-alive',
+  check_instance_health: 'instance.health',
+  recover_instance: 'instance.recover',
+  create_migration_plan: 'migration.plan',
+  start_migration: 'migration.start',
+  cancel_migration: 'migration.cancel',
+  get_migration_status: 'migration.get',
+  list_migrations: 'migration.list',
+  whoami: 'swarm.usage',
+  list_audit_events: 'audit.list',
+  list_principals: 'principal.list',
+  add_principal: 'principal.add',
+  update_principal: 'principal.update',
+  create_token: 'token.create',
+  list_tokens: 'token.list',
+  revoke_token: 'token.revoke',
+} as const satisfies Record<string, Operation>;
 
 export const STATUS_RESOURCE_URI = 'swarm://status';
 export const INSTANCE_RESOURCE_TEMPLATE = 'swarm://instances/{instanceId}';
@@ -48,8 +88,9 @@ export function createMcpServer(deps: McpServerDeps): { server: McpServer; close
         'Manages VS Code (code-server) workspaces on demand. Create one with create_swarm_instance (names are unique; asking twice returns the same workspace) and give the person its access.accessUrl; get_instance_access_link issues a new link. Workspaces stop after their idle timeout: use keep_instance_alive while you work elsewhere and will be back.',
     },
   );
-  checkArgumentsLikeTheController(server, logger);
-  const ctx: ToolContext = { controller, logger, ...(deps.health ? { health: deps.health } : {}), ...(deps.migrations ? { migrations: deps.migrations } : {}) };
+  const swarm = new AuthorizedSwarm({ controller, ...(deps.health ? { health: deps.health } : {}), ...(deps.migrations ? { migrations: deps.migrations } : {}) }, deps.actor ?? localAdmin('mcp-stdio'));
+  checkArgumentsLikeTheController(server, logger, swarm);
+  const ctx: ToolContext = { controller, swarm, logger, ...(deps.health ? { health: deps.health } : {}), ...(deps.migrations ? { migrations: deps.migrations } : {}) };
   const execEnabled = controller.getSwarmStatus().execEnabled;
 
   registerListSwarmInstancesTool(server, ctx);
@@ -67,23 +108,24 @@ export function createMcpServer(deps: McpServerDeps): { server: McpServer; close
   registerCheckInstanceHealthTool(server, ctx);
   registerRecoverInstanceTool(server, ctx);
   registerMigrationTools(server, ctx);
+  registerTenancyTools(server, ctx);
 
   server.registerResource(
     'swarm-status',
     STATUS_RESOURCE_URI,
     { title: 'Swarm status', description: 'Counts by provider, status and health; provider states and capabilities', mimeType: 'application/json' },
-    async (uri) => ({ contents: [{ uri: uri.href, mimeType: 'application/json', text: JSON.stringify(controller.getSwarmStatus(), null, 2) }] }),
+    async (uri) => ({ contents: [{ uri: uri.href, mimeType: 'application/json', text: JSON.stringify(await swarm.getSwarmStatus(), null, 2) }] }),
   );
   server.registerResource(
     'swarm-instance',
     new ResourceTemplate(INSTANCE_RESOURCE_TEMPLATE, {
       list: async () => ({
-        resources: controller.registry.list().map((i) => ({ uri: `swarm://instances/${i.id}`, name: i.name, mimeType: 'application/json' })),
+        resources: (await swarm.listInstances({}, { refresh: false })).map((i) => ({ uri: `swarm://instances/${i.id}`, name: i.name, mimeType: 'application/json' })),
       }),
     }),
     { title: 'Workspace', description: 'One workspace as recorded in the registry', mimeType: 'application/json' },
     async (uri, { instanceId }) => {
-      const instance = await controller.getInstance(String(instanceId));
+      const instance = await swarm.getInstance(String(instanceId));
       return { contents: [{ uri: uri.href, mimeType: 'application/json', text: JSON.stringify(instance, null, 2) }] };
     },
   );
@@ -99,10 +141,12 @@ export function createMcpServer(deps: McpServerDeps): { server: McpServer; close
  * for either: tools are registered with strict schemas, and its argument check is replaced on this
  * instance (test/e2e/bad-input.test.ts fails if an SDK upgrade moves it).
  */
-function checkArgumentsLikeTheController(server: McpServer, logger: Logger): void {
+function checkArgumentsLikeTheController(server: McpServer, logger: Logger, swarm: AuthorizedSwarm): void {
   const register = server.registerTool.bind(server) as (name: string, config: { inputSchema?: unknown }, cb: unknown) => unknown;
-  (server as unknown as { registerTool: typeof register }).registerTool = (name, config, cb) =>
-    register(name, { ...config, inputSchema: strictInput(config.inputSchema) }, cb);
+  (server as unknown as { registerTool: typeof register }).registerTool = (name, config, cb) => {
+    if (!Object.hasOwn(TOOL_OPERATIONS, name)) throw new Error(`tool ${name} has no entry in TOOL_OPERATIONS (src/mcp/server.ts): say which operation, and so which scope, it is`);
+    return register(name, { ...config, inputSchema: strictInput(config.inputSchema) }, cb);
+  };
   const sdk = server as unknown as { validateToolInput?: (tool: { inputSchema?: z.ZodType }, args: unknown, toolName: string) => Promise<unknown> };
   if (typeof sdk.validateToolInput !== 'function') throw new Error('@modelcontextprotocol/sdk: McpServer.validateToolInput is gone; update src/mcp/server.ts');
   sdk.validateToolInput = async (tool, args, toolName) => {
@@ -112,6 +156,7 @@ function checkArgumentsLikeTheController(server: McpServer, logger: Logger): voi
     } catch (err) {
       const error = asSwarmError(err);
       logger.info({ tool: toolName, code: error.code, message: error.message }, 'tool refused');
+      if (Object.hasOwn(TOOL_OPERATIONS, toolName)) await swarm.recordRefused(TOOL_OPERATIONS[toolName as keyof typeof TOOL_OPERATIONS], error);
       throw new Error(`${error.code}: ${error.message}`); // the SDK reports the message as the isError text
     }
   };

@@ -7,6 +7,7 @@ import type { CallToolResult, ServerNotification, ServerRequest } from '@modelco
 import { z } from 'zod';
 import { InstanceIdSchema, VSCodeInstanceSchema, type ProgressEvent, type VSCodeInstance } from '../../providers/provider.js';
 import type { SwarmController } from '../controller/swarm-controller.js';
+import type { AuthorizedSwarm } from '../tenancy/authorized-swarm.js';
 import type { HealthMonitor } from '../health/health-monitor.js';
 import type { MigrationManager } from '../migration/migration-manager.js';
 import { SwarmError, asSwarmError } from '../errors.js';
@@ -16,6 +17,8 @@ export type ToolExtra = RequestHandlerExtra<ServerRequest, ServerNotification>;
 
 export interface ToolContext {
   controller: SwarmController;
+  /** The swarm as this server's caller may use it: every tool acts through it (authorization and audit). */
+  swarm: AuthorizedSwarm;
   logger: Logger;
   /** Present where the health monitor runs (serve, up). */
   health?: HealthMonitor;

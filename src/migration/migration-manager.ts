@@ -365,12 +365,15 @@ export class MigrationManager {
         const detail = await this.withDeadline(migration, steps[name](), beforeVerified);
         step.status = 'completed';
         if (detail) step.detail = detail;
+        await this.options.controller.recordSystemEvent('migration', `migration.${name}`, { subject: migration.instanceId, ...(detail ? { reason: detail } : {}), request: { migrationId: migration.id, source: migration.source, target: migration.target } });
       } catch (err) {
-        const message = asSwarmError(err).message;
+        const error = asSwarmError(err);
+        const message = error.message;
         step.status = 'failed';
         step.detail = message;
         step.endedAt = new Date(this.now()).toISOString();
         this.logger.warn({ migrationId: migration.id, step: name, err: message }, 'migration step failed');
+        await this.options.controller.recordSystemEvent('migration', `migration.${name}`, { subject: migration.instanceId, outcome: 'failed', code: error.code, reason: message, request: { migrationId: migration.id, source: migration.source, target: migration.target } });
         if (beforeVerified || name === 'stop-source') return this.rollback(migration, isTimeout(err) ? 'timed-out' : 'failed', `${name} failed: ${message}`);
         // Past verification the target holds everything: keep going forward on the next start-up.
         migration.reason = `${name} failed: ${message}; will resume on the next start-up`;

@@ -40,7 +40,8 @@ export function isTempFile(name: string): boolean {
   return name.startsWith(TEMP_MARK);
 }
 
-async function syncDirectory(dir: string): Promise<void> {
+/** fsync a folder, so that a file made or renamed in it survives a crash. */
+export async function syncDirectory(dir: string): Promise<void> {
   const handle = await fs.open(dir, 'r');
   try {
     await handle.sync();

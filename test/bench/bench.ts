@@ -20,12 +20,16 @@
  *   - WebSocket round trip through the gateway vs straight to the echo upstream: sequential small writes,
  *     each awaiting its echo;
  *   - gateway sign-in-failure handling: the failure limiter's bookkeeping per failed-credential request
- *     with 100,000 client addresses tracked vs 10.
+ *     with 100,000 client addresses tracked vs 10;
+ *   - tenancy (test/bench/tenancy-figures.ts): an MCP tool call with authorization and a durable audit
+ *     event vs the same tool calling the controller directly; the audit log's append throughput
+ *     (audit-figures.ts); the failure limiter for a never-seen address at 100,000 tracked vs 10.
  * The load client runs in a worker thread and the echo upstream in another, so that neither shares the
  * gateway's event loop. New figures carry a goal and whether the measured numbers meet it; a missed
  * goal is reported, never a failure. Medians and ratios are printed as a table or, with --json, as JSON;
  * the JSON is also kept in test-artifacts/bench.json. `--only` (repeatable) runs the groups whose key or
- * figure names contain the substring (registry, docker, gateway, warm, http, code-server, websocket, limiter).
+ * figure names contain the substring (registry, docker, gateway, warm, http, code-server, websocket, limiter,
+ * tenancy, audit).
  */
 import { once } from 'node:events';
 import http from 'node:http';
@@ -48,6 +52,7 @@ import { waitUntil } from '../../src/timing/wait-until.js';
 import { TEST_IMAGE, cleanUp, docker, httpStatus, makeStateDir, testConfig } from '../helpers/docker.js';
 import { figure, median, percentile, spread, time, type Figure } from './figures.js';
 import { awsBurstFigures } from './aws-figures.js';
+import { TENANCY_FIG, auditThroughputFigures, limiterFreshAddressFigure, mcpAuthorizationFigures } from './tenancy-figures.js';
 import { flyFigures, healthSweepFigure, migrationFigures } from './provider-figures.js';
 import type { HttpJob, HttpResult, Job, JobResult, WsJob, WsResult } from './load-worker.js';
 
@@ -89,6 +94,9 @@ function groups(count: number): Group[] {
     { key: 'health', names: ['health sweep over 1000 instances'], docker: false, run: (o) => healthSweepFigure(o.runs).then((f) => [f]) },
     { key: 'migration', names: ['migration downtime'], docker: true, run: (o) => migrationFigures(Math.min(o.runs, 3)) },
     { key: 'limiter', names: [FIG.limiter], docker: false, run: (o) => limiterFigure(o.runs).then((f) => [f]) },
+    { key: 'tenancy-mcp', names: [TENANCY_FIG.mcp, TENANCY_FIG.mcpNoAudit], docker: false, run: (o) => mcpAuthorizationFigures(o.runs) },
+    { key: 'tenancy-audit', names: [TENANCY_FIG.audit], docker: false, run: (o) => auditThroughputFigures(Math.min(o.runs, 3)) },
+    { key: 'tenancy-limiter', names: [TENANCY_FIG.limiterFresh], docker: false, run: (o) => limiterFreshAddressFigure(o.runs).then((f) => [f]) },
     { key: 'aws', names: ['aws-asg burst: 100 concurrent creates to a running editor (emulator, 2 s boot, 20 per host)'], docker: true, run: () => awsBurstFigures() },
   ];
 }
@@ -159,7 +167,7 @@ async function main(): Promise<void> {
 
 function formatValue(value: number, unit: Figure['unit']): string {
   if (unit === 'req/s') return `${value.toFixed(0)} req/s`;
-  if (unit === 'µs') return `${value.toFixed(0)} µs`;
+  if (unit === 'µs') return `${value.toFixed(value < 10 ? 3 : 0)} µs`;
   return `${value.toFixed(2)} ms`;
 }
 

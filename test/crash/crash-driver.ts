@@ -13,6 +13,7 @@ import type { VSCodeInstance } from '../../providers/provider.js';
 import { makeStateDir } from '../helpers/docker.js';
 import { callTool, launchFromMcpJson, type LaunchedServer, type ToolResult } from '../helpers/mcp.js';
 import { isProcessAlive } from '../../src/state/state-lock.js';
+import { PrincipalStore } from '../../src/tenancy/principals.js';
 
 export interface Lane {
   label: string;
@@ -25,6 +26,11 @@ export async function makeLane(label: string, config: Record<string, unknown>, e
   const stateDir = await makeStateDir(label);
   const configFile = path.join(stateDir, 'crash-config.json');
   await writeFile(configFile, JSON.stringify(config));
+  // The principal store writes its file and the local credential on a new state directory's first start:
+  // done here, so that `state.after-write:<n>` counts the writes of the operations driven, as it always has.
+  const principals = new PrincipalStore({ stateDir });
+  await principals.open();
+  await principals.close();
   return {
     label,
     stateDir,

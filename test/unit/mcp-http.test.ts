@@ -129,7 +129,7 @@ describe('MCP over HTTP: Host, Origin and the bearer token', () => {
     const plain = await fetch(server.url, { method: 'POST', headers: { 'content-type': 'application/json', accept: 'application/json, text/event-stream' }, body: JSON.stringify(INITIALIZE) });
     expect(plain.status).toBe(401);
     expect(plain.headers.get('www-authenticate')).toBe('Bearer realm="vscode-swarm"');
-    expect(await plain.json()).toMatchObject({ jsonrpc: '2.0', error: { code: -32000, message: 'missing or wrong bearer token' }, id: null });
+    expect(await plain.json()).toMatchObject({ jsonrpc: '2.0', error: { code: -32000, message: 'a bearer credential is required' }, id: null });
     expect(await status(sdkConnect({}))).toBe(401);
   });
 
@@ -137,7 +137,8 @@ describe('MCP over HTTP: Host, Origin and the bearer token', () => {
     const wrong = `${server.token.slice(0, -1)}${server.token.endsWith('A') ? 'B' : 'A'}`;
     const plain = await fetch(server.url, { method: 'POST', headers: { authorization: `Bearer ${wrong}`, 'content-type': 'application/json', accept: 'application/json, text/event-stream' }, body: JSON.stringify(INITIALIZE) });
     expect(plain.status).toBe(401);
-    expect(plain.headers.get('www-authenticate')).toBe('Bearer realm="vscode-swarm", error="invalid_token"');
+    expect(plain.headers.get('www-authenticate')).toBe('Bearer realm="vscode-swarm", error="invalid_token", error_description="malformed or unknown token"');
+    expect(await plain.text()).not.toContain(wrong);
     expect(await status(sdkConnect({ token: wrong }))).toBe(401);
     expect(await status(sdkConnect({ token: '' }))).toBe(401);
   });

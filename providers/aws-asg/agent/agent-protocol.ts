@@ -99,6 +99,12 @@ export function httpStatusOf(code: ErrorCode): number {
   switch (code) {
     case 'INVALID_INPUT':
       return 400;
+    case 'UNAUTHENTICATED':
+      return 401;
+    case 'FORBIDDEN':
+      return 403;
+    case 'QUOTA_EXCEEDED':
+      return 429;
     case 'NOT_FOUND':
       return 404;
     case 'CONFLICT':

@@ -1,6 +1,5 @@
 import type { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
 import { z } from 'zod';
-import { SwarmError } from '../../errors.js';
 import { HealthCheckSchema } from '../../health/health-monitor.js';
 import { instanceIdInput, runTool, type ToolContext } from '../tool-support.js';
 
@@ -17,9 +16,7 @@ export function registerCheckInstanceHealthTool(server: McpServer, ctx: ToolCont
     },
     ({ instanceId, historyLimit }) =>
       runTool(ctx, 'check_instance_health', async () => {
-        if (!ctx.health) throw new SwarmError('DISABLED', 'the health monitor is turned off in the configuration (health.enabled)');
-        const check = await ctx.health.checkAndRecover(instanceId, { recover: false });
-        const record = await ctx.health.history(instanceId);
+        const { check, record } = await ctx.swarm.checkHealth(instanceId);
         const limit = historyLimit ?? 10;
         const history = limit === 0 ? [] : record.history.slice(-limit); // slice(-0) would be everything
         return {

@@ -17,7 +17,7 @@ export function registerCreateSwarmInstanceTool(server: McpServer, ctx: ToolCont
     (args, extra) =>
       runTool(ctx, 'create_swarm_instance', async () => {
         const onProgress = progressFor(extra);
-        const result = await ctx.controller.createInstance(args, { ...(onProgress ? { onProgress } : {}), signal: extra.signal });
+        const result = await ctx.swarm.createInstance(args, { ...(onProgress ? { onProgress } : {}), signal: extra.signal });
         const verb = result.created ? (result.fromWarmPool ? 'Created (from the warm buffer)' : 'Created') : 'Already exists';
         const open = result.access ? `\nOpen it: ${result.access.accessUrl} (one-time link, valid until ${result.access.expiresAt})` : '';
         return { text: `${verb}: ${describeInstance(result.instance)}${open}`, structured: { ...result } };

@@ -18,7 +18,7 @@ export function registerDeleteSwarmInstanceTool(server: McpServer, ctx: ToolCont
     },
     ({ instanceId, keepWorkspace }) =>
       runTool(ctx, 'delete_swarm_instance', async () => {
-        const result = await ctx.controller.deleteInstance(instanceId, { keepWorkspace: keepWorkspace ?? false });
+        const result = await ctx.swarm.deleteInstance(instanceId, { keepWorkspace: keepWorkspace ?? false });
         return { text: `Deleted ${instanceId}${result.workspaceKept ? ' (workspace files kept)' : ' and its workspace files'}.`, structured: result };
       }),
   );

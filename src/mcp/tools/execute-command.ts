@@ -27,7 +27,7 @@ export function registerExecuteCommandTool(server: McpServer, ctx: ToolContext, 
     },
     ({ instanceId, command, timeoutMs }) =>
       runTool(ctx, 'execute_command', async () => {
-        const result = await ctx.controller.executeCommand(instanceId, command, timeoutMs ? { timeoutMs } : {});
+        const result = await ctx.swarm.executeCommand(instanceId, command, timeoutMs ? { timeoutMs } : {});
         const text = [`exit ${result.exitCode ?? 'unknown'}${result.timedOut ? ' (timed out)' : ''}${result.truncated ? ' (output truncated)' : ''}`, result.stdout, result.stderr]
           .filter(Boolean)
           .join('\n');

@@ -19,7 +19,7 @@ export function registerGetInstanceAccessLinkTool(server: McpServer, ctx: ToolCo
     },
     ({ instanceId, ttlMinutes, revokeExisting }) =>
       runTool(ctx, 'get_instance_access_link', async () => {
-        const link = await ctx.controller.issueAccessLink(instanceId, { ...(ttlMinutes ? { ttlMinutes } : {}), revokeExisting: revokeExisting ?? false });
+        const link = await ctx.swarm.issueAccessLink(instanceId, { ...(ttlMinutes ? { ttlMinutes } : {}), revokeExisting: revokeExisting ?? false });
         return { text: `Open: ${link.accessUrl}\n(one-time link, valid until ${link.expiresAt})`, structured: { ...link } };
       }),
   );

@@ -18,7 +18,7 @@ export function registerGetInstanceLogsTool(server: McpServer, ctx: ToolContext)
     },
     ({ instanceId, tail, since }) =>
       runTool(ctx, 'get_instance_logs', async () => {
-        const logs = await ctx.controller.getInstanceLogs(instanceId, { ...(tail !== undefined ? { tail } : {}), ...(since !== undefined ? { since } : {}) });
+        const logs = await ctx.swarm.getInstanceLogs(instanceId, { ...(tail !== undefined ? { tail } : {}), ...(since !== undefined ? { since } : {}) });
         return { text: logs.lines.join('\n') || '(no output)', structured: { ...logs } };
       }),
   );

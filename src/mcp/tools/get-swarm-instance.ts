@@ -13,7 +13,7 @@ export function registerGetSwarmInstanceTool(server: McpServer, ctx: ToolContext
     },
     ({ instanceId }) =>
       runTool(ctx, 'get_swarm_instance', async () => {
-        const instance = await ctx.controller.getInstance(instanceId);
+        const instance = await ctx.swarm.getInstance(instanceId);
         return { text: describeInstance(instance), structured: { instance } };
       }),
   );

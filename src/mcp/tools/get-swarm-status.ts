@@ -49,7 +49,7 @@ export function registerGetSwarmStatusTool(server: McpServer, ctx: ToolContext):
     },
     () =>
       runTool(ctx, 'get_swarm_status', async () => {
-        const status = { ...ctx.controller.getSwarmStatus(), migrationsInProgress: ctx.migrations?.inProgress() ?? [] };
+        const status = await ctx.swarm.getSwarmStatus();
         const providers = status.providers.map((p) => `${p.type}: ${p.state}${p.reason ? ` (${p.reason})` : ''}`).join('; ');
         const states = Object.entries(status.byStatus).filter(([, n]) => n > 0).map(([s, n]) => `${n} ${s}`).join(', ');
         const warm = status.warm.map((w) => `${w.ready}/${w.size} ready for ${w.image} (${w.resources.cpu} CPU, ${w.resources.memoryMb} MiB)`).join('; ');

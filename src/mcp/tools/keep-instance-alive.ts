@@ -19,7 +19,7 @@ export function registerKeepInstanceAliveTool(server: McpServer, ctx: ToolContex
     },
     ({ instanceId, minutes, holder }) =>
       runTool(ctx, 'keep_instance_alive', async () => {
-        const instance = await ctx.controller.keepAlive(instanceId, minutes, holder);
+        const instance = await ctx.swarm.keepAlive(instanceId, minutes, holder);
         return { text: `Kept awake until ${instance.lease?.until}.`, structured: { instance } };
       }),
   );

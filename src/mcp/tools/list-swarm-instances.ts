@@ -16,7 +16,7 @@ export function registerListSwarmInstancesTool(server: McpServer, ctx: ToolConte
     },
     (args) =>
       runTool(ctx, 'list_swarm_instances', async () => {
-        const instances = await ctx.controller.listInstances(args);
+        const instances = await ctx.swarm.listInstances(args);
         const text = instances.length ? instances.map(describeInstance).join('\n') : 'No workspaces match.';
         return { text, structured: { instances, count: instances.length } };
       }),

@@ -36,7 +36,7 @@ export function registerMigrationTools(server: McpServer, ctx: ToolContext): voi
     },
     ({ instanceId, target, strategy }) =>
       runTool(ctx, 'create_migration_plan', async () => {
-        const plan = await requireMigrations(ctx).plan(instanceId, target, strategy);
+        const plan = await ctx.swarm.planMigration(instanceId, target, strategy);
         const text = [`Move ${plan.instanceName} from ${plan.source} to ${plan.target} (${plan.strategy}), about ${plan.expectedDowntimeMs} ms of downtime:`, ...plan.steps.map((s, i) => `${i + 1}. ${s.name}: ${s.what}`), ...plan.warnings.map((w) => `Note: ${w}`)].join('\n');
         return { text, structured: { ...plan } };
       }),
@@ -60,8 +60,8 @@ export function registerMigrationTools(server: McpServer, ctx: ToolContext): voi
     },
     ({ instanceId, target, strategy, timeoutMs, wait }, extra) =>
       runTool(ctx, 'start_migration', async () => {
-        const manager = requireMigrations(ctx);
-        const { migration, wait: done } = await manager.start(instanceId, target, { ...(strategy ? { strategy } : {}), ...(timeoutMs ? { timeoutMs } : {}) });
+        const manager = requireMigrations(ctx); // progress polls below read it directly: already authorized, not audited
+        const { migration, wait: done } = await ctx.swarm.startMigration(instanceId, target, { ...(strategy ? { strategy } : {}), ...(timeoutMs ? { timeoutMs } : {}) });
         if (wait === false) return { text: `Migration ${migration.id} started.`, structured: { migration } };
         const progress = progressFor(extra);
         let timer: NodeJS.Timeout | undefined;
@@ -90,7 +90,7 @@ export function registerMigrationTools(server: McpServer, ctx: ToolContext): voi
     },
     ({ migrationId }) =>
       runTool(ctx, 'cancel_migration', async () => {
-        const migration = await requireMigrations(ctx).cancel(migrationId);
+        const migration = await ctx.swarm.cancelMigration(migrationId);
         return { text: `Migration ${migration.id}: ${migration.status} (${migration.reason ?? ''})`, structured: { migration } };
       }),
   );
@@ -106,7 +106,7 @@ export function registerMigrationTools(server: McpServer, ctx: ToolContext): voi
     },
     ({ migrationId }) =>
       runTool(ctx, 'get_migration_status', async () => {
-        const migration = await requireMigrations(ctx).get(migrationId);
+        const migration = await ctx.swarm.getMigration(migrationId);
         const steps = migration.steps.map((s) => `${s.name}: ${s.status}${s.detail ? ` (${s.detail})` : ''}`).join('\n');
         return { text: `Migration ${migration.id} of ${migration.instanceId}, ${migration.source} → ${migration.target}: ${migration.status}\n${steps}`, structured: { migration } };
       }),
@@ -123,7 +123,7 @@ export function registerMigrationTools(server: McpServer, ctx: ToolContext): voi
     },
     ({ instanceId, status }) =>
       runTool(ctx, 'list_migrations', async () => {
-        const migrations = await requireMigrations(ctx).list({ ...(instanceId ? { instanceId } : {}), ...(status ? { status } : {}) });
+        const migrations = await ctx.swarm.listMigrations({ ...(instanceId ? { instanceId } : {}), ...(status ? { status } : {}) });
         return { text: migrations.map((m) => `${m.id} ${m.instanceId} ${m.source}→${m.target} ${m.status}`).join('\n') || 'No migrations.', structured: { migrations } };
       }),
   );

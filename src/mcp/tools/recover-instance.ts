@@ -1,6 +1,5 @@
 import type { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
 import { z } from 'zod';
-import { SwarmError } from '../../errors.js';
 import { HealthCheckSchema, RECOVERY_ACTIONS } from '../../health/health-monitor.js';
 import { instanceIdInput, runTool, type ToolContext } from '../tool-support.js';
 
@@ -17,8 +16,7 @@ export function registerRecoverInstanceTool(server: McpServer, ctx: ToolContext)
     },
     ({ instanceId, action }) =>
       runTool(ctx, 'recover_instance', async () => {
-        if (!ctx.health) throw new SwarmError('DISABLED', 'the health monitor is turned off in the configuration (health.enabled)');
-        const check = await ctx.health.recoverNow(instanceId, action);
+        const check = await ctx.swarm.recoverInstance(instanceId, action);
         return { text: `${instanceId}: ${check.action ?? 'nothing done'} (finding before: ${check.status}, ${check.reason})`, structured: { check } };
       }),
   );

@@ -15,7 +15,7 @@ export function registerStartSwarmInstanceTool(server: McpServer, ctx: ToolConte
     ({ instanceId }, extra) =>
       runTool(ctx, 'start_swarm_instance', async () => {
         const onProgress = progressFor(extra);
-        const instance = await ctx.controller.startInstance(instanceId, { ...(onProgress ? { onProgress } : {}), signal: extra.signal });
+        const instance = await ctx.swarm.startInstance(instanceId, { ...(onProgress ? { onProgress } : {}), signal: extra.signal });
         return { text: `Started: ${describeInstance(instance)}`, structured: { instance } };
       }),
   );

@@ -15,7 +15,7 @@ export function registerStopSwarmInstanceTool(server: McpServer, ctx: ToolContex
     },
     ({ instanceId, force }) =>
       runTool(ctx, 'stop_swarm_instance', async () => {
-        const instance = await ctx.controller.stopInstance(instanceId, { force: force ?? false });
+        const instance = await ctx.swarm.stopInstance(instanceId, { force: force ?? false });
         return { text: `Stopped: ${describeInstance(instance)}`, structured: { instance } };
       }),
   );

@@ -17,7 +17,7 @@ export function registerUpdateSwarmInstanceTool(server: McpServer, ctx: ToolCont
     ({ instanceId, ...patch }, extra) =>
       runTool(ctx, 'update_swarm_instance', async () => {
         const onProgress = progressFor(extra);
-        const { updateMode, ...instance } = await ctx.controller.updateInstance(instanceId, patch, onProgress ? { onProgress } : {});
+        const { updateMode, ...instance } = await ctx.swarm.updateInstance(instanceId, patch, onProgress ? { onProgress } : {});
         return { text: `Updated (${updateMode}): ${describeInstance(instance)}`, structured: { instance, updateMode } };
       }),
   );
