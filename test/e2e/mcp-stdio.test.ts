@@ -9,6 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { VSCodeInstance } from '../../providers/provider.js';
 import { cleanUp, containersNamed, docker, httpStatus, makeStateDir } from '../helpers/docker.js';
 import { callTool, errorText, launchFromMcpJson, type LaunchedServer } from '../helpers/mcp.js';
+import { TOOL_OPERATIONS } from '../../src/mcp/server.js';
 
 const PREFIX = 'e2e-mcp';
 const TOOLS = [
@@ -17,6 +18,7 @@ const TOOLS = [
   'create_swarm_instance', 'delete_swarm_instance', 'execute_command', 'get_instance_access_link', 'get_instance_logs',
   'get_swarm_instance', 'get_swarm_status', 'keep_instance_alive', 'list_swarm_instances', 'start_swarm_instance',
   'stop_swarm_instance', 'update_swarm_instance',
+  'whoami', 'list_audit_events', 'list_principals', 'add_principal', 'update_principal', 'create_token', 'list_tokens', 'revoke_token',
 ];
 
 describe('MCP server over stdio, launched from mcp.json', () => {
@@ -38,6 +40,7 @@ describe('MCP server over stdio, launched from mcp.json', () => {
   it('lists the tools with schemas and honest annotations, and the resources', async () => {
     const { tools } = await server.client.listTools();
     expect(tools.map((t) => t.name).sort()).toEqual([...TOOLS].sort());
+    expect(Object.keys(TOOL_OPERATIONS).sort()).toEqual([...TOOLS].sort()); // every tool says which operation (scope) it is
     for (const tool of tools) {
       expect(tool.outputSchema, tool.name).toBeDefined();
       expect(tool.inputSchema.type).toBe('object');
