@@ -39,6 +39,7 @@ import {
   describeAuditEvent,
   describePrincipal,
   describeToken,
+  describeWhoAmI,
 } from './mcp/tools/tenancy-tools.js';
 import { PACKAGE_VERSION } from './version.js';
 import { runAgentCommand } from '../providers/aws-asg/agent/agent-cli.js';
@@ -399,13 +400,7 @@ async function runCommand(swarm: SwarmApi, command: string, args: string[], valu
     }
     case 'whoami': {
       const me = await swarm.whoami();
-      const limit = (n: number | undefined): string => (n === undefined ? 'no limit' : String(n));
-      const text = [
-        `${me.principal.id} (${me.principal.role}) via ${me.door}${me.credentialId ? ` with credential ${me.credentialId}` : ''}`,
-        `scopes: ${me.scopes.join(', ') || 'none'}`,
-        `usage: ${me.usage.instances} workspace(s) of ${limit(me.limits.instances)}, ${me.usage.cpu} CPU of ${limit(me.limits.cpu)}, ${me.usage.memoryMb} MiB of ${limit(me.limits.memoryMb)}`,
-      ];
-      return { text: text.join('\n'), json: me };
+      return { text: describeWhoAmI(me), json: me };
     }
     case 'principals':
       return principalsCommand(swarm, args, values);

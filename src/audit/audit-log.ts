@@ -284,6 +284,8 @@ export class AuditLog implements AuditSink {
   /** Events matching every given filter, the newest `limit` of them, in log (time) order. Never throws on a corrupt line. */
   async query(q: AuditQuery = {}): Promise<AuditEvent[]> {
     const filter = compileQuery(q);
+    // Events recorded before this call are part of its answer, whether or not their recorder waited for them.
+    while (this.flushing) await this.flushing.catch(() => undefined);
     const files = (await listDayFiles(this.dir)).filter((name) => {
       const day = DAY_FILE.exec(name)![1]!;
       // A day file may hold a few events stamped the day before (appends never go back to an older file).

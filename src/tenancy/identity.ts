@@ -68,20 +68,20 @@ export function effectiveScopes(role: Role, credentialScopes: readonly string[])
 }
 
 /**
- * Every operation a caller can ask for, with the scope it needs and whether it acts on one instance.
+ * Every operation a caller can ask for, with the scope it needs and whether it only reads (changes nothing).
  * MCP tools, CLI commands and gateway actions map onto these names; the audit trail records them.
  */
 export const OPERATIONS = {
-  'instance.list': { scope: 'swarm:read' },
-  'instance.get': { scope: 'swarm:read' },
-  'instance.logs': { scope: 'swarm:read' },
-  'instance.health': { scope: 'swarm:read' },
-  'swarm.status': { scope: 'swarm:read' },
-  'swarm.usage': { scope: 'swarm:read' },
-  'migration.list': { scope: 'swarm:read' },
-  'migration.get': { scope: 'swarm:read' },
-  'migration.plan': { scope: 'swarm:read' },
-  'audit.list': { scope: 'swarm:read' },
+  'instance.list': { scope: 'swarm:read', readOnly: true },
+  'instance.get': { scope: 'swarm:read', readOnly: true },
+  'instance.logs': { scope: 'swarm:read', readOnly: true },
+  'instance.health': { scope: 'swarm:read', readOnly: true },
+  'swarm.status': { scope: 'swarm:read', readOnly: true },
+  'swarm.usage': { scope: 'swarm:read', readOnly: true },
+  'migration.list': { scope: 'swarm:read', readOnly: true },
+  'migration.get': { scope: 'swarm:read', readOnly: true },
+  'migration.plan': { scope: 'swarm:read', readOnly: true },
+  'audit.list': { scope: 'swarm:read', readOnly: true },
   'instance.create': { scope: 'swarm:write' },
   'instance.start': { scope: 'swarm:write' },
   'instance.stop': { scope: 'swarm:write' },
@@ -94,13 +94,13 @@ export const OPERATIONS = {
   'migration.start': { scope: 'swarm:write' },
   'migration.cancel': { scope: 'swarm:write' },
   'instance.exec': { scope: 'swarm:exec' },
-  'principal.list': { scope: 'swarm:admin' },
+  'principal.list': { scope: 'swarm:admin', readOnly: true },
   'principal.add': { scope: 'swarm:admin' },
   'principal.update': { scope: 'swarm:admin' },
   'token.create': { scope: 'swarm:read' }, // one's own tokens, within one's own scopes; for others swarm:admin
-  'token.list': { scope: 'swarm:read' },
+  'token.list': { scope: 'swarm:read', readOnly: true },
   'token.revoke': { scope: 'swarm:read' },
-} as const satisfies Record<string, { scope: Scope }>;
+} as const satisfies Record<string, { scope: Scope; readOnly?: true }>;
 
 export type Operation = keyof typeof OPERATIONS;
 

@@ -546,6 +546,13 @@ describe('tenancy end to end: principals over MCP HTTP, the gateway in Chromium,
     for (const e of fresh) expect(inView.has(e.id), `${e.actor.id} ${e.action} ${e.subject}`).toBe(true);
     const probe = (e: AuditEvent, id: string) => ({ ...e, id: '', time: '', subject: shape(e.subject ?? '', id), reason: shape(e.reason ?? '', id), request: undefined });
     expect(probe(inView.get(fresh[1]!.id)!, bobShared.id)).toEqual(probe(inView.get(fresh[2]!.id)!, missingId));
+    // Nor do the owner and outcome filters tell them apart (checked on the AuthorizedSwarm every door's listing calls).
+    const aliceSwarm = new AuthorizedSwarm({ controller, migrations: services.migrations }, await new Authenticator(controller.principals).authenticate(alice.token, 'mcp-http'));
+    const filteredIds = async (query: { owner?: string; outcome?: 'denied' | 'failed' }): Promise<string[]> => (await aliceSwarm.auditEvents({ ...query, limit: 10_000 })).map((e) => e.id);
+    expect(await filteredIds({ owner: 'bob' })).toEqual([]);
+    expect(await filteredIds({ outcome: 'denied' })).not.toContain(fresh[1]!.id);
+    expect(await filteredIds({ outcome: 'failed' })).toEqual(expect.arrayContaining([fresh[1]!.id, fresh[2]!.id]));
+    expect(await filteredIds({ outcome: 'denied' })).toContain(fresh[4]!.id); // vera's attempt on alice's workspace
     // Bob's probes of alice's workspaces are hers to see; nothing tells her who owns what she may not see.
     expect(view.filter((e) => e.owner !== undefined && e.owner !== 'alice').map((e) => `${e.actor.id} ${e.action} ${e.subject} owner ${e.owner}`)).toEqual([]);
 

@@ -8,6 +8,7 @@ import type { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
 import { z } from 'zod';
 import { PROVIDER_TYPES } from '../../../providers/provider.js';
 import { AUDIT_DOORS, MAX_QUERY_LIMIT, type AuditEvent, type AuditQuery } from '../../audit/audit-log.js';
+import type { WhoAmI } from '../../tenancy/authorized-swarm.js';
 import { PrincipalIdSchema, RoleSchema, ScopeSchema } from '../../tenancy/identity.js';
 import { NewPrincipalSchema, NewTokenSchema, PrincipalSchema, type TokenInfo } from '../../tenancy/principals.js';
 import { QuotaLimitsSchema } from '../../tenancy/quotas.js';
@@ -108,6 +109,15 @@ export function describeToken(t: TokenInfo): string {
   return `${t.id} ${t.name} of ${t.principalId}: ${t.scopes.join(' ')}; made ${t.createdAt}, ${state}${t.lastUsedAt ? `, last used ${t.lastUsedAt}` : ''}`;
 }
 
+export function describeWhoAmI(me: WhoAmI): string {
+  const limit = (n: number | undefined): string => (n === undefined ? 'no limit' : String(n));
+  return [
+    `${me.principal.id} (${me.principal.role}${me.principal.disabled ? ', disabled' : ''}) via ${me.door}${me.credentialId ? ` with credential ${me.credentialId}` : ''}`,
+    `scopes: ${me.scopes.join(', ') || 'none'}`,
+    `usage: ${me.usage.instances} workspace(s) of ${limit(me.limits.instances)}, ${me.usage.cpu} CPU of ${limit(me.limits.cpu)}, ${me.usage.memoryMb} MiB of ${limit(me.limits.memoryMb)}`,
+  ].join('\n');
+}
+
 export function describeAuditEvent(e: AuditEvent): string {
   const actor = `${e.actor.id}${e.actor.credentialId ? `/${e.actor.credentialId}` : ''} (${e.actor.door})`;
   const why = e.outcome === 'ok' ? '' : ` ${e.code ?? ''}${e.reason ? `: ${e.reason}` : ''}`;
@@ -128,13 +138,7 @@ export function registerTenancyTools(server: McpServer, ctx: ToolContext): void 
     () =>
       runTool(ctx, 'whoami', async () => {
         const me = await ctx.swarm.whoami();
-        const limit = (n: number | undefined): string => (n === undefined ? 'no limit' : String(n));
-        const text = [
-          `${me.principal.id} (${me.principal.role}${me.principal.disabled ? ', disabled' : ''}) via ${me.door}${me.credentialId ? ` with credential ${me.credentialId}` : ''}`,
-          `Scopes: ${me.scopes.join(', ') || 'none'}`,
-          `Usage: ${me.usage.instances} workspace(s) of ${limit(me.limits.instances)}, ${me.usage.cpu} CPU of ${limit(me.limits.cpu)}, ${me.usage.memoryMb} MiB of ${limit(me.limits.memoryMb)}`,
-        ].join('\n');
-        return { text, structured: { ...me } };
+        return { text: describeWhoAmI(me), structured: { ...me } };
       }),
   );
 
