@@ -292,8 +292,10 @@ async function up(services: SwarmServices, config: SwarmConfig, logger: Logger, 
   if (demoName) {
     process.stdout.write(`  Creating the demo workspace "${demoName}"...\n`);
     try {
-      const result = await controller.createInstance({ name: demoName }, { onProgress: (e) => process.stderr.write(`[${Math.round(e.fraction * 100)}%] ${e.message}\n`) });
-      const link = result.access ?? (await controller.issueAccessLink(result.instance.id));
+      // As the person who ran `up`: the local admin, through the same authorization and audit trail as every door.
+      const swarm = new AuthorizedSwarm({ controller, migrations: services.migrations }, localAdmin('cli'));
+      const result = await swarm.createInstance({ name: demoName }, { onProgress: (e) => process.stderr.write(`[${Math.round(e.fraction * 100)}%] ${e.message}\n`) });
+      const link = result.access ?? (await swarm.issueAccessLink(result.instance.id));
       process.stdout.write(`  Demo editor: ${link.accessUrl}\n               (one-time link; afterwards ${link.url} while signed in)\n`);
     } catch (err) {
       await stop();

@@ -6,6 +6,7 @@ import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
 import { spawn, execFile, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
 import http from 'node:http';
 import path from 'node:path';
 import { promisify } from 'node:util';
@@ -78,13 +79,13 @@ describe('vscode-swarm up --demo', () => {
     expect(refused.status).toBe(401);
   });
 
-  it('is the only controller of its state directory while it runs', async () => {
-    const attempt = await run(process.execPath, ['dist/src/cli.js', 'status'], { cwd: REPO_ROOT, env: env() }).then(
-      () => ({ code: 0, stderr: '' }),
-      (err: { code: number; stderr: string }) => ({ code: err.code, stderr: err.stderr }),
-    );
-    expect(attempt.code).toBe(1);
-    expect(attempt.stderr).toMatch(/CONFLICT: another vscode-swarm controller \(pid \d+, "up --demo/);
+  it('stays the only controller of its state directory: the CLI beside it talks to it instead of opening the directory', async () => {
+    const lockBefore = await readFile(path.join(stateDir, 'controller.lock'), 'utf8');
+    const { stdout: out } = await run(process.execPath, ['dist/src/cli.js', 'list', '--json'], { cwd: REPO_ROOT, env: env() });
+    expect((JSON.parse(out) as { name: string }[]).map((i) => i.name)).toContain(`${PREFIX}-demo`);
+    expect(await readFile(path.join(stateDir, 'controller.lock'), 'utf8')).toBe(lockBefore);
+    const { stdout: audit } = await run(process.execPath, ['dist/src/cli.js', 'audit', '--type', 'dev.vscode-swarm.instance.list', '--json'], { cwd: REPO_ROOT, env: env() });
+    expect((JSON.parse(audit) as { actor: { door: string } }[]).some((e) => e.actor.door === 'mcp-http')).toBe(true);
   });
 
   it('stops cleanly on SIGINT and releases the state directory', async () => {

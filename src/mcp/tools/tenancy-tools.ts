@@ -24,7 +24,11 @@ const isoTime = (what: string) =>
     .refine((s) => !Number.isNaN(Date.parse(s)), 'expected an ISO 8601 time that exists, such as 2025-01-31T12:00:00Z')
     .describe(what);
 
-export const TokenIdSchema = z.string().regex(/^t[0-9a-f]{12}$/, 'expected a token id: "t" and 12 hex digits, as shown by list_tokens').describe('The token id (not the token itself), as shown by list_tokens');
+/** Loose on purpose: an id of no token is NOT_FOUND; what is refused here is the token itself (61 characters) or text that is no id. */
+export const TokenIdSchema = z
+  .string()
+  .regex(/^[A-Za-z0-9_-]{1,32}$/, 'expected a token id such as t0123456789ab, as shown by list_tokens (not the token itself)')
+  .describe('The token id (not the token itself), as shown by list_tokens');
 
 export const ListAuditEventsInputSchema = z
   .object({
