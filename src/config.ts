@@ -81,8 +81,10 @@ const AwsAsgConfigSchema = z
     /** Where the agents' bearer token (--token) is read from: this variable, else agentTokenFile. Never put the token in the file itself. */
     agentTokenEnv: z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/).default('VSCODE_SWARM_AWS_AGENT_TOKEN'),
     agentTokenFile: z.string().min(1).optional(),
-    // No gateway secret here: the agents check access links with the central gateway.secret, which their
-    // launcher passes as --gateway-secret (or VSCODE_SWARM_AGENT_GATEWAY_SECRET); the controller never sends it.
+    /** The agents' --port-range: an endpoint a host reports off its own address or outside this range is refused. */
+    agentPortRange: z.string().regex(/^\d{1,5}(-\d{1,5})?$/, 'expected a port range such as 20000-20999').default('20000-20999'),
+    // No gateway key here: the agents check access links with the central gateway's Ed25519 public key,
+    // which their launcher passes as --gateway-public-key; the controller never sends a secret to a host.
     /** SDK attempts per AWS call (the SDK retries throttling and 5xx itself). */
     maxAttempts: z.number().int().min(1).max(20).default(5),
     retryMode: z.enum(['standard', 'adaptive']).default('standard'),
@@ -92,6 +94,8 @@ const AwsAsgConfigSchema = z
     /** How long a create waits for a new host when every host is full (EC2 boot plus agent start). */
     hostWaitTimeoutMs: z.number().int().min(1_000).max(3_600_000).default(600_000),
     hostPollMs: z.number().int().min(100).max(60_000).default(2_000),
+    /** A host whose agent has not answered this long after launch is terminated and replaced (EC2 keeps it InService whatever its user data did). */
+    hostBootTimeoutMs: z.number().int().min(1_000).max(3_600_000).default(600_000),
     /** A host empty this long is terminated (min size and buffer permitting). */
     scaleInCooldownMinutes: z.number().min(0).max(1_440).default(10),
     reconcileIntervalMs: z.number().int().min(100).max(3_600_000).default(15_000),

@@ -25,6 +25,15 @@
  * that target and the group's min size. Hosts holding containers are protected from scale-in
  * (SetInstanceProtection, batched per flag), empty ones are not.
  *
+ * Hosts that misbehave: EC2 health checks see only the instance, so a host whose agent never starts stays
+ * InService and Healthy for ever. A host that has not answered within `hostBootTimeoutMs` of its launch is
+ * terminated with ShouldDecrementDesiredCapacity=false (the group launches a replacement) and stops
+ * counting as booting capacity. A host that answered before and now refuses or times out (an agent
+ * restart, a crash) is unreachable, not gone: its instances are listed from what it last reported, with
+ * status and health `unknown` and the reason, and every operation on them fails as unavailable, so
+ * nothing is re-created elsewhere while the host may come back. Only a host that EC2 reports terminated,
+ * or that left the group, takes its instances with it.
+ *
  * Retries: AWS calls rely on the SDK's own retry strategy (maxAttempts, standard or adaptive mode) and are
  * deliberately not wrapped in p-retry as well, so the two never multiply each other's attempts. Agent
  * calls retry with p-retry (agent-client.ts), for idempotent operations only.
@@ -64,7 +73,9 @@ import type {
 } from '../provider.js';
 import { applyInstanceFilter } from '../provider.js';
 import type { HostReport } from './agent/agent-protocol.js';
+import { parsePortRange, type PortRange } from './agent/port-pool.js';
 import { AgentClient, type AgentRetryOptions } from './agent-client.js';
+import { deriveHostToken, isHostAuthorization } from './host-credentials.js';
 
 export interface AwsAsgProviderOptions {
   /** AWS region; AWS_REGION / AWS_DEFAULT_REGION from `env` when absent. */
@@ -84,8 +95,13 @@ export interface AwsAsgProviderOptions {
   awsRequestTimeoutMs?: number;
   /** The agents' control-API port (the same on every host). */
   agentPort?: number;
-  /** The bearer token the agents run with (--token); else the variable `agentTokenEnv` of `env`, else `agentTokenFile`. */
+  /**
+   * The master agent token; else the variable `agentTokenEnv` of `env`, else `agentTokenFile`. No host
+   * holds it: each runs with its own token, deriveHostToken(master, its instance id) (host-credentials.ts).
+   */
   agentToken?: string;
+  /** The agents' --port-range: endpoints a host reports outside it (or off its address) are refused. Default 20000-20999. */
+  agentPortRange?: PortRange;
   /** Default VSCODE_SWARM_AWS_AGENT_TOKEN. */
   agentTokenEnv?: string;
   agentTokenFile?: string;
@@ -107,6 +123,8 @@ export interface AwsAsgProviderOptions {
   hostWaitTimeoutMs?: number;
   /** How often a holding create looks for the new host; default 2 s. */
   hostPollMs?: number;
+  /** A host whose agent has not answered this long after launch is terminated and replaced; default 10 min. */
+  hostBootTimeoutMs?: number;
   /** A host empty this long is terminated (when not needed for min size or buffer); default 10 min. */
   scaleInCooldownMs?: number;
   /** Period of the background loop (discovery, protection, scale-in); default 15 s. */
@@ -136,6 +154,25 @@ interface HostState {
   emptySince?: number;
   /** Chosen for scale-in: no placement on it. */
   retiring: boolean;
+  /** EC2 launch time (ms), else when this provider first saw it: the start of the boot deadline. */
+  launchedAt: number;
+  /** Its agent has answered with a valid report at least once (since this provider started). */
+  answered: boolean;
+  /** Present at this provider's first discovery: it may hold instances we never heard of. */
+  seenAtStart: boolean;
+  /** EC2 reports it pending or running (it has an address); false once EC2 says otherwise. */
+  ec2Live: boolean;
+  /** Its instances as last reported (listings, gets, our creates and deletes): listed as unknown while it is unreachable. */
+  known?: Map<string, VSCodeInstance>;
+  /** When its agent stopped answering (cleared when it answers). */
+  unreachableSince?: number;
+}
+
+/** Where an instance is; `stale`: what its unreachable host last reported, as unknown. */
+interface Located {
+  host: HostState;
+  instance: VSCodeInstance;
+  stale?: boolean;
 }
 
 interface GroupView {
@@ -145,6 +182,7 @@ interface GroupView {
 }
 
 const DEFAULT_AGENT_PORT = 9100;
+const DEFAULT_AGENT_PORT_RANGE: PortRange = parsePortRange('20000-20999');
 const SCALE_GATHER_MS = 100;
 
 export class AwsAsgProvider implements Provider {
@@ -155,7 +193,7 @@ export class AwsAsgProvider implements Provider {
     Pick<
       AwsAsgProviderOptions,
       | 'agentPort' | 'perHostCapacity' | 'bufferSlots' | 'hostCacheTtlMs' | 'agentTimeoutMs' | 'agentCreateTimeoutMs'
-      | 'hostWaitTimeoutMs' | 'hostPollMs' | 'scaleInCooldownMs' | 'reconcileIntervalMs' | 'maxAttempts'
+      | 'hostWaitTimeoutMs' | 'hostPollMs' | 'scaleInCooldownMs' | 'reconcileIntervalMs' | 'maxAttempts' | 'hostBootTimeoutMs'
     >
   >;
   private asg?: AutoScalingClient;
@@ -169,6 +207,7 @@ export class AwsAsgProvider implements Provider {
   /** Workspaces kept on delete (keepWorkspace): a re-create goes back to that host. In memory only. */
   private readonly keptOn = new Map<string, string>();
   private refreshedAt = 0;
+  private discovered = false;
   private desiredChangedAt = 0;
   private refreshing?: Promise<void>;
   private placementQueue: Promise<unknown> = Promise.resolve();
@@ -195,6 +234,7 @@ export class AwsAsgProvider implements Provider {
       agentCreateTimeoutMs: options.agentCreateTimeoutMs ?? 180_000,
       hostWaitTimeoutMs: options.hostWaitTimeoutMs ?? 600_000,
       hostPollMs: options.hostPollMs ?? 2_000,
+      hostBootTimeoutMs: options.hostBootTimeoutMs ?? 600_000,
       scaleInCooldownMs: options.scaleInCooldownMs ?? 600_000,
       reconcileIntervalMs: options.reconcileIntervalMs ?? 15_000,
       maxAttempts: options.maxAttempts ?? 5,
@@ -219,12 +259,9 @@ export class AwsAsgProvider implements Provider {
     return structuredClone(this.capabilities);
   }
 
-  /** True when an `Authorization` header carries the agents' token (events the agents report back). */
-  isAgentAuthorization(header: string | undefined): boolean {
-    if (!this.token || !header) return false;
-    const given = Buffer.from(header);
-    const expected = Buffer.from(`Bearer ${this.token}`);
-    return given.length === expected.length && timingSafeEqual(given, expected);
+  /** True when an `Authorization` header carries the token of host `hostId` (events the agents report back). */
+  isAgentAuthorization(header: string | undefined, hostId: string): boolean {
+    return isHostAuthorization(this.token, hostId, header);
   }
 
   async initialize(): Promise<void> {
@@ -289,8 +326,11 @@ export class AwsAsgProvider implements Provider {
     // A host that cannot answer right now is not waited for here: ids are fresh from the controller, and
     // the agent itself refuses a second create of an id it holds.
     const { hit: existing } = await this.find(instanceId);
+    // On a host that cannot answer now: never a second copy elsewhere.
+    if (existing?.stale) throw this.unreachableError(instanceId, existing.host);
     if (existing) {
       const { instance } = await existing.host.client!.create(instanceId, config, this.o.agentCreateTimeoutMs);
+      this.remember(existing.host, instance);
       progress({ fraction: 1, message: 'instance exists' });
       return this.view(instance, existing.host);
     }
@@ -302,6 +342,7 @@ export class AwsAsgProvider implements Provider {
         const { instance, created } = await host.client!.create(instanceId, config, this.o.agentCreateTimeoutMs);
         if (created) host.used++;
         host.epoch++;
+        this.remember(host, instance);
         this.located.set(instanceId, host.id);
         this.keptOn.delete(instanceId);
         this.logger.info({ instanceId, hostId: host.id, endpoint: instance.endpoint?.url }, 'instance created');
@@ -343,7 +384,8 @@ export class AwsAsgProvider implements Provider {
 
   async getInstance(instanceId: string): Promise<VSCodeInstance | null> {
     const found = await this.locate(instanceId);
-    return found ? this.view(found.instance, found.host) : null;
+    if (!found) return null;
+    return found.stale ? found.instance : this.view(found.instance, found.host);
   }
 
   async listInstances(filter: InstanceFilter = {}): Promise<VSCodeInstance[]> {
@@ -351,18 +393,29 @@ export class AwsAsgProvider implements Provider {
     const hosts = [...this.hosts.values()].filter((h) => this.inService(h));
     const unsure: HostState[] = [];
     const lists = await Promise.all(
-      hosts.map(async (host) => {
+      hosts.map(async (host): Promise<VSCodeInstance[]> => {
         try {
-          return (await host.client!.list()).map((i) => this.view(i, host));
+          const listed = await host.client!.list();
+          host.known = new Map(listed.map((i) => [i.id, i]));
+          this.markAnswering(host);
+          return listed.map((i) => this.view(i, host));
         } catch (err) {
           this.markUnreachable(host, err);
-          if (!isGone(err)) unsure.push(host);
+          if (host.reachable) {
+            unsure.push(host);
+            return [];
+          }
+          // Has EC2 terminated it since we last looked? Then its instances are gone, not unknown.
+          if (this.refreshedAt <= (host.unreachableSince ?? 0)) await this.refreshHosts(0).catch(() => undefined);
+          if (!this.inService(host) || this.hosts.get(host.id) !== host) return [];
+          // Unreachable is not gone: what it last reported, as unknown. A host we know nothing of that may
+          // hold instances cannot be listed as empty, so the listing fails instead.
+          if (host.known) return [...host.known.values()].map((i) => this.staleView(i, host));
+          if (this.mayHoldUnknown(host)) unsure.push(host);
           return [];
         }
       }),
     );
-    // A host whose agent is gone holds nothing (its instances are reported missing); one that is only
-    // slow or confused must not have its instances declared missing, so the listing fails instead.
     if (unsure.length) {
       throw new SwarmError('PROVIDER_UNAVAILABLE', `aws-asg: cannot list instances: the agent of ${unsure.map((h) => `host ${h.id} (${h.unreachableReason ?? 'no answer'})`).join(', ')} did not answer`);
     }
@@ -391,8 +444,10 @@ export class AwsAsgProvider implements Provider {
     const found = await this.locate(instanceId);
     if (!found) return false;
     const { host } = found;
+    if (found.stale) throw this.unreachableError(instanceId, host);
     const removed = await host.client!.delete(instanceId, options.keepWorkspace ?? false, this.o.agentCreateTimeoutMs);
     this.located.delete(instanceId);
+    host.known?.delete(instanceId);
     if (removed) {
       host.used = Math.max(0, host.used - 1);
       host.epoch++;
@@ -465,21 +520,32 @@ export class AwsAsgProvider implements Provider {
   // ---- locating instances ----
 
   /**
-   * The host holding an instance: the remembered one first, then every host in service (verify on miss).
-   * Hosts are asked whatever their placement health: a slow agent still holds its instances. A host
-   * that is out of service, or whose agent refuses connections (the process is gone), holds nothing; one
-   * that times out or answers garbage cannot tell, so `unsure` lists it.
+   * The host holding an instance: the remembered one first, then every host EC2 has not terminated (verify
+   * on miss). Hosts are asked whatever their placement health: a slow agent still holds its instances. A
+   * host that cannot answer (refused, timed out, garbage) is unreachable, not empty: an instance it last
+   * reported is a `stale` hit (status unknown); one it never reported is not there when we hold a listing
+   * of that host or it is a host launched since we started that never answered, else `unsure` lists it.
    */
-  private async find(instanceId: string): Promise<{ hit?: { host: HostState; instance: VSCodeInstance }; unsure: HostState[] }> {
+  private async find(instanceId: string): Promise<{ hit?: Located; unsure: HostState[] }> {
     this.requireClients();
     const unsure: HostState[] = [];
-    const ask = async (host: HostState): Promise<{ host: HostState; instance: VSCodeInstance } | undefined> => {
+    const ask = async (host: HostState): Promise<Located | undefined> => {
       try {
         const instance = await host.client!.get(instanceId);
+        this.markAnswering(host);
+        if (instance) this.remember(host, instance);
+        else host.known?.delete(instanceId);
         return instance ? { host, instance } : undefined;
       } catch (err) {
         this.markUnreachable(host, err);
-        if (!isGone(err)) unsure.push(host);
+        // An error about this instance from an answering agent: it cannot tell us.
+        if (host.reachable) {
+          unsure.push(host);
+          return undefined;
+        }
+        const last = host.known?.get(instanceId);
+        if (last) return { host, instance: this.staleView(last, host), stale: true };
+        if (!host.known && this.mayHoldUnknown(host)) unsure.push(host);
         return undefined;
       }
     };
@@ -487,20 +553,26 @@ export class AwsAsgProvider implements Provider {
     const first = remembered ? this.hosts.get(remembered) : undefined;
     if (first && this.inService(first)) {
       const hit = await ask(first);
-      if (hit) return { hit, unsure: [] };
-      // Gone or silent where we left it: look at the group again before looking elsewhere.
-      if (unsure.length || !first.reachable) await this.refreshHosts(Math.min(this.o.hostCacheTtlMs, 1_000)).catch(() => undefined);
+      if (hit && !hit.stale) return { hit, unsure: [] };
+      // Gone or silent where we left it: look at the group again (has EC2 terminated it?) before deciding.
+      if (hit || unsure.length || !first.reachable) {
+        // A discovery from before the agent stopped answering cannot say whether EC2 has terminated the host since.
+        const maxAge = this.refreshedAt <= (first.unreachableSince ?? 0) ? 0 : Math.min(this.o.hostCacheTtlMs, 1_000);
+        await this.refreshHosts(maxAge).catch(() => undefined);
+        if (hit && this.hosts.get(first.id) === first && this.inService(first)) return { hit, unsure: [] };
+        unsure.length = 0;
+      }
     }
     const others = [...this.hosts.values()].filter((h) => h !== first && this.inService(h));
     const answers = await Promise.all(others.map(ask));
-    const hit = answers.find((a) => a !== undefined);
+    const hit = answers.find((a) => a !== undefined && !a.stale) ?? answers.find((a) => a !== undefined);
     if (hit) this.located.set(instanceId, hit.host.id);
     else if (unsure.length === 0) this.located.delete(instanceId);
     return hit ? { hit, unsure: [] } : { unsure };
   }
 
   /** Found, or undefined when no host has it; throws when a host in service could not say. */
-  private async locate(instanceId: string): Promise<{ host: HostState; instance: VSCodeInstance } | undefined> {
+  private async locate(instanceId: string): Promise<Located | undefined> {
     const { hit, unsure } = await this.find(instanceId);
     if (hit) return hit;
     if (unsure.length) {
@@ -513,14 +585,42 @@ export class AwsAsgProvider implements Provider {
     return undefined;
   }
 
+  /** A host that may hold instances: in the group and not terminated by EC2 (whatever its agent does). */
   private inService(h: HostState): boolean {
-    return h.client !== undefined && h.lifecycle === 'InService' && h.healthStatus === 'Healthy';
+    return h.client !== undefined && h.ec2Live && h.lifecycle !== 'Terminated';
   }
 
-  private async require(instanceId: string): Promise<{ host: HostState; instance: VSCodeInstance }> {
+  /** A host we hold no listing of may hold instances unless it launched after we started and never answered (still booting). */
+  private mayHoldUnknown(h: HostState): boolean {
+    return h.answered || h.seenAtStart;
+  }
+
+  private async require(instanceId: string): Promise<Located> {
     const found = await this.locate(instanceId);
     if (!found) throw new SwarmError('NOT_FOUND', `instance ${instanceId} is on no host of Auto Scaling group ${this.options.groupName}`);
+    if (found.stale) throw this.unreachableError(instanceId, found.host);
     return found;
+  }
+
+  private unreachableError(instanceId: string, host: HostState): SwarmError {
+    return new SwarmError('PROVIDER_UNAVAILABLE', `aws-asg: instance ${instanceId} is on ${this.unreachableText(host)}; try again when its agent answers`, {
+      details: { hostId: host.id, reason: 'HOST_UNREACHABLE' },
+    });
+  }
+
+  private unreachableText(host: HostState): string {
+    const since = new Date(host.unreachableSince ?? this.now()).toISOString();
+    return `host ${host.id} unreachable since ${since}: ${host.unreachableReason ?? 'agent did not answer'}`;
+  }
+
+  /** What a host last reported of an instance, as unknown: the host may come back with it as it was. */
+  private staleView(instance: VSCodeInstance, host: HostState): VSCodeInstance {
+    const { endpoint: _endpoint, ...rest } = this.view(instance, host);
+    return { ...rest, status: 'unknown', health: 'unknown', statusReason: this.unreachableText(host) };
+  }
+
+  private remember(host: HostState, instance: VSCodeInstance): void {
+    (host.known ??= new Map()).set(instance.id, instance);
   }
 
   private view(instance: VSCodeInstance, host: HostState): VSCodeInstance {
@@ -532,11 +632,38 @@ export class AwsAsgProvider implements Provider {
       ...(instance.statusReason ? { statusReason: instance.statusReason } : {}),
       health: instance.health,
       config: instance.config,
-      ...(instance.endpoint ? { endpoint: instance.endpoint } : {}),
+      ...this.checkedEndpoint(instance, host),
       providerRef: { ...instance.providerRef, hostId: host.id, hostIp: host.ip ?? '' },
       createdAt: instance.createdAt,
       updatedAt: instance.updatedAt,
     };
+  }
+
+  /**
+   * The endpoint a host reported, when it is at that host's own address and within the agents' port
+   * range; anything else (a host pointing the gateway at another machine or port) is refused: no
+   * endpoint, and a status reason that says why.
+   */
+  private checkedEndpoint(instance: VSCodeInstance, host: HostState): { endpoint?: VSCodeInstance['endpoint']; statusReason?: string } {
+    const endpoint = instance.endpoint;
+    if (!endpoint) return {};
+    const range = this.options.agentPortRange ?? DEFAULT_AGENT_PORT_RANGE;
+    let urlHost = '';
+    let urlPort = NaN;
+    try {
+      const url = new URL(endpoint.url);
+      urlHost = url.hostname.replace(/^\[|\]$/g, '');
+      urlPort = Number(url.port);
+      if (url.protocol !== 'http:') urlHost = '';
+    } catch {
+      urlHost = '';
+    }
+    const hostOk = host.ip !== undefined && endpoint.host === host.ip && urlHost === host.ip;
+    const portOk = Number.isInteger(endpoint.port) && endpoint.port >= range.first && endpoint.port <= range.last && urlPort === endpoint.port;
+    if (hostOk && portOk) return { endpoint };
+    const reason = `endpoint refused: host ${host.id} reported ${JSON.stringify(endpoint.url)} for ${instance.id}; expected http://${host.ip ?? '<its private address>'}:<port> with a port in ${range.first}-${range.last}`;
+    this.logger.error({ instanceId: instance.id, hostId: host.id, endpoint: endpoint.url, range: `${range.first}-${range.last}` }, 'refused an endpoint outside the host\'s address and port range');
+    return { statusReason: instance.statusReason ? `${reason}; ${instance.statusReason}` : reason };
   }
 
   // ---- placement ----
@@ -738,6 +865,7 @@ export class AwsAsgProvider implements Provider {
     const view: GroupView = { minSize: group.MinSize ?? 0, maxSize: group.MaxSize ?? 0, desired: group.DesiredCapacity ?? 0 };
     const members = group.Instances ?? [];
     const ips = new Map<string, string>();
+    const launched = new Map<string, number>();
     if (members.length) {
       try {
         this.count('DescribeInstances');
@@ -753,7 +881,10 @@ export class AwsAsgProvider implements Provider {
         let page = 0;
         for await (const out of pages) {
           if (page++ > 0) this.count('DescribeInstances');
-          for (const r of out.Reservations ?? []) for (const i of r.Instances ?? []) if (i.InstanceId && i.PrivateIpAddress) ips.set(i.InstanceId, i.PrivateIpAddress);
+          for (const r of out.Reservations ?? []) for (const i of r.Instances ?? []) {
+            if (i.InstanceId && i.PrivateIpAddress) ips.set(i.InstanceId, i.PrivateIpAddress);
+            if (i.InstanceId && i.LaunchTime) launched.set(i.InstanceId, i.LaunchTime.getTime());
+          }
         }
       } catch (err) {
         throw awsUnavailable(err, `describe the instances of group ${this.options.groupName}`);
@@ -768,26 +899,30 @@ export class AwsAsgProvider implements Provider {
       seen.add(m.InstanceId);
       let host = this.hosts.get(m.InstanceId);
       if (!host) {
-        host = { id: m.InstanceId, lifecycle: '', healthStatus: '', protected: false, reachable: false, authFailed: false, inflight: new Set(), used: 0, epoch: 0, retiring: false };
+        host = {
+          id: m.InstanceId, lifecycle: '', healthStatus: '', protected: false, reachable: false, authFailed: false, inflight: new Set(), used: 0, epoch: 0, retiring: false,
+          launchedAt: launched.get(m.InstanceId) ?? startedAt, answered: false, seenAtStart: !this.discovered, ec2Live: false,
+        };
         this.hosts.set(m.InstanceId, host);
       }
       host.lifecycle = m.LifecycleState ?? 'Pending';
       host.healthStatus = /^healthy$/i.test(m.HealthStatus ?? '') ? 'Healthy' : 'Unhealthy';
       host.protected = m.ProtectedFromScaleIn ?? false;
       const ip = ips.get(m.InstanceId);
+      host.ec2Live = ip !== undefined;
       if (ip && ip !== host.ip) {
         host.ip = ip;
         host.client = new AgentClient({
           baseUrl: `http://${ip.includes(':') ? `[${ip}]` : ip}:${this.o.agentPort}`,
           hostId: host.id,
-          token: this.token,
+          token: deriveHostToken(this.token, host.id),
           timeoutMs: this.o.agentTimeoutMs,
           ...(this.options.agentRetry ? { retry: this.options.agentRetry } : {}),
           logger: this.logger,
         });
       }
       if (!ip || host.healthStatus !== 'Healthy' || host.lifecycle.startsWith('Terminat')) {
-        if (host.reachable) this.logger.warn({ hostId: host.id, lifecycle: host.lifecycle, health: host.healthStatus }, 'host left service; its instances are no longer reported');
+        if (host.reachable) this.logger.warn({ hostId: host.id, lifecycle: host.lifecycle, health: host.healthStatus, ec2: ip ? 'running' : 'terminated' }, ip ? 'host left service; no placement on it' : 'EC2 reports the host terminated; its instances are gone');
         host.reachable = false;
         host.unreachableReason = `host is ${host.lifecycle} / ${host.healthStatus}`;
       }
@@ -800,6 +935,7 @@ export class AwsAsgProvider implements Provider {
     }
     await Promise.all([...this.hosts.values()].filter((h) => h.lifecycle === 'InService' && h.healthStatus === 'Healthy' && h.client).map((h) => this.checkAgent(h)));
     this.refreshedAt = this.now();
+    this.discovered = true;
   }
 
   /** One GET /v1/host: a host that answers garbage, someone else's id, or nothing is skipped for placement. */
@@ -812,9 +948,7 @@ export class AwsAsgProvider implements Provider {
       }
       if (!host.reachable) this.logger.info({ hostId: host.id, ip: host.ip, capacity: report.capacity, used: report.used }, 'host agent answering');
       host.report = report;
-      host.reachable = true;
-      host.authFailed = false;
-      host.unreachableReason = undefined;
+      this.markAnswering(host);
       if (host.epoch === epoch && host.inflight.size === 0) host.used = report.used;
       this.touchEmpty(host);
     } catch (err) {
@@ -827,11 +961,22 @@ export class AwsAsgProvider implements Provider {
     // A 4xx/5xx about one instance says nothing about the host.
     if (e.code !== 'PROVIDER_UNAVAILABLE' && !(e.code === 'PROVIDER_ERROR' && /not JSON|without a JSON|answered as/.test(e.message))) return;
     host.authFailed = e.details?.reason === 'AGENT_UNAUTHORIZED';
-    if (host.reachable || host.unreachableReason !== e.message) {
+    if (host.reachable || host.unreachableReason !== describeUnreachable(e)) {
       this.logger.warn({ hostId: host.id, ip: host.ip, err: e.message }, 'host agent unhealthy; skipped for placement');
     }
     host.reachable = false;
-    host.unreachableReason = e.message;
+    host.unreachableReason = describeUnreachable(e);
+    host.unreachableSince ??= this.now();
+  }
+
+  /** A valid answer from the agent: reachable again (its instances are reported as it reports them). */
+  private markAnswering(host: HostState): void {
+    if (host.unreachableSince !== undefined) this.logger.info({ hostId: host.id, downForMs: this.now() - host.unreachableSince }, 'host agent answering again');
+    host.reachable = true;
+    host.answered = true;
+    host.authFailed = false;
+    host.unreachableReason = undefined;
+    host.unreachableSince = undefined;
   }
 
   private touchEmpty(host: HostState): void {
@@ -852,6 +997,7 @@ export class AwsAsgProvider implements Provider {
 
   private async reconcile(): Promise<void> {
     await this.refreshHosts(Math.min(this.o.hostCacheTtlMs, this.o.reconcileIntervalMs / 2));
+    await this.replaceSilentHosts();
     await this.syncProtection();
     await this.maybeScaleOut();
     await this.scaleIn();
@@ -890,8 +1036,39 @@ export class AwsAsgProvider implements Provider {
           for (const h of batch) h.protected = flag;
           this.logger.debug({ hosts: batch.map((h) => h.id), protected: flag }, 'scale-in protection set');
         } catch (err) {
+          // Refused as a whole when one host left service since our last look: it is not InService any more.
+          const stale = /The instance (i-[0-9a-f]+) is not in InService/.exec((err as Error)?.message ?? '')?.[1];
+          const host = stale ? this.hosts.get(stale) : undefined;
+          if (host) host.lifecycle = 'Unknown';
           this.logger.warn({ err: describeAwsError(err), hosts: batch.map((h) => h.id), protected: flag }, 'SetInstanceProtection failed; trying again next pass');
         }
+      }
+    }
+  }
+
+  /**
+   * A host whose agent never answered within the boot deadline of its launch will not by itself: EC2 keeps
+   * it InService and Healthy whatever its user data did. Terminate it without decrementing the desired
+   * capacity, so the group launches a replacement; it no longer counts as booting capacity.
+   */
+  private async replaceSilentHosts(): Promise<void> {
+    if (this.closed) return;
+    const now = this.now();
+    const silent = [...this.hosts.values()].filter(
+      (h) => (h.lifecycle === 'Pending' || h.lifecycle === 'InService') && h.ec2Live && !h.answered && !h.authFailed && h.inflight.size === 0 && now - h.launchedAt >= this.o.hostBootTimeoutMs,
+    );
+    for (const host of silent) {
+      try {
+        this.count('TerminateInstanceInAutoScalingGroup');
+        await this.asg!.send(new TerminateInstanceInAutoScalingGroupCommand({ InstanceId: host.id, ShouldDecrementDesiredCapacity: false }));
+        host.lifecycle = 'Terminating';
+        host.reachable = false;
+        this.logger.warn(
+          { hostId: host.id, ip: host.ip, launchedForMs: now - host.launchedAt, reason: host.unreachableReason },
+          `host never answered within the boot deadline (${this.o.hostBootTimeoutMs} ms); terminated for the group to replace it`,
+        );
+      } catch (err) {
+        this.logger.warn({ hostId: host.id, err: describeAwsError(err) }, 'terminating a host that never booted failed; trying again next pass');
       }
     }
   }
@@ -949,10 +1126,12 @@ export class AwsAsgProvider implements Provider {
   }
 }
 
-/** The agent's process is not there (refused or unroutable): the host holds nothing we can reach. */
-function isGone(err: unknown): boolean {
-  const transport = isSwarmError(err) ? err.details?.transport : undefined;
-  return transport === 'ECONNREFUSED' || transport === 'EHOSTUNREACH' || transport === 'ENETUNREACH';
+/** Why an agent did not answer, short: "agent refused", "agent timed out", else the error's message. */
+function describeUnreachable(err: SwarmError): string {
+  const transport = err.details?.transport;
+  if (transport === 'ECONNREFUSED') return `agent refused (${err.message})`;
+  if (transport === 'timeout' || transport === 'ETIMEDOUT') return `agent timed out (${err.message})`;
+  return err.message;
 }
 
 function describeAwsError(err: unknown): string {

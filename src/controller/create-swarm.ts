@@ -3,6 +3,7 @@
  * (CLI, MCP server, test, library user) owns what it builds and closes it.
  */
 import { AwsAsgProvider } from '../../providers/aws-asg/aws-asg-provider.js';
+import { parsePortRange } from '../../providers/aws-asg/agent/port-pool.js';
 import { DockerProvider } from '../../providers/docker/docker-provider.js';
 import { FlyProvider } from '../../providers/fly/fly-provider.js';
 import { ProviderFactory, type Provider, type ProviderType } from '../../providers/provider.js';
@@ -82,6 +83,7 @@ export function createSwarm(config: SwarmConfig, options: CreateSwarmOptions = {
       agentPort: aws.agentPort,
       agentTokenEnv: aws.agentTokenEnv,
       ...(aws.agentTokenFile ? { agentTokenFile: aws.agentTokenFile } : {}),
+      agentPortRange: parsePortRange(aws.agentPortRange, 'providers.aws-asg.agentPortRange'),
       maxAttempts: aws.maxAttempts,
       retryMode: aws.retryMode,
       hostCacheTtlMs: aws.hostCacheTtlMs,
@@ -89,6 +91,7 @@ export function createSwarm(config: SwarmConfig, options: CreateSwarmOptions = {
       agentCreateTimeoutMs: aws.agentCreateTimeoutMs,
       hostWaitTimeoutMs: aws.hostWaitTimeoutMs,
       hostPollMs: aws.hostPollMs,
+      hostBootTimeoutMs: aws.hostBootTimeoutMs,
       scaleInCooldownMs: aws.scaleInCooldownMinutes * 60_000,
       reconcileIntervalMs: aws.reconcileIntervalMs,
       env: options.env ?? process.env,

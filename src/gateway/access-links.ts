@@ -1,9 +1,13 @@
 /**
  * Where users open an instance and the tokens that let them in: `<scheme>://<id>.<baseDomain>:<port>/`.
  * The controller issues links with it; the gateway checks what comes back with the same keys.
+ *
+ * A host agent's proxy uses it in verify-only mode (`linkPublicKey`): links are checked with the central
+ * gateway's public key and cannot be issued here, and the sessions it hands out are signed with the
+ * host's own key (its state directory), which no other host and not the central gateway accept.
  */
 import type { GatewayConfig } from '../config.js';
-import { AccessTokens, SpentLinks, loadOrCreateSecret, type TokenClaims } from './access-tokens.js';
+import { AccessTokens, SpentLinks, loadOrCreateSigningKey, parsePublicKey, publicKeyText, type TokenClaims } from './access-tokens.js';
 
 export const TOKEN_PARAM = 'swarm_token';
 export const SESSION_COOKIE = 'swarm_session';
@@ -21,8 +25,16 @@ export interface AccessLink {
   expiresAt: string;
 }
 
+export interface AccessLinkKeys {
+  /** Verify links with this Ed25519 public key (publicKeyText form) and issue none; `config.secret` is then ignored. */
+  linkPublicKey?: string;
+}
+
 export class AccessLinks {
-  private tokens?: AccessTokens;
+  private links?: AccessTokens;
+  private sessions?: AccessTokens;
+  /** This side's own public key (base64url), once initialized: what hosts are given to check its links. */
+  publicKey = '';
   readonly spent: SpentLinks;
   /** The port users connect to; the gateway sets it once it listens. */
   port: number;
@@ -31,13 +43,19 @@ export class AccessLinks {
     private readonly config: GatewayConfig,
     private readonly stateDir: string,
     private readonly now: () => number = Date.now,
+    private readonly keys: AccessLinkKeys = {},
   ) {
     this.port = config.publicPort ?? config.port;
     this.spent = new SpentLinks(stateDir, now);
   }
 
   async initialize(): Promise<void> {
-    this.tokens ??= new AccessTokens(await loadOrCreateSecret(this.stateDir, this.config.secret), this.now);
+    if (this.sessions) return;
+    const own = await loadOrCreateSigningKey(this.stateDir, this.keys.linkPublicKey ? undefined : this.config.secret);
+    const sessions = new AccessTokens({ signing: own, verifying: own }, this.now);
+    this.links = this.keys.linkPublicKey ? new AccessTokens({ verifying: parsePublicKey(this.keys.linkPublicKey) }, this.now) : sessions;
+    this.sessions = sessions;
+    this.publicKey = publicKeyText(own);
   }
 
   urlFor(instanceId: string): string {
@@ -57,18 +75,18 @@ export class AccessLinks {
 
   link(instanceId: string, epoch: number, ttlMinutes?: number): AccessLink {
     const ttlMs = (ttlMinutes ?? this.config.linkTtlMinutes) * 60_000;
-    const { token, claims } = this.require().issue('link', instanceId, epoch, ttlMs);
+    const { token, claims } = this.require(this.links).issue('link', instanceId, epoch, ttlMs);
     const url = this.urlFor(instanceId);
     return { url, accessUrl: `${url}?${TOKEN_PARAM}=${token}`, expiresAt: new Date(claims.expiresAt).toISOString() };
   }
 
   session(instanceId: string, epoch: number): { token: string; maxAgeSeconds: number } {
     const ttlMs = this.config.sessionTtlHours * 3_600_000;
-    return { token: this.require().issue('session', instanceId, epoch, ttlMs).token, maxAgeSeconds: Math.floor(ttlMs / 1000) };
+    return { token: this.require(this.sessions).issue('session', instanceId, epoch, ttlMs).token, maxAgeSeconds: Math.floor(ttlMs / 1000) };
   }
 
   verify(token: string | undefined, kind: 'link' | 'session'): ReturnType<AccessTokens['verify']> {
-    return this.require().verify(token, kind);
+    return this.require(kind === 'link' ? this.links : this.sessions).verify(token, kind);
   }
 
   spend(claims: TokenClaims): Promise<boolean> {
@@ -84,8 +102,8 @@ export class AccessLinks {
     return this.secureCookies ? HOST_SESSION_COOKIE : SESSION_COOKIE;
   }
 
-  private require(): AccessTokens {
-    if (!this.tokens) throw new Error('AccessLinks used before initialize()');
-    return this.tokens;
+  private require(tokens: AccessTokens | undefined): AccessTokens {
+    if (!tokens) throw new Error('AccessLinks used before initialize()');
+    return tokens;
   }
 }

@@ -1,13 +1,18 @@
 /**
- * Access tokens for the gateway: HMAC-SHA256 signed, expiring, bound to one instance and to that
+ * Access tokens for the gateway: Ed25519 signed, expiring, bound to one instance and to that
  * instance's access epoch (bumping the epoch revokes every token and session issued before).
  *
- * Two kinds share one format, `v1.<payload>.<signature>` (base64url):
+ * Two kinds share one format, `v2.<payload>.<signature>` (base64url):
  *   - a link token travels in the URL the controller hands out and is good for one exchange;
  *   - a session token lives in an HttpOnly cookie scoped to the instance's host name.
  * The kind is inside the signed payload, so one can never stand in for the other.
+ *
+ * The signature is asymmetric so that a party can verify tokens without being able to mint them: the
+ * AWS host agents get only the central gateway's public key (they check its links, they cannot issue
+ * any), and sign their own sessions with a key of their own, which no other host and no other
+ * gateway accepts.
  */
-import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
+import { createHash, createPrivateKey, createPublicKey, randomBytes, sign, verify, type KeyObject } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { SwarmError } from '../errors.js';
@@ -28,22 +33,40 @@ export interface TokenClaims {
 
 export type VerifyResult = { ok: true; claims: TokenClaims } | { ok: false; reason: 'malformed' | 'bad-signature' | 'expired' | 'wrong-kind' };
 
-const VERSION = 'v1';
+/** What signs and what verifies: without `signing` the tokens can be checked but not issued. */
+export interface TokenKeys {
+  signing?: KeyObject;
+  verifying: KeyObject;
+}
+
+const VERSION = 'v2';
 /** Far beyond any real token; longer input is refused before any work. */
 export const MAX_TOKEN_LENGTH = 512;
+/** PKCS#8 DER header of an Ed25519 private key; the 32-byte seed follows it. */
+const ED25519_PKCS8_PREFIX = Buffer.from('302e020100300506032b657004220420', 'hex');
+/** SPKI DER header of an Ed25519 public key; the 32 raw bytes follow it. */
+const ED25519_SPKI_PREFIX = Buffer.from('302a300506032b6570032100', 'hex');
 
 export class AccessTokens {
   constructor(
-    private readonly secret: Buffer,
+    private readonly keys: TokenKeys,
     private readonly now: () => number = Date.now,
   ) {
-    if (secret.length < 32) throw new SwarmError('INVALID_INPUT', 'gateway secret: expected at least 32 bytes');
+    if (keys.verifying.asymmetricKeyType !== 'ed25519') throw new SwarmError('INVALID_INPUT', 'gateway key: expected an Ed25519 public key');
+  }
+
+  /** Whether this side can issue tokens (it holds the private key). */
+  get canIssue(): boolean {
+    return this.keys.signing !== undefined;
   }
 
   issue(kind: TokenKind, instanceId: string, epoch: number, ttlMs: number): { token: string; claims: TokenClaims } {
+    const key = this.keys.signing;
+    if (!key) throw new SwarmError('FORBIDDEN', `access tokens: this side holds only the public key; it can check ${kind} tokens but not issue them`);
     const claims: TokenClaims = { kind, instanceId, epoch, expiresAt: this.now() + ttlMs, jti: randomBytes(12).toString('base64url') };
     const payload = Buffer.from(JSON.stringify({ k: kind, i: instanceId, e: epoch, x: claims.expiresAt, j: claims.jti })).toString('base64url');
-    return { token: `${VERSION}.${payload}.${this.sign(payload)}`, claims };
+    const signature = sign(null, Buffer.from(`${VERSION}.${payload}`), key).toString('base64url');
+    return { token: `${VERSION}.${payload}.${signature}`, claims };
   }
 
   /** Checks format, signature, kind and expiry; the caller checks instance, epoch and (for links) reuse. */
@@ -51,9 +74,8 @@ export class AccessTokens {
     if (!token || token.length > MAX_TOKEN_LENGTH) return { ok: false, reason: 'malformed' };
     const parts = token.split('.');
     if (parts.length !== 3 || parts[0] !== VERSION || !parts[1] || !parts[2]) return { ok: false, reason: 'malformed' };
-    const expected = Buffer.from(this.sign(parts[1]));
-    const given = Buffer.from(parts[2]);
-    if (given.length !== expected.length || !timingSafeEqual(given, expected)) return { ok: false, reason: 'bad-signature' };
+    const signature = Buffer.from(parts[2], 'base64url');
+    if (signature.length !== 64 || !verify(null, Buffer.from(`${VERSION}.${parts[1]}`), this.keys.verifying, signature)) return { ok: false, reason: 'bad-signature' };
     let raw: { k?: unknown; i?: unknown; e?: unknown; x?: unknown; j?: unknown };
     try {
       raw = JSON.parse(Buffer.from(parts[1], 'base64url').toString('utf8'));
@@ -67,16 +89,46 @@ export class AccessTokens {
     if (raw.x <= this.now()) return { ok: false, reason: 'expired' };
     return { ok: true, claims: { kind, instanceId: raw.i, epoch: raw.e, expiresAt: raw.x, jti: raw.j } };
   }
-
-  private sign(payload: string): string {
-    return createHmac('sha256', this.secret).update(`${VERSION}.${payload}`).digest('base64url');
-  }
 }
 
-/** The signing key: from configuration, else `<stateDir>/gateway/secret.key` (created once, mode 0600). */
-export async function loadOrCreateSecret(stateDir: string, configured?: string): Promise<Buffer> {
-  if (configured) return Buffer.from(configured, 'utf8');
-  return readOrCreateSecret(path.join(stateDir, 'gateway', 'secret.key'), 32);
+/** The Ed25519 private key whose seed is these 32 bytes. */
+export function signingKeyFromSeed(seed: Buffer): KeyObject {
+  if (seed.length !== 32) throw new SwarmError('INVALID_INPUT', `gateway key: expected a 32-byte Ed25519 seed (got ${seed.length} bytes)`);
+  return createPrivateKey({ key: Buffer.concat([ED25519_PKCS8_PREFIX, seed]), format: 'der', type: 'pkcs8' });
+}
+
+/**
+ * The key a configured `gateway.secret` stands for: its SHA-256 is the Ed25519 seed, so every gateway
+ * given the same secret signs alike, and a host can be given the matching public key instead.
+ */
+export function signingKeyFromSecret(secret: string): KeyObject {
+  if (Buffer.byteLength(secret, 'utf8') < 32) throw new SwarmError('INVALID_INPUT', 'gateway secret: expected at least 32 bytes');
+  return signingKeyFromSeed(createHash('sha256').update('vscode-swarm gateway ed25519 v1\0').update(secret, 'utf8').digest());
+}
+
+/** A public key as text: the 32 raw bytes, base64url (43 characters), as `--gateway-public-key` takes it. */
+export function publicKeyText(key: KeyObject): string {
+  const spki = createPublicKey(key).export({ format: 'der', type: 'spki' });
+  return spki.subarray(ED25519_SPKI_PREFIX.length).toString('base64url');
+}
+
+/** Reads publicKeyText()'s form back, naming the field when it is not one. */
+export function parsePublicKey(text: string, field = 'gatewayPublicKey'): KeyObject {
+  const raw = /^[A-Za-z0-9_-]{43}$/.test(text.trim()) ? Buffer.from(text.trim(), 'base64url') : Buffer.alloc(0);
+  if (raw.length !== 32) {
+    throw new SwarmError('INVALID_INPUT', `${field}: expected an Ed25519 public key as 43 base64url characters (got ${text.length} characters)`, { field });
+  }
+  return createPublicKey({ key: Buffer.concat([ED25519_SPKI_PREFIX, raw]), format: 'der', type: 'spki' });
+}
+
+/**
+ * The signing key: from the configured secret, else the Ed25519 seed in `<stateDir>/gateway/ed25519.key`
+ * (created once, mode 0600).
+ */
+export async function loadOrCreateSigningKey(stateDir: string, configured?: string): Promise<KeyObject> {
+  if (configured) return signingKeyFromSecret(configured);
+  const seed = await readOrCreateSecret(path.join(stateDir, 'gateway', 'ed25519.key'), 32);
+  return signingKeyFromSeed(seed.subarray(0, 32));
 }
 
 /**

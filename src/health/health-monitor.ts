@@ -14,6 +14,8 @@
  * unhealthy only after `failureThreshold` consecutive failed checks, and a slow answer only degrades it.
  * The status word never contradicts its reason: until a flaky failure is confirmed the status is
  * `unknown` ("not known to be healthy"), never `healthy`.
+ * An instance its provider reports with status `unknown` (it cannot see it now but has not lost it, as an
+ * AWS host whose agent is restarting) is waited for: no failure is counted and nothing is repaired.
  */
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
@@ -197,6 +199,11 @@ export class HealthMonitor {
     let latencyMs: number | undefined;
     let memoryRatio: number | undefined;
     checks.provider = observed ? 'pass' : 'fail';
+    if (observed?.status === 'unknown') {
+      // The provider cannot see it now (e.g. its host's agent is restarting) but has not lost it: wait.
+      // Not a failure, so no recovery re-creates it elsewhere while it may come back as it was.
+      return this.finish(record, instance, { instanceId, at, status: 'unknown', reason: `provider: state unknown${observed.statusReason ? ` (${observed.statusReason})` : ''}; waiting`, checks });
+    }
     if (!observed) {
       failure = `missing: no ${instance.providerType} instance exists for it`;
       definite = true;

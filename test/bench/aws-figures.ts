@@ -4,6 +4,7 @@
  * concurrent creates through the Docker provider on the local engine (no hosts to boot, no agent hop):
  * what scaling out from one host costs the caller. Also the rig the burst e2e test runs on.
  */
+import { deriveHostToken } from '../../providers/aws-asg/host-credentials.js';
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -63,10 +64,11 @@ export async function startAwsBurstRig(options: AwsBurstRigOptions): Promise<Aws
       cwd: REPO_ROOT,
       token: TOKEN,
       apiPort: options.agentPort,
-      extraArgs: [
+      // Each host runs with its own credential, derived from the swarm's token and its id.
+      extraArgs: (host) => [
         '--api-port', String(options.agentPort), '--proxy-port', String(options.agentPort + 1),
-        '--token', TOKEN, '--gateway-secret', SECRET, '--capacity', String(options.perHost),
-        '--image', image, '--no-pull', '--state-dir', path.join(stateRoot, '{hostId}'),
+        '--token', deriveHostToken(TOKEN, host.hostId), '--gateway-secret', SECRET, '--capacity', String(options.perHost),
+        '--image', image, '--no-pull', '--state-dir', path.join(stateRoot, host.hostId),
         '--stop-timeout-seconds', '1', '--idle-timeout-minutes', '0', '--readiness-timeout-ms', '120000', '--log-level', 'warn',
       ],
     },

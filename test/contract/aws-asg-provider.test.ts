@@ -13,6 +13,7 @@ import path from 'node:path';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AwsAsgProvider, type AwsAsgProviderOptions } from '../../providers/aws-asg/aws-asg-provider.js';
+import { deriveHostToken } from '../../providers/aws-asg/host-credentials.js';
 import type { InstanceConfig, ProgressEvent } from '../../providers/provider.js';
 import { startAwsEmulator, type AwsEmulator, type HostLaunchContext } from '../emulators/aws/index.js';
 import { createSwarm } from '../../src/controller/create-swarm.js';
@@ -53,8 +54,6 @@ beforeAll(async () => {
     addresses: { first: '127.0.31.2', size: 100 },
     bootDelayMs: 300,
     healthCheckDelayMs: 300,
-    // A host that never prints its ready line is given up on after this (the "never boots" case).
-    readyTimeoutMs: 8_000,
     stopGraceMs: 3_000,
     groups: [
       { name: CONTRACT_GROUP, minSize: 1, maxSize: 3 },
@@ -79,7 +78,7 @@ beforeAll(async () => {
 function agentFlags(host: HostLaunchContext): string[] {
   return [
     '--api-port', String(AGENT_PORT), '--proxy-port', String(PROXY_PORT),
-    '--token', TOKEN, '--gateway-secret', SECRET,
+    '--token', deriveHostToken(TOKEN, host.hostId), '--gateway-secret', SECRET,
     '--capacity', host.group === SCALING_GROUP ? '2' : '4',
     '--image', TEST_IMAGE, '--no-pull',
     '--state-dir', path.join(stateRoot, host.hostId),
@@ -126,7 +125,8 @@ describe('aws-asg provider specifics', () => {
   const group = () => emulator.group(SCALING_GROUP)!;
 
   beforeAll(async () => {
-    provider = makeProvider(SCALING_GROUP, { perHostCapacity: 2, scaleInCooldownMs: 1_500, defaultImage: standin });
+    // A host whose agent never answers is given up on after hostBootTimeoutMs (the "never boots" case).
+    provider = makeProvider(SCALING_GROUP, { perHostCapacity: 2, scaleInCooldownMs: 1_500, defaultImage: standin, hostBootTimeoutMs: 20_000 });
     await provider.initialize();
   });
   afterAll(async () => {
@@ -210,8 +210,15 @@ describe('aws-asg provider specifics', () => {
     const d = await provider.createInstance(config(`${PREFIX}-s6`), { instanceId: `${PREFIX}-s6`, onProgress: (e) => events.push(e) });
     expect(d.status).toBe('running');
     expect(events.map((e) => e.message)).toContain('waiting for a new host (desired 2)');
-    // The silent host was given up on and the group launched a replacement; the create landed there.
+    // EC2 kept the silent host InService; the provider gave up on it (terminated, desired kept) and the
+    // group launched a replacement; the create landed there.
     expect(launches() - before).toBeGreaterThanOrEqual(2);
+    const silent = emulator.hosts().find((h) => h.group === SCALING_GROUP && h.neverBoots)!;
+    expect(silent).toMatchObject({ agent: 'none', state: 'terminated', lifecycleState: 'Terminated' });
+    expect(d.providerRef.hostId).not.toBe(silent.id);
+    const terminated = group().activities.find((a) => a.description === `Terminating EC2 instance: ${silent.id}`);
+    expect(terminated?.cause).toMatch(/in response to a user request\.$/); // no "shrinking the capacity": replaced
+    expect(group().desiredCapacity).toBe(2);
     expect(await httpStatus(`${d.endpoint!.url}/healthz`)).toBe(200);
     expect(await provider.deleteInstance(`${PREFIX}-s6`)).toBe(true);
   }, 120_000);

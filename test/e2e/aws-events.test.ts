@@ -8,6 +8,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AGENT_EVENTS_PATH, agentEventsHandler } from '../../providers/aws-asg/agent-events.js';
+import { deriveHostToken } from '../../providers/aws-asg/host-credentials.js';
 import { LABEL_SWARM } from '../../providers/docker/docker-mapping.js';
 import { createSwarm } from '../../src/controller/create-swarm.js';
 import type { SwarmController } from '../../src/controller/swarm-controller.js';
@@ -51,9 +52,10 @@ describe('events from the AWS host agents', () => {
         cwd: REPO_ROOT,
         token: TOKEN,
         apiPort: AGENT_PORT,
-        extraArgs: [
-          '--api-port', String(AGENT_PORT), '--proxy-port', String(AGENT_PORT + 1), '--token', TOKEN, '--gateway-secret', SECRET,
-          '--capacity', '4', '--image', image, '--no-pull', '--state-dir', path.join(agentState, '{hostId}'),
+        // Each host runs with its own token, derived from the master the controller holds.
+        extraArgs: (host) => [
+          '--api-port', String(AGENT_PORT), '--proxy-port', String(AGENT_PORT + 1), '--token', deriveHostToken(TOKEN, host.hostId), '--gateway-secret', SECRET,
+          '--capacity', '4', '--image', image, '--no-pull', '--state-dir', path.join(agentState, host.hostId),
           '--idle-timeout-minutes', '0.05', '--idle-check-ms', '500', '--controller-url', eventsUrl, '--log-level', 'warn',
         ],
       },
@@ -88,12 +90,35 @@ describe('events from the AWS host agents', () => {
     if (saved.secret === undefined) delete process.env.AWS_SECRET_ACCESS_KEY;
   });
 
-  it('refuses events without the agents\' token or with a bad body', async () => {
-    const post = (headers: Record<string, string>, body: string) => fetch(eventsUrl, { method: 'POST', headers: { 'content-type': 'application/json', ...headers }, body });
+  const post = (headers: Record<string, string>, body: string) => fetch(eventsUrl, { method: 'POST', headers: { 'content-type': 'application/json', ...headers }, body });
+  const hostAuth = (hostId: string) => ({ authorization: `Bearer ${deriveHostToken(TOKEN, hostId)}` });
+
+  it('refuses events without the host\'s own token or with a bad body', async () => {
     expect((await post({}, '{}')).status).toBe(401);
     expect((await post({ authorization: 'Bearer wrong' }, '{}')).status).toBe(401);
-    expect((await post({ authorization: `Bearer ${TOKEN}` }, 'not json')).status).toBe(400);
-    expect((await post({ authorization: `Bearer ${TOKEN}` }, JSON.stringify({ type: 'exploded', hostId: 'i-1' }))).status).toBe(400);
+    expect((await post(hostAuth('i-1'), 'not json')).status).toBe(400);
+    expect((await post(hostAuth('i-1'), JSON.stringify({ type: 'exploded', hostId: 'i-1' }))).status).toBe(400);
+    // The master token is no host's credential, and host i-2's token does not speak for host i-1.
+    expect((await post({ authorization: `Bearer ${TOKEN}` }, JSON.stringify({ type: 'draining', hostId: 'i-1' }))).status).toBe(401);
+    expect((await post(hostAuth('i-2'), JSON.stringify({ type: 'draining', hostId: 'i-1' }))).status).toBe(401);
+    expect((await post(hostAuth('i-1'), JSON.stringify({ type: 'idle-stopped', hostId: 'i-1', instanceId: 'x', reason: 'r'.repeat(513) }))).status).toBe(400);
+  });
+
+  it('refuses (403) a forged event from another host or about a Docker instance, and changes nothing', async () => {
+    const { instance } = await controller.createInstance({ name: 'events-forged', providerType: 'aws-asg', resources: { cpu: 0.1, memoryMb: 256 } });
+    const at = new Date().toISOString();
+    await controller.registry.register({ ...instance, id: 'events-docker', name: 'events-docker', providerType: 'docker', providerRef: {}, createdAt: at, updatedAt: at });
+    const before = JSON.stringify([controller.registry.get(instance.id), controller.registry.get('events-docker')]);
+    const other = 'i-0forgingforging1';
+    for (const instanceId of [instance.id, 'events-docker']) {
+      const res = await post(hostAuth(other), JSON.stringify({ type: 'idle-stopped', hostId: other, instanceId, reason: 'forged' }));
+      expect(res.status, instanceId).toBe(403);
+      expect(((await res.json()) as { error: string }).error).toContain('a host reports only its own instances');
+    }
+    const drained = await post(hostAuth(other), JSON.stringify({ type: 'drained', hostId: other, instances: [instance.id] }));
+    expect(drained.status).toBe(403);
+    expect(JSON.stringify([controller.registry.get(instance.id), controller.registry.get('events-docker')])).toBe(before);
+    await controller.registry.remove('events-docker');
   });
 
   it('records an idle stop done by the host, and the health monitor leaves it stopped', async () => {
@@ -107,7 +132,7 @@ describe('events from the AWS host agents', () => {
 
   it('records the instances of a host that drained before termination', async () => {
     const { instance } = await controller.createInstance({ name: 'events-drain', providerType: 'aws-asg', resources: { cpu: 0.1, memoryMb: 256 } });
-    const res = await fetch(`http://${instance.providerRef.hostIp}:${AGENT_PORT}/v1/drain`, { method: 'POST', headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' }, body: '{}' });
+    const res = await fetch(`http://${instance.providerRef.hostIp}:${AGENT_PORT}/v1/drain`, { method: 'POST', headers: { ...hostAuth(String(instance.providerRef.hostId)), 'content-type': 'application/json' }, body: '{}' });
     expect(res.status).toBe(200);
     await waitUntil(async () => (controller.registry.get(instance.id)?.lastStop ? true : undefined), { timeoutMs: 30_000, intervalMs: 250, what: 'the drained event' });
     expect(controller.registry.get(instance.id)).toMatchObject({ status: 'stopped', desiredState: 'stopped', lastStop: { by: 'provider', reason: expect.stringMatching(/drained before the group terminated it/) } });

@@ -13,6 +13,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AwsAsgProvider } from '../../providers/aws-asg/aws-asg-provider.js';
+import { deriveHostToken } from '../../providers/aws-asg/host-credentials.js';
 import { DockerProvider } from '../../providers/docker/docker-provider.js';
 import type { InstanceConfig, Provider } from '../../providers/provider.js';
 import { manifestOf, type Manifest } from '../../src/migration/workspace-archive.js';
@@ -96,9 +97,10 @@ describe('aws-asg workspace transfer (export, import) between hosts and with Doc
         cwd: REPO_ROOT,
         token: TOKEN,
         apiPort: agentPort,
-        extraArgs: [
-          '--api-port', String(agentPort), '--proxy-port', '0', '--token', TOKEN, '--gateway-secret', SECRET,
-          '--capacity', '2', '--image', standin, '--no-pull', '--state-dir', path.join(stateRoot, '{hostId}'),
+        // Each host runs with its own token, derived from the master the provider holds.
+        extraArgs: (host) => [
+          '--api-port', String(agentPort), '--proxy-port', '0', '--token', deriveHostToken(TOKEN, host.hostId), '--gateway-secret', SECRET,
+          '--capacity', '2', '--image', standin, '--no-pull', '--state-dir', path.join(stateRoot, host.hostId),
           '--stop-timeout-seconds', '1', '--idle-timeout-minutes', '0', '--log-level', 'warn',
         ],
       },

@@ -9,6 +9,7 @@
  * (no container, Machine or volume without a record, one per instance), nothing stuck half-way, and the
  * files written before the faults intact. The stand-in image keeps it light.
  */
+import { deriveHostToken } from '../../providers/aws-asg/host-credentials.js';
 import { createHash } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
 import http from 'node:http';
@@ -451,9 +452,10 @@ describe('operations through a connection with 30% faults, then reconcile', () =
         cwd: REPO_ROOT,
         token,
         apiPort: agentPort,
-        extraArgs: [
-          '--api-port', String(agentPort), '--proxy-port', String(proxyPort), '--token', token, '--gateway-secret', 'faults-gateway-secret-0123456789abcdef01234',
-          '--capacity', '8', '--image', image, '--no-pull', '--state-dir', path.join(agentState, '{hostId}'),
+        // Each host runs with its own credential, derived from the swarm's token and its id.
+        extraArgs: (host) => [
+          '--api-port', String(agentPort), '--proxy-port', String(proxyPort), '--token', deriveHostToken(token, host.hostId), '--gateway-secret', 'faults-gateway-secret-0123456789abcdef01234',
+          '--capacity', '8', '--image', image, '--no-pull', '--state-dir', path.join(agentState, host.hostId),
           '--stop-timeout-seconds', '1', '--idle-timeout-minutes', '0', '--log-level', 'warn',
         ],
       },

@@ -570,7 +570,7 @@ describe('tenancy end to end: principals over MCP HTTP, the gateway in Chromium,
     const files = await filesUnder(stateDir);
     // Where secrets must live: the local credential and the gateway's signing key. The registry keeps a
     // workspace's env (it is the workspace's configuration, replayed on every re-create).
-    const holders = new Set(['mcp-http.token', path.join('gateway', 'secret.key')]);
+    const holders = new Set(['mcp-http.token', path.join('gateway', 'ed25519.key')]);
     expect(files).toEqual(expect.arrayContaining([...holders, 'principals.json', path.join('instances', `${bobSecret.id}.json`)]));
     expect(files.some((f) => f.startsWith(`audit${path.sep}`))).toBe(true);
     // The scan finds what is there: the local credential file holds the local admin's token.

@@ -56,6 +56,16 @@ describe('agent command line', () => {
     expect(() => parseAgentArgs([...required, '--bogus'], {})).toThrow(/Unknown option '--bogus'/);
   });
 
+  it('takes the central gateway\'s public key instead of its secret, and needs one of the two', () => {
+    const key = 'A'.repeat(42) + 'E';
+    const o = options(['--host-id', 'i-0123', '--token', 'tok', '--gateway-public-key', key]);
+    expect(o.gatewayPublicKey).toBe(key);
+    expect(o.gatewaySecret).toBeUndefined();
+    expect(options([], { VSCODE_SWARM_AGENT_HOST_ID: 'i-env', VSCODE_SWARM_AGENT_TOKEN: 't', VSCODE_SWARM_AGENT_GATEWAY_PUBLIC_KEY: key }).gatewayPublicKey).toBe(key);
+    expect(() => parseAgentArgs(['--host-id', 'i-0123', '--token', 'tok'], {})).toThrow(/^--gateway-public-key \(or VSCODE_SWARM_AGENT_GATEWAY_PUBLIC_KEY\): required/);
+    expect(() => parseAgentArgs(['--host-id', 'i-0123', '--token', 'tok', '--gateway-public-key', 'short'], {})).toThrow(/^--gateway-public-key .*43 base64url characters/);
+  });
+
   it('answers --help', () => {
     expect(parseAgentArgs(['--help'], {})).toEqual({ help: true });
   });

@@ -8,7 +8,10 @@ import {
   CompleteLifecycleActionCommand,
   DescribeAutoScalingGroupsCommand,
   DescribeAutoScalingInstancesCommand,
+  DescribeLifecycleHooksCommand,
   DescribeScalingActivitiesCommand,
+  PutLifecycleHookCommand,
+  RecordLifecycleActionHeartbeatCommand,
   SetDesiredCapacityCommand,
   SetInstanceProtectionCommand,
   TerminateInstanceInAutoScalingGroupCommand,
@@ -221,12 +224,15 @@ describe('AWS emulator (real SDK clients over HTTP)', () => {
   });
 
   it('scales out and in: pending then running hosts, protected hosts kept, terminate with and without decrement', async () => {
-    const { emu, asg, ec2 } = await start({ bootDelayMs: 300, groups: [{ name: 'web', minSize: 0, maxSize: 4, desiredCapacity: 1 }] });
+    const { emu, asg, ec2 } = await start({ bootDelayMs: 300, launchDelayMs: 500, groups: [{ name: 'web', minSize: 0, maxSize: 4, desiredCapacity: 1 }] });
     await emu.waitForGroupStable('web');
     const [a] = (await groupOf(asg, 'web')).Instances!.map((i) => i.InstanceId!);
 
-    // Scale out: the new instances are Pending / pending with an address, then InService / running.
+    // Scale out: the new instances appear after the call returns, Pending / pending with an address, then
+    // InService / running.
     await asg.send(new SetDesiredCapacityCommand({ AutoScalingGroupName: 'web', DesiredCapacity: 3 }));
+    expect((await groupOf(asg, 'web')).Instances!.map((i) => i.InstanceId)).toEqual([a]);
+    await emu.waitFor(() => emu.group('web')!.instances.length === 3, 5_000, 'the launches');
     const launching = await groupOf(asg, 'web');
     expect(launching.DesiredCapacity).toBe(3);
     const fresh = launching.Instances!.filter((i) => i.InstanceId !== a);
@@ -249,12 +255,14 @@ describe('AWS emulator (real SDK clients over HTTP)', () => {
     expect(afterReplace).toHaveLength(3);
     expect(afterReplace).not.toContain(a);
     const d = afterReplace.find((id) => id !== b && id !== c)!;
-    expect(emu.host(a!)).toMatchObject({ lifecycleState: 'Terminated', drain: { status: 202 }, exit: { code: 0 } });
-    expect(JSON.parse(readFileSync(path.join(stateRoot, a!, 'drain.json'), 'utf8'))).toMatchObject({ hostId: a, reason: 'autoscaling:EC2_INSTANCE_TERMINATING' });
+    // SIGTERM at shutdown, and no drain call from the emulator.
+    expect(emu.host(a!)).toMatchObject({ lifecycleState: 'Terminated', agent: 'down', exit: { code: 0 } });
+    expect(readFileSync(path.join(stateRoot, a!, 'host.json'), 'utf8')).toContain(a!);
+    expect(existsSync(path.join(stateRoot, a!, 'drain.json'))).toBe(false);
 
     // Scale in: unprotected instances go newest first; the protected one stays.
     await asg.send(new SetDesiredCapacityCommand({ AutoScalingGroupName: 'web', DesiredCapacity: 2 }));
-    expect(emu.host(d)!.lifecycleState).toMatch(/^Terminating/);
+    await emu.waitFor(() => /^Terminat/.test(emu.host(d)!.lifecycleState), 5_000, `${d} terminating`);
     expect(emu.host(b)!.lifecycleState).toBe('InService');
     await emu.waitFor(() => emu.host(d)?.state === 'terminated', 10_000, `${d} terminated`);
     await asg.send(new SetDesiredCapacityCommand({ AutoScalingGroupName: 'web', DesiredCapacity: 1 }));
@@ -280,7 +288,7 @@ describe('AWS emulator (real SDK clients over HTTP)', () => {
     expect(descriptions.filter((x) => x.startsWith('Launching'))).toHaveLength(4);
   });
 
-  it('waits in Terminating:Wait for CompleteLifecycleAction when the group has a termination hook', async () => {
+  it('waits in Terminating:Wait for CompleteLifecycleAction when the group has a termination hook, without draining the host', async () => {
     const { emu, asg } = await start({
       groups: [{ name: 'hooked', minSize: 0, maxSize: 2, desiredCapacity: 1, terminationHook: { name: 'drain-hook', timeoutMs: 20_000 } }],
     });
@@ -290,15 +298,67 @@ describe('AWS emulator (real SDK clients over HTTP)', () => {
     await emu.waitFor(() => emu.host(id!)?.lifecycleState === 'Terminating:Wait', 5_000, 'Terminating:Wait');
     const seen = await asg.send(new DescribeAutoScalingInstancesCommand({ InstanceIds: [id!] }));
     expect(seen.AutoScalingInstances?.[0]?.LifecycleState).toBe('Terminating:Wait');
-    expect(emu.host(id!)).toMatchObject({ state: 'running', drain: { status: 202 } });
+    // The instance runs on, its agent untouched: nothing drains it but whoever handles the hook.
+    expect(emu.host(id!)).toMatchObject({ state: 'running', agent: 'ready' });
+    expect(existsSync(path.join(stateRoot, id!, 'drain.json'))).toBe(false);
 
     const wrongHook = await catchError(
       asg.send(new CompleteLifecycleActionCommand({ AutoScalingGroupName: 'hooked', LifecycleHookName: 'other', LifecycleActionResult: 'CONTINUE', InstanceId: id })),
     );
     expect(wrongHook.name).toBe('ValidationError');
-    await asg.send(new CompleteLifecycleActionCommand({ AutoScalingGroupName: 'hooked', LifecycleHookName: 'drain-hook', LifecycleActionResult: 'CONTINUE', InstanceId: id }));
+    await asg.send(new RecordLifecycleActionHeartbeatCommand({ AutoScalingGroupName: 'hooked', LifecycleHookName: 'drain-hook', InstanceId: id }));
+    // By token, as a notification would carry it.
+    const token = emu.host(id!)!.lifecycleActionToken!;
+    expect(token).toMatch(/^[0-9a-f-]{36}$/);
+    await asg.send(new CompleteLifecycleActionCommand({ AutoScalingGroupName: 'hooked', LifecycleHookName: 'drain-hook', LifecycleActionResult: 'CONTINUE', LifecycleActionToken: token }));
     await emu.waitFor(() => emu.host(id!)?.state === 'terminated', 5_000, 'terminated after CompleteLifecycleAction');
-    expect(emu.lifecycleActions()).toEqual([expect.objectContaining({ group: 'hooked', hookName: 'drain-hook', instanceId: id, result: 'CONTINUE', matched: true })]);
+    expect(emu.lifecycleActions()).toEqual([expect.objectContaining({ group: 'hooked', hookName: 'drain-hook', instanceId: id, result: 'CONTINUE', matched: true, token })]);
+    const late = await catchError(
+      asg.send(new CompleteLifecycleActionCommand({ AutoScalingGroupName: 'hooked', LifecycleHookName: 'drain-hook', LifecycleActionResult: 'CONTINUE', InstanceId: id })),
+    );
+    expect(late.message).toMatch(/No active Lifecycle Action/);
+  });
+
+  it('PutLifecycleHook / DescribeLifecycleHooks; a hook nobody completes times out with its default result', async () => {
+    const { emu, asg } = await start({ groups: [{ name: 'web', minSize: 0, maxSize: 2, desiredCapacity: 1 }] });
+    await emu.waitForGroupStable('web');
+    // deploy/lifecycle-hook.json's shape.
+    await asg.send(new PutLifecycleHookCommand({
+      AutoScalingGroupName: 'web', LifecycleHookName: 'vscode-swarm-drain', LifecycleTransition: 'autoscaling:EC2_INSTANCE_TERMINATING',
+      HeartbeatTimeout: 600, DefaultResult: 'CONTINUE', NotificationMetadata: '{"x":1}',
+    }));
+    const tooShort = await catchError(asg.send(new PutLifecycleHookCommand({ AutoScalingGroupName: 'web', LifecycleHookName: 'h2', LifecycleTransition: 'autoscaling:EC2_INSTANCE_TERMINATING', HeartbeatTimeout: 5 })));
+    expect(tooShort.name).toBe('ValidationError');
+    const hooks = await asg.send(new DescribeLifecycleHooksCommand({ AutoScalingGroupName: 'web' }));
+    expect(hooks.LifecycleHooks).toEqual([expect.objectContaining({
+      LifecycleHookName: 'vscode-swarm-drain', LifecycleTransition: 'autoscaling:EC2_INSTANCE_TERMINATING', HeartbeatTimeout: 600, GlobalTimeout: 60_000, DefaultResult: 'CONTINUE', NotificationMetadata: '{"x":1}',
+    })]);
+
+    // A group made with a short hook (in ms, for tests): nobody completes it, the default result applies.
+    const short = await start({ groups: [{ name: 'short', minSize: 0, maxSize: 1, desiredCapacity: 1, terminationHook: { name: 'h', timeoutMs: 400, defaultResult: 'ABANDON' } }] });
+    await short.emu.waitForGroupStable('short');
+    const [id] = short.emu.group('short')!.instances.map((i) => i.id);
+    await short.asg.send(new TerminateInstanceInAutoScalingGroupCommand({ InstanceId: id, ShouldDecrementDesiredCapacity: true }));
+    expect(short.emu.host(id!)!.lifecycleState).toMatch(/^Terminating/);
+    await short.emu.waitFor(() => short.emu.host(id!)?.state === 'terminated', 10_000, 'terminated after the heartbeat timeout');
+    expect(short.emu.lifecycleActions()).toEqual([expect.objectContaining({ hookName: 'h', instanceId: id, result: 'ABANDON', timedOut: true })]);
+  });
+
+  it('SetInstanceProtection refuses the whole call when an instance is not InService', async () => {
+    const { emu, asg } = await start({ bootDelayMs: 3_000, groups: [{ name: 'web', minSize: 0, maxSize: 3, desiredCapacity: 1 }] });
+    await emu.waitForGroupStable('web', 10_000);
+    const [a] = emu.group('web')!.instances.map((i) => i.id);
+    await asg.send(new SetDesiredCapacityCommand({ AutoScalingGroupName: 'web', DesiredCapacity: 2 }));
+    await emu.waitFor(() => emu.group('web')!.instances.length === 2, 5_000, 'the launch');
+    const pending = emu.group('web')!.instances.find((i) => i.id !== a)!;
+    expect(pending.lifecycleState).toBe('Pending');
+    const refused = await catchError(asg.send(new SetInstanceProtectionCommand({ AutoScalingGroupName: 'web', InstanceIds: [a!, pending.id], ProtectedFromScaleIn: true })));
+    expect(refused.name).toBe('ValidationError');
+    expect(refused.message).toContain(`The instance ${pending.id} is not in InService`);
+    // Nothing changed, not even for the InService one.
+    expect(emu.group('web')!.instances.map((i) => i.protectedFromScaleIn)).toEqual([false, false]);
+    await asg.send(new SetInstanceProtectionCommand({ AutoScalingGroupName: 'web', InstanceIds: [a!], ProtectedFromScaleIn: true }));
+    expect(emu.host(a!)!.protectedFromScaleIn).toBe(true);
   });
 
   it('injected throttling and internal errors are retried by the SDK', async () => {
@@ -343,33 +403,51 @@ describe('AWS emulator (real SDK clients over HTTP)', () => {
     expect(Date.now() - t0).toBeGreaterThanOrEqual(290);
   });
 
-  it('a host that never boots is failed after the ready timeout and replaced', async () => {
-    const { emu, asg, ec2 } = await start({
-      readyTimeoutMs: 600,
+  it('a host whose agent never starts is InService and Healthy after the boot delay, and stays (EC2 health checks)', async () => {
+    const { emu, asg } = await start({
+      bootDelayMs: 200,
       hostNeverBoots: 1,
       groups: [{ name: 'web', minSize: 1, maxSize: 2, desiredCapacity: 1 }],
     });
     const [stuck] = emu.hosts();
-    expect(stuck).toMatchObject({ neverBoots: true, state: 'pending', lifecycleState: 'Pending' });
-    await emu.waitFor(() => emu.host(stuck!.id)?.healthStatus === 'Unhealthy', 5_000, 'the stuck host to fail');
-    const [failed] = await instancesOf(ec2, [stuck!.id]);
-    expect(failed?.State?.Name).toBe('terminated');
-    expect(failed?.StateReason?.Message).toContain('did not print "agent ready" within 600 ms');
+    expect(stuck).toMatchObject({ neverBoots: true, state: 'pending', lifecycleState: 'Pending', agent: 'none' });
     const group = await emu.waitForGroupStable('web', 10_000);
-    expect(group.instances).toHaveLength(1);
-    expect(group.instances[0]!.id).not.toBe(stuck!.id);
-    const activities = await asg.send(new DescribeScalingActivitiesCommand({ AutoScalingGroupName: 'web' }));
-    expect(activities.Activities?.find((a) => a.Description === `Launching a new EC2 instance: ${stuck!.id}`)).toMatchObject({
-      StatusCode: 'Failed',
-      StatusMessage: expect.stringContaining('agent ready'),
-    });
-    expect(emu.host(stuck!.id)!.exit).toBeDefined();
+    expect(group.instances).toEqual([expect.objectContaining({ id: stuck!.id, state: 'running', lifecycleState: 'InService', healthStatus: 'Healthy' })]);
+    // Well past the health-check delay: still there, never replaced by the group.
+    await new Promise((r) => setTimeout(r, 1_000));
+    const details = await asg.send(new DescribeAutoScalingInstancesCommand({ InstanceIds: [stuck!.id] }));
+    expect(details.AutoScalingInstances?.[0]).toMatchObject({ LifecycleState: 'InService', HealthStatus: 'HEALTHY' });
+    expect(emu.hosts()).toHaveLength(1);
+    // The agent can be started later (an operator fixed the user data).
+    await emu.restartAgent(stuck!.id);
+    await emu.waitFor(() => emu.host(stuck!.id)?.agent === 'ready', 10_000, 'the agent ready');
+    expect(emu.host(stuck!.id)).toMatchObject({ neverBoots: false, agentStarts: 1, apiUrl: expect.stringMatching(/^http:\/\/127\.0\.0\.\d+:\d+$/) });
+  });
+
+  it('an agent that dies is not an instance failure: the instance stays InService, and a restarted agent keeps its id, address and state', async () => {
+    const { emu, ec2 } = await start({ healthCheckDelayMs: 200, groups: [{ name: 'web', minSize: 1, maxSize: 2, desiredCapacity: 1 }] });
+    await emu.waitForGroupStable('web');
+    const [host] = emu.group('web')!.instances;
+    await emu.killAgent(host!.id);
+    expect(emu.host(host!.id)).toMatchObject({ agent: 'down', state: 'running', lifecycleState: 'InService', healthStatus: 'Healthy', exit: { signal: 'SIGKILL' } });
+    await new Promise((r) => setTimeout(r, 800)); // four health-check delays
+    expect(emu.hosts()).toHaveLength(1);
+    const [seen] = await instancesOf(ec2, [host!.id]);
+    expect(seen).toMatchObject({ State: { Name: 'running' }, PrivateIpAddress: host!.ip });
+    await emu.restartAgent(host!.id);
+    await emu.waitFor(() => emu.host(host!.id)?.agent === 'ready', 10_000, 'the agent back');
+    expect(emu.host(host!.id)).toMatchObject({ ip: host!.ip, agentStarts: 2, state: 'running' });
+    // The same --state-dir: host.json rewritten there by the second agent.
+    expect(JSON.parse(readFileSync(path.join(stateRoot, host!.id, 'host.json'), 'utf8'))).toMatchObject({ hostId: host!.id });
+    await expect(emu.restartAgent(host!.id)).rejects.toThrow(/still running/);
   });
 
   it('a killed host shows as terminated and unhealthy, then is replaced on the freed address', async () => {
+    const destroyed: string[] = [];
     const { emu, asg, ec2 } = await start({
       healthCheckDelayMs: 800,
       groups: [{ name: 'web', minSize: 1, maxSize: 2, desiredCapacity: 1 }],
+      agent: { destroyDisk: async (h) => void destroyed.push(h.hostId) },
     });
     await emu.waitForGroupStable('web');
     const [victim] = emu.group('web')!.instances;
@@ -381,8 +459,9 @@ describe('AWS emulator (real SDK clients over HTTP)', () => {
     expect(dead?.StateReason?.Code).toBe('Server.InternalError');
     const details = await asg.send(new DescribeAutoScalingInstancesCommand({ InstanceIds: [victim!.id] }));
     expect(details.AutoScalingInstances?.[0]).toMatchObject({ HealthStatus: 'UNHEALTHY' });
-    expect(emu.host(victim!.id)).toMatchObject({ healthStatus: 'Unhealthy', reason: 'killed (SIGKILL, no drain)', exit: { signal: 'SIGKILL' } });
-    expect(emu.host(victim!.id)!.drain).toBeUndefined();
+    expect(emu.host(victim!.id)).toMatchObject({ healthStatus: 'Unhealthy', reason: expect.stringMatching(/^instance failed/), exit: { signal: 'SIGKILL' } });
+    // Its disk went with it.
+    expect(destroyed).toEqual([victim!.id]);
 
     await emu.waitFor(() => emu.group('web')!.instances.some((i) => i.id !== victim!.id), 5_000, 'a replacement');
     const stable = await emu.waitForGroupStable('web', 10_000);

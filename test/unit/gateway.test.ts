@@ -344,7 +344,7 @@ describe('Gateway over loopback', () => {
     const setCookie = exchange.headers['set-cookie'];
     expect(setCookie).toHaveLength(1);
     const attributes = setCookie![0]!.split(';').map((a) => a.trim());
-    expect(attributes[0]).toMatch(new RegExp(`^${SESSION_COOKIE}=v1\\.[A-Za-z0-9_-]+\\.[A-Za-z0-9_-]+$`));
+    expect(attributes[0]).toMatch(new RegExp(`^${SESSION_COOKIE}=v2\\.[A-Za-z0-9_-]+\\.[A-Za-z0-9_-]+$`));
     expect(attributes).toContain('HttpOnly');
     expect(attributes).toContain('SameSite=Lax');
     expect(attributes).toContain('Path=/');
@@ -856,7 +856,7 @@ describe('Gateway over loopback', () => {
     expect(exchange.status).toBe(302);
     const [line] = exchange.headers['set-cookie']!;
     const attributes = line!.split(';').map((a) => a.trim());
-    expect(attributes[0]!.startsWith(`${HOST_SESSION_COOKIE}=v1.`)).toBe(true);
+    expect(attributes[0]!.startsWith(`${HOST_SESSION_COOKIE}=v2.`)).toBe(true);
     expect(attributes).toEqual(expect.arrayContaining(['Secure', 'Path=/', 'HttpOnly', 'SameSite=Lax']));
     expect(attributes.some((a) => /^domain=/i.test(a))).toBe(false);
     const value = attributes[0]!.slice(HOST_SESSION_COOKIE.length + 1);

@@ -18,14 +18,19 @@ import { createLogger } from '../../../src/logger.js';
 import { HOST_ID_PATTERN, runAgent, type AgentOptions } from './host-agent.js';
 import { parsePortRange } from './port-pool.js';
 
-export const AGENT_USAGE = `Usage: vscode-swarm agent --host-id ID --token TOKEN --gateway-secret SECRET [options]
+export const AGENT_USAGE = `Usage: vscode-swarm agent --host-id ID --token TOKEN --gateway-public-key KEY [options]
 
 Runs the host agent of the AWS provider: a control API for the controller, an authenticating proxy
 for users, and the editors' containers on the local Docker engine.
 
   --host-id ID                 This host's EC2 instance id (required)
-  --token TOKEN                Bearer token the controller presents (required; 16+ characters advised)
-  --gateway-secret SECRET      Secret the central gateway signs links with (required, 32+ characters)
+  --token TOKEN                This host's own bearer token: what the controller presents, and what the
+                               agent presents on its events (required; the controller derives it from
+                               its master token and this host id, see the deploy README)
+  --gateway-public-key KEY     The central gateway's Ed25519 public key, 43 base64url characters: links
+                               are checked with it; this host cannot mint any (required, or:)
+  --gateway-secret SECRET      Deprecated: the central gateway's secret (32+ characters), from which its
+                               public key is derived; it can mint links, so keep it off hosts
   --bind ADDR                  Address of the API, the proxy and the editors' ports (127.0.0.1)
   --api-port N                 Control API port, 0 for any (9100)
   --proxy-port N               User-facing proxy port, 0 for any (7080)
@@ -55,6 +60,7 @@ const FLAGS = {
   'state-dir': { type: 'string' },
   token: { type: 'string' },
   'gateway-secret': { type: 'string' },
+  'gateway-public-key': { type: 'string' },
   'base-domain': { type: 'string' },
   image: { type: 'string' },
   'no-pull': { type: 'boolean' },
@@ -83,7 +89,8 @@ const AgentFlagsSchema = z.object({
   capacity: int(1, 10_000).default(20),
   'state-dir': z.string().min(1).optional(),
   token: z.string({ error: 'required: the bearer token the controller presents' }).min(1, 'required: the bearer token the controller presents'),
-  'gateway-secret': z.string({ error: 'required: the secret the central gateway signs links with' }).min(32, 'expected at least 32 characters'),
+  'gateway-secret': z.string().min(32, 'expected at least 32 characters').optional(),
+  'gateway-public-key': z.string().regex(/^[A-Za-z0-9_-]{43}$/, "expected the central gateway's Ed25519 public key: 43 base64url characters").optional(),
   'base-domain': z.string().regex(/^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$/, 'expected a lower-case domain such as localhost').default('localhost'),
   image: ImageReferenceSchema.default(DEFAULT_EDITOR_IMAGE),
   'no-pull': z.boolean().default(false),
@@ -128,6 +135,9 @@ export function parseAgentArgs(argv: string[], env: NodeJS.ProcessEnv = process.
     throw new SwarmError('INVALID_INPUT', `--${flag} (or ${envName(flag)}): ${issue.message}${got}`, { field: flag });
   }
   const f = parsed.data;
+  if (f['gateway-public-key'] === undefined && f['gateway-secret'] === undefined) {
+    throw new SwarmError('INVALID_INPUT', `--gateway-public-key (or ${envName('gateway-public-key')}): required: the central gateway's Ed25519 public key`, { field: 'gateway-public-key' });
+  }
   const portRange = parsePortRange(f['port-range'], '--port-range');
   return {
     help: false,
@@ -140,7 +150,7 @@ export function parseAgentArgs(argv: string[], env: NodeJS.ProcessEnv = process.
       capacity: f.capacity,
       stateDir: path.resolve(f['state-dir'] ?? path.join(DEFAULT_STATE_DIR, `agent-${f['host-id']}`)),
       token: f.token,
-      gatewaySecret: f['gateway-secret'],
+      ...(f['gateway-public-key'] !== undefined ? { gatewayPublicKey: f['gateway-public-key'] } : { gatewaySecret: f['gateway-secret']! }),
       baseDomain: f['base-domain'],
       image: f.image,
       pullImages: !f['no-pull'],

@@ -82,11 +82,19 @@ export interface DrainResponse {
   failed: { instanceId: string; error: string }[];
 }
 
-/** What the agent POSTs to --controller-url. */
+/** Ids the host agent accepts (EC2 instance ids): they become the swarm label `host-<id>`. */
+export const HOST_ID_PATTERN = /^[a-z0-9][a-z0-9-]{0,57}$/;
+
+const EventHostIdSchema = z.string().max(58).regex(HOST_ID_PATTERN, 'expected an EC2 instance id such as i-0123abcd');
+
+/**
+ * What the agent POSTs to --controller-url. Every field is bounded: the controller takes these from a
+ * host it trusts only with that host's own instances.
+ */
 export const AgentEventSchema = z.discriminatedUnion('type', [
-  z.object({ type: z.literal('idle-stopped'), hostId: z.string(), instanceId: InstanceIdSchema, reason: z.string() }),
-  z.object({ type: z.literal('draining'), hostId: z.string() }),
-  z.object({ type: z.literal('drained'), hostId: z.string(), instances: z.array(InstanceIdSchema) }),
+  z.object({ type: z.literal('idle-stopped'), hostId: EventHostIdSchema, instanceId: InstanceIdSchema, reason: z.string().max(512) }).strict(),
+  z.object({ type: z.literal('draining'), hostId: EventHostIdSchema }).strict(),
+  z.object({ type: z.literal('drained'), hostId: EventHostIdSchema, instances: z.array(InstanceIdSchema).max(10_000) }).strict(),
 ]);
 export type AgentEvent = z.infer<typeof AgentEventSchema>;
 

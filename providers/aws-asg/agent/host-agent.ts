@@ -7,8 +7,9 @@
  *   - an InstanceRegistry in the agent's state directory: the host's local store of instance → container → port;
  *   - a SwarmController over them (it owns the state-directory lock, reconciles on start-up, serialises
  *     operations per instance);
- *   - the project's Gateway as the user-facing authenticating proxy, checking links signed with the
- *     secret the central gateway shares;
+ *   - the project's Gateway as the user-facing authenticating proxy, checking links with the central
+ *     gateway's Ed25519 public key (it cannot mint any) and signing its own sessions with this host's
+ *     key (kept in its state directory), which no other host and not the central gateway accept;
  *   - the project's IdleMonitor, whose stops are reported to the controller;
  *   - the control-plane API (agent-api.ts) the central controller drives it with.
  *
@@ -28,6 +29,7 @@ import { KeyedMutex } from '../../../src/controller/keyed-mutex.js';
 import { SwarmController } from '../../../src/controller/swarm-controller.js';
 import { SwarmError, asSwarmError, invalidInput } from '../../../src/errors.js';
 import { AccessLinks } from '../../../src/gateway/access-links.js';
+import { parsePublicKey, publicKeyText, signingKeyFromSecret } from '../../../src/gateway/access-tokens.js';
 import { Gateway } from '../../../src/gateway/gateway.js';
 import { silentLogger, type Logger } from '../../../src/logger.js';
 import { InstanceRegistry } from '../../../src/registry/instance-registry.js';
@@ -37,6 +39,7 @@ import {
   AccessEpochRequestSchema,
   CreateOnHostRequestSchema,
   ExecOnHostRequestSchema,
+  HOST_ID_PATTERN,
   KeepAliveOnHostRequestSchema,
   PatchOnHostRequestSchema,
   StopOnHostRequestSchema,
@@ -62,8 +65,13 @@ export interface AgentOptions {
   stateDir: string;
   /** Bearer token the controller presents on the API (and that the agent presents on its events). */
   token: string;
-  /** The secret the central gateway signs access links with (at least 32 characters). */
-  gatewaySecret: string;
+  /** The central gateway's Ed25519 public key (publicKeyText form): links are checked with it. */
+  gatewayPublicKey?: string;
+  /**
+   * Deprecated: the central gateway's secret, from which its public key is derived. The secret can mint
+   * links for every instance, so it should not be on a host; give `gatewayPublicKey` instead.
+   */
+  gatewaySecret?: string;
   baseDomain: string;
   /** Editor image when a create names none. */
   image: string;
@@ -85,8 +93,7 @@ export interface AgentDeps {
   now?: () => Date;
 }
 
-/** Ids the host agent accepts: they become the swarm label `host-<id>`. */
-export const HOST_ID_PATTERN = /^[a-z0-9][a-z0-9-]{0,57}$/;
+export { HOST_ID_PATTERN };
 
 const STOPPABLE = new Set(['running', 'starting', 'unknown']);
 
@@ -118,7 +125,7 @@ export class HostAgent {
     deps: AgentDeps = {},
   ) {
     if (!HOST_ID_PATTERN.test(options.hostId)) throw invalidInput('hostId', 'an EC2 instance id such as i-0123abcd (a-z, 0-9, "-")', options.hostId);
-    if (options.gatewaySecret.length < 32) throw invalidInput('gatewaySecret', 'at least 32 characters');
+    const linkPublicKey = gatewayPublicKeyOf(options);
     this.hostId = options.hostId;
     this.now = deps.now ?? (() => new Date());
     this.logger = (deps.logger ?? silentLogger()).child({ component: 'host-agent', hostId: options.hostId });
@@ -136,7 +143,7 @@ export class HostAgent {
           readinessTimeoutMs: options.readinessTimeoutMs,
         },
       },
-      gateway: { enabled: true, host: options.bind, port: options.proxyPort, baseDomain: options.baseDomain, secret: options.gatewaySecret, autoStart: true },
+      gateway: { enabled: true, host: options.bind, port: options.proxyPort, baseDomain: options.baseDomain, autoStart: true },
       idle: { enabled: true, timeoutMinutes: options.idleTimeoutMinutes, checkIntervalMs: options.idleCheckMs },
       // The central controller decides whether exec is allowed; the token guards this API.
       exec: { enabled: true, timeoutMs: 3_600_000 },
@@ -156,7 +163,7 @@ export class HostAgent {
       logger: this.logger,
     });
     this.registry = new InstanceRegistry({ stateDir: this.config.stateDir, logger: this.logger });
-    const access = new AccessLinks(this.config.gateway, this.config.stateDir);
+    const access = new AccessLinks(this.config.gateway, this.config.stateDir, Date.now, { linkPublicKey });
     this.controller = new SwarmController({
       config: this.config,
       registry: this.registry,
@@ -415,7 +422,7 @@ export class HostAgent {
     if (this.draining || this.closed) return;
     try {
       const report = await this.idle.sweep();
-      for (const { instanceId, reason } of report.stopped) void this.events.report({ type: 'idle-stopped', hostId: this.hostId, instanceId, reason });
+      for (const { instanceId, reason } of report.stopped) void this.events.report({ type: 'idle-stopped', hostId: this.hostId, instanceId, reason: reason.slice(0, 512) });
     } catch (err) {
       this.logger.warn({ err: (err as Error).message }, 'idle sweep failed');
     }
@@ -476,6 +483,17 @@ export async function runAgent(options: AgentOptions, deps: AgentDeps = {}): Pro
   const agent = new HostAgent(options, deps);
   await agent.start();
   return agent;
+}
+
+/** The key links are checked with: the one given, else derived from the (deprecated) shared secret. */
+function gatewayPublicKeyOf(options: AgentOptions): string {
+  if (options.gatewayPublicKey) {
+    parsePublicKey(options.gatewayPublicKey, 'gatewayPublicKey');
+    return options.gatewayPublicKey;
+  }
+  if (options.gatewaySecret === undefined) throw invalidInput('gatewayPublicKey', "the central gateway's Ed25519 public key (or the deprecated gatewaySecret)");
+  if (options.gatewaySecret.length < 32) throw invalidInput('gatewaySecret', 'at least 32 characters');
+  return publicKeyText(signingKeyFromSecret(options.gatewaySecret));
 }
 
 function checkId(instanceId: string): string {

@@ -4,12 +4,17 @@
 # Runs once, as root, on the first boot of each instance (cloud-init). It:
 #   1. installs Docker, Node 20, the AWS CLI (if missing), and vscode-swarm under /opt/vscode-swarm;
 #   2. reads this instance's id, private IPv4 and region from the instance metadata service (IMDSv2);
-#   3. fetches the agent token and the gateway secret from SSM Parameter Store (SecureString) with the
-#      instance role - they are written to a root-only environment file, never to the command line;
-#   4. pulls (or loads from a tarball) the editor image;
-#   5. writes and starts vscode-swarm-agent.service (`vscode-swarm agent`), which drains on SIGTERM;
-#   6. optionally (LIFECYCLE_WATCHER=1) starts a small watcher that drains the agent and completes the
-#      group's termination lifecycle hook itself when the instance is scaled in.
+#   3. fetches THIS host's own agent token from SSM Parameter Store (SecureString, one parameter per
+#      instance id, put there by whoever launches hosts: README.md, "1. Secrets") with the instance role;
+#      it is written to a root-only environment file, never to the command line. The master token and
+#      the central gateway's signing key are never on a host: the agent gets the gateway's public key;
+#   4. keeps containers away from the host's own services: Docker's userland proxy off, and packets from
+#      the Docker bridges to the agent's ports or (through a published port) to any editor dropped;
+#   5. pulls (or loads from a tarball) the editor image;
+#   6. writes and starts vscode-swarm-agent.service (`vscode-swarm agent`), which on SIGTERM stops every
+#      editor (workspaces stay in the host's Docker volumes; nothing is moved off the host);
+#   7. optionally (LIFECYCLE_WATCHER=1) starts a small watcher that, when the instance is scaled in, stops
+#      the agent that way and completes the group's termination lifecycle hook.
 #
 # Supported: Amazon Linux 2023 and Debian 12 / Ubuntu 22.04+ (detected from /etc/os-release), x86_64 and
 # arm64. Output goes to /var/log/vscode-swarm-user-data.log (and cloud-init's own log).
@@ -37,10 +42,14 @@ INSTALL_DIR=/opt/vscode-swarm
 NODE_DIST="${NODE_DIST:-latest-v20.x}"
 NODE_HOME=/opt/node
 
-# SSM Parameter Store names (SecureString) of the agent's bearer token and the gateway's signing secret
-# (at least 32 characters). The instance role may read exactly these two (host-iam-policy.json).
-AGENT_TOKEN_PARAMETER="${AGENT_TOKEN_PARAMETER:-/vscode-swarm/agent-token}"
-GATEWAY_SECRET_PARAMETER="${GATEWAY_SECRET_PARAMETER:-/vscode-swarm/gateway-secret}"
+# SSM Parameter Store prefix (SecureString) of the hosts' own agent tokens: this host reads
+# "$AGENT_TOKEN_PARAMETER_PREFIX/<its instance id>", the value HMAC-SHA256(master token, instance id) in
+# base64url (README.md, "1. Secrets"). It waits up to AGENT_TOKEN_WAIT_SECONDS for it to appear.
+AGENT_TOKEN_PARAMETER_PREFIX="${AGENT_TOKEN_PARAMETER_PREFIX:-/vscode-swarm/agent-tokens}"
+AGENT_TOKEN_WAIT_SECONDS="${AGENT_TOKEN_WAIT_SECONDS:-600}"
+# The central gateway's Ed25519 public key (43 base64url characters; not a secret): the agent's proxy
+# checks the controller's access links with it and cannot mint any.
+GATEWAY_PUBLIC_KEY="${GATEWAY_PUBLIC_KEY:-}"
 
 # The editor image. When EDITOR_IMAGE_TARBALL_URL is set (an https URL of a `docker save` archive, e.g.
 # the offline-built vscode-swarm/code-server), it is loaded instead of pulled; EDITOR_IMAGE must then be
@@ -91,6 +100,7 @@ retry() {
 if [ -n "$VSCODE_SWARM_TARBALL_URL" ] && [ -n "$VSCODE_SWARM_GIT_URL" ]; then die "set VSCODE_SWARM_TARBALL_URL or VSCODE_SWARM_GIT_URL, not both"; fi
 if [ -z "$VSCODE_SWARM_TARBALL_URL" ] && [ -z "$VSCODE_SWARM_GIT_URL" ]; then die "set VSCODE_SWARM_TARBALL_URL or VSCODE_SWARM_GIT_URL"; fi
 if [ "$LIFECYCLE_WATCHER" = 1 ] && [ -z "$ASG_NAME" ]; then die "LIFECYCLE_WATCHER=1 needs ASG_NAME"; fi
+[[ "$GATEWAY_PUBLIC_KEY" =~ ^[A-Za-z0-9_-]{43}$ ]] || die "GATEWAY_PUBLIC_KEY: expected the central gateway's Ed25519 public key (43 base64url characters)"
 # Values written into the unit's command line: no spaces, quotes, "$", "%" or "\\" (systemd would
 # split or expand them). The agent validates each one again when it starts.
 unit_safe='^[A-Za-z0-9._:/@+=,~-]+$'
@@ -124,13 +134,22 @@ esac
 
 if [ "$os_family" = amzn ]; then
   # AL2023 ships curl-minimal; installing curl would conflict with it.
-  retry 5 dnf install -y -q docker git tar xz unzip
+  retry 5 dnf install -y -q docker git tar xz unzip jq iptables-nft
 else
   export DEBIAN_FRONTEND=noninteractive
   retry 5 apt-get update -qq
-  retry 5 apt-get install -y -qq docker.io git curl ca-certificates tar xz-utils unzip
+  retry 5 apt-get install -y -qq docker.io git curl ca-certificates tar xz-utils unzip jq iptables
 fi
-systemctl enable --now docker
+# No userland proxy: with it, a container connecting to the host's address on a published port is
+# relayed (from the host) to whichever container publishes it, around the network's isolation.
+install -d -m 0755 /etc/docker
+if [ -s /etc/docker/daemon.json ]; then
+  jq '. + {"userland-proxy": false}' /etc/docker/daemon.json > /etc/docker/daemon.json.new && mv /etc/docker/daemon.json.new /etc/docker/daemon.json
+else
+  printf '{ "userland-proxy": false }\n' > /etc/docker/daemon.json
+fi
+systemctl enable docker
+systemctl restart docker
 retry 10 docker info >/dev/null || die "the Docker engine does not answer"
 log "docker: $(docker version --format '{{.Server.Version}}')"
 
@@ -203,27 +222,40 @@ fi
 [ -f "$INSTALL_DIR/dist/src/cli.js" ] || die "$INSTALL_DIR/dist/src/cli.js is missing after the install"
 log "vscode-swarm: $(node "$INSTALL_DIR/dist/src/cli.js" --version 2>/dev/null || echo installed)"
 
-# --- 4. secrets from SSM Parameter Store -----------------------------------------------------------
+# --- 4. this host's own token from SSM Parameter Store ----------------------------------------------
 get_secure_parameter() {
   aws ssm get-parameter --region "$region" --name "$1" --with-decryption --query Parameter.Value --output text
 }
-agent_token=$(retry 6 get_secure_parameter "$AGENT_TOKEN_PARAMETER") || die "cannot read $AGENT_TOKEN_PARAMETER from SSM (instance role? host-iam-policy.json)"
-gateway_secret=$(retry 6 get_secure_parameter "$GATEWAY_SECRET_PARAMETER") || die "cannot read $GATEWAY_SECRET_PARAMETER from SSM (instance role? host-iam-policy.json)"
-# The values land in a systemd EnvironmentFile: keep them to characters that file format takes literally.
-secret_chars='^[A-Za-z0-9._~+/=-]+$'
-[[ "$agent_token" =~ $secret_chars ]] || die "$AGENT_TOKEN_PARAMETER: expected letters, digits and ._~+/=- only (e.g. openssl rand -hex 32)"
-[[ "$gateway_secret" =~ $secret_chars ]] || die "$GATEWAY_SECRET_PARAMETER: expected letters, digits and ._~+/=- only (e.g. openssl rand -hex 32)"
-[ "${#agent_token}" -ge 16 ] || die "$AGENT_TOKEN_PARAMETER: expected at least 16 characters"
-[ "${#gateway_secret}" -ge 32 ] || die "$GATEWAY_SECRET_PARAMETER: expected at least 32 characters"
+token_parameter="$AGENT_TOKEN_PARAMETER_PREFIX/$instance_id"
+agent_token=""
+for _ in $(seq 1 $((AGENT_TOKEN_WAIT_SECONDS / 10 + 1))); do
+  if agent_token=$(get_secure_parameter "$token_parameter" 2>/dev/null); then break; fi
+  agent_token=""
+  sleep 10
+done
+[ -n "$agent_token" ] || die "cannot read $token_parameter from SSM within ${AGENT_TOKEN_WAIT_SECONDS}s (was it put? instance role? host-iam-policy.json)"
+# The value lands in a systemd EnvironmentFile: keep it to characters that file format takes literally.
+[[ "$agent_token" =~ ^[A-Za-z0-9_-]{43}$ ]] || die "$token_parameter: expected HMAC-SHA256(master, instance id) in base64url (43 characters)"
 
 install -d -o root -g root -m 0755 /etc/vscode-swarm
 (
   umask 077
   # Read by systemd (as root) before it drops to the agent's user; the agent reads VSCODE_SWARM_AGENT_*.
-  printf 'VSCODE_SWARM_AGENT_TOKEN=%s\nVSCODE_SWARM_AGENT_GATEWAY_SECRET=%s\n' "$agent_token" "$gateway_secret" > /etc/vscode-swarm/agent.env
+  printf 'VSCODE_SWARM_AGENT_TOKEN=%s\nVSCODE_SWARM_AGENT_GATEWAY_PUBLIC_KEY=%s\n' "$agent_token" "$GATEWAY_PUBLIC_KEY" > /etc/vscode-swarm/agent.env
 )
-unset agent_token gateway_secret
-log "secrets written to /etc/vscode-swarm/agent.env (root only)"
+unset agent_token
+log "this host's token written to /etc/vscode-swarm/agent.env (root only)"
+
+# Containers must not reach the host's own services: the agent's API and proxy, and (through a published
+# port, which DNAT turns into a bridge-to-bridge packet) any editor. The controller comes in on the VPC
+# interface, which these rules do not match. DOCKER-USER exists once the engine has started.
+for bridge in docker0 br-+; do
+  iptables -C INPUT -i "$bridge" -p tcp -m multiport --dports "$AGENT_API_PORT,$AGENT_PROXY_PORT" -j DROP 2>/dev/null ||
+    iptables -I INPUT -i "$bridge" -p tcp -m multiport --dports "$AGENT_API_PORT,$AGENT_PROXY_PORT" -j DROP
+  iptables -C DOCKER-USER -i "$bridge" -m conntrack --ctstate DNAT --ctorigdstport "${AGENT_PORT_RANGE/-/:}" -j DROP 2>/dev/null ||
+    iptables -I DOCKER-USER -i "$bridge" -m conntrack --ctstate DNAT --ctorigdstport "${AGENT_PORT_RANGE/-/:}" -j DROP
+done
+log "container-to-host traffic to ports $AGENT_API_PORT, $AGENT_PROXY_PORT and $AGENT_PORT_RANGE dropped"
 
 # --- 5. the editor image ------------------------------------------------------------------------------
 if [ -n "$EDITOR_IMAGE_TARBALL_URL" ]; then
@@ -259,14 +291,15 @@ Type=simple
 User=$AGENT_USER
 Group=$AGENT_USER
 SupplementaryGroups=docker
-# VSCODE_SWARM_AGENT_TOKEN and VSCODE_SWARM_AGENT_GATEWAY_SECRET: kept off the command line (ps).
+# VSCODE_SWARM_AGENT_TOKEN (this host's own) and VSCODE_SWARM_AGENT_GATEWAY_PUBLIC_KEY: kept off the command line.
 EnvironmentFile=/etc/vscode-swarm/agent.env
 Environment=NODE_ENV=production PATH=$NODE_HOME/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 WorkingDirectory=$INSTALL_DIR
 ExecStart=$NODE_HOME/bin/node $INSTALL_DIR/dist/src/cli.js agent --host-id $instance_id --bind $private_ip --api-port $AGENT_API_PORT --proxy-port $AGENT_PROXY_PORT --port-range $AGENT_PORT_RANGE --capacity $AGENT_CAPACITY --state-dir $AGENT_STATE_DIR --base-domain $AGENT_BASE_DOMAIN --image $EDITOR_IMAGE --idle-timeout-minutes $AGENT_IDLE_TIMEOUT_MINUTES --stop-timeout-seconds $AGENT_STOP_TIMEOUT_SECONDS --log-level $AGENT_LOG_LEVEL${no_pull_flag}${controller_flag}
 Restart=on-failure
 RestartSec=5
-# SIGTERM drains: every editor stopped (workspaces kept), "drained" reported to the controller, exit 0.
+# SIGTERM: every editor stopped (workspaces kept in this host's volumes, not moved), "drained" reported
+# to the controller, exit 0.
 # Only the agent gets it (the editors belong to the Docker engine, not to this unit).
 KillSignal=SIGTERM
 KillMode=mixed
@@ -290,13 +323,15 @@ done
 curl -s -o /dev/null --max-time 2 "http://$private_ip:$AGENT_API_PORT/v1/host" || die "the agent's API does not answer on $private_ip:$AGENT_API_PORT (journalctl -u vscode-swarm-agent)"
 log "agent up: api http://$private_ip:$AGENT_API_PORT, proxy http://$private_ip:$AGENT_PROXY_PORT"
 
-# --- 7. optional: drain and complete the termination lifecycle hook from the host -------------------
-# The controller normally drains a host (POST /v1/drain) and completes the group's
-# autoscaling:EC2_INSTANCE_TERMINATING hook itself. With LIFECYCLE_WATCHER=1 the host does it too, which
-# also covers scale-ins the controller did not start (a manual change of the desired capacity, a failed
-# health check, an instance refresh): it polls the metadata item autoscaling/target-lifecycle-state and,
-# when it turns to Terminated, stops the agent (SIGTERM: drain) and sends CompleteLifecycleAction
-# CONTINUE. If both complete the hook the second answer is an error that changes nothing.
+# --- 7. optional: stop the editors and complete the termination lifecycle hook from the host -------
+# The controller's provider does not call POST /v1/drain or CompleteLifecycleAction (it terminates only
+# hosts it found empty). With LIFECYCLE_WATCHER=1 the host completes the group's
+# autoscaling:EC2_INSTANCE_TERMINATING hook itself, for any termination (a manual change of the desired
+# capacity, a failed health check, an instance refresh): it polls the metadata item
+# autoscaling/target-lifecycle-state and, when it turns to Terminated, stops the agent (SIGTERM: every
+# editor stopped cleanly, "drained" reported) and sends CompleteLifecycleAction CONTINUE. The workspaces
+# on this host are NOT moved anywhere: they go with the instance. Without the watcher the termination
+# waits out the hook's heartbeat timeout, then its default result.
 if [ "$LIFECYCLE_WATCHER" = 1 ]; then
   (
     umask 022

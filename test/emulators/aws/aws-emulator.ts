@@ -8,18 +8,26 @@
  * (127.0.0.2, 127.0.0.3, …): by default the host agent (`node dist/src/cli.js agent --host-id <id> --bind <ip>
  * …`). See fake-agent.ts for the contract a host process follows.
  *
- * Behaviour, after the Auto Scaling and EC2 API references:
- * - A group has min/max/desired. When desired exceeds the instances in service or pending, instances are
- *   launched: `pending`/`Pending` until the boot delay has passed and the process printed `agent ready`,
- *   then `running`/`InService`. When desired is below, unprotected instances are terminated (unhealthy
- *   first, then pending, then newest first); instances protected from scale-in are skipped.
- * - Terminating runs the termination lifecycle: `Terminating` (`Terminating:Wait` while a configured
- *   termination hook waits for CompleteLifecycleAction or its timeout), a best-effort
- *   `POST http://<ip>:<apiPort>/v1/drain` with the agent's bearer token, SIGTERM (SIGKILL after a grace
- *   period), then `terminated`/`Terminated`; the address is freed once the process has exited.
- * - A host whose process exits on its own (or never prints `agent ready` in time) is `terminated` in EC2 at
- *   once and `Unhealthy` in its group; after the health-check delay the group drops it and launches a
- *   replacement, as an EC2 health check would.
+ * Behaviour, after the Auto Scaling and EC2 documentation (each page cited beside the code that models it):
+ * - A group has min/max/desired. A change of desired capacity is acted on some time after the request
+ *   returns (`launchDelayMs`), never inside it. When desired exceeds the instances in service or pending,
+ *   instances are launched: `pending`/`Pending` for the boot delay, then `running`/`InService`, whatever
+ *   the host's process does (on AWS an instance is InService minutes before its user data has finished).
+ *   When desired is below, unprotected instances are terminated (unhealthy first, then pending, then
+ *   newest first); instances protected from scale-in are skipped.
+ * - Health comes from EC2 status only (the group's health check type is EC2): an agent process that
+ *   exits, hangs or never starts does not make the instance unhealthy. The agent is a process on the
+ *   instance, separate from it: `killAgent` ends it and keeps its containers, `restartAgent` starts it
+ *   again (same id, address, state folder and containers). Only an instance failure (`killHost`: EC2
+ *   reports it terminated) makes it `Unhealthy`; after the health-check delay the group drops it and
+ *   launches a replacement.
+ * - Terminating: `Terminating`, then `Terminating:Wait` while a termination lifecycle hook waits for
+ *   CompleteLifecycleAction, a heartbeat timeout (extended by RecordLifecycleActionHeartbeat, bounded by
+ *   the global timeout) or its default result; then SIGTERM (SIGKILL after a grace period) and
+ *   `terminated`/`Terminated`. The emulator never drains a host itself (no AWS component does): what the
+ *   host does on SIGTERM is the host's business. What the instance's disk held goes with it
+ *   (`agent.destroyDisk`), and the address is freed.
+ * - SetInstanceProtection refuses the whole call when any instance named is not InService.
  * - DescribeAutoScalingInstances reports HealthStatus in capitals (`HEALTHY`), DescribeAutoScalingGroups in
  *   title case (`Healthy`), as the real service does.
  * - Terminated instances stay visible to DescribeInstances (without a private address) for the emulator's
@@ -28,7 +36,7 @@
 import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { HostProcess, describeExit, type ExitInfo } from './host-process.js';
+import { HostProcess, type ExitInfo } from './host-process.js';
 import { LoopbackPool, type LoopbackPoolOptions } from './loopback-pool.js';
 import {
   ASG_VERSION,
@@ -80,12 +88,15 @@ export interface AgentLaunchOptions {
   cwd?: string;
   /** Added to the emulator's own environment. */
   env?: Record<string, string>;
-  /** The agent's control-API port, for the drain call; when absent, the `api=` URL of its ready line is used. */
+  /** The agent's control-API port (for `apiUrl`); when absent, the `api=` URL of its ready line is used. */
   apiPort?: number;
-  /** Bearer token for the drain call. */
+  /** The agents' bearer token. Informational: the emulator never calls an agent (AWS does not either). */
   token?: string;
-  /** Default `/v1/drain`. */
-  drainPath?: string;
+  /**
+   * What the instance's disk held goes with the instance: called once when an instance is terminated,
+   * after its process has stopped (e.g. remove the Docker containers and volumes its agent labelled).
+   */
+  destroyDisk?: (host: HostLaunchContext) => Promise<void>;
 }
 
 export interface GroupTag {
@@ -110,10 +121,12 @@ export interface GroupSpec {
   availabilityZones?: string[];
   newInstancesProtectedFromScaleIn?: boolean;
   /**
-   * A termination lifecycle hook: terminating instances wait in `Terminating:Wait` (after the drain call)
-   * until CompleteLifecycleAction names them or `timeoutMs` (default 10 s) passes.
+   * A termination lifecycle hook present from the start (as PutLifecycleHook would make it): terminating
+   * instances wait in `Terminating:Wait` until CompleteLifecycleAction names them or `timeoutMs` (the
+   * heartbeat timeout, default 10 s) passes without a RecordLifecycleActionHeartbeat; then `defaultResult`
+   * (default CONTINUE; for a termination either result lets the instance terminate).
    */
-  terminationHook?: { name: string; timeoutMs?: number };
+  terminationHook?: { name: string; timeoutMs?: number; defaultResult?: 'CONTINUE' | 'ABANDON' };
 }
 
 export type FaultKind =
@@ -141,7 +154,7 @@ export interface FaultRule {
   delayMs?: number;
 }
 
-/** Which launches get a process that never prints `agent ready`: the next N launches, or a predicate. */
+/** Which launches get a process that never starts the agent (user data that fails): the next N launches, or a predicate. */
 export type NeverBootsOption = number | ((host: HostLaunchContext) => boolean);
 
 export interface AwsEmulatorOptions {
@@ -154,12 +167,10 @@ export interface AwsEmulatorOptions {
   /** Groups that exist from the start; their desired capacity is launched at once. */
   groups?: GroupSpec[];
   agent?: AgentLaunchOptions;
-  /** The least time an instance stays `pending`, even when its agent is ready sooner. Default 0. */
+  /** How long an instance stays `pending` before it is `running`/InService, whatever its agent does. Default 0. */
   bootDelayMs?: number;
-  /** How long to wait for `agent ready` before the host is declared failed. Default 30 s. */
-  readyTimeoutMs?: number;
-  /** Timeout of the drain call. Default 3 s. */
-  drainTimeoutMs?: number;
+  /** Between a change of desired capacity (or a termination to replace) and the launches or terminations it causes. Default 100 ms. */
+  launchDelayMs?: number;
   /** Between SIGTERM and SIGKILL. Default 5 s. */
   stopGraceMs?: number;
   /** How long a dead host stays `Unhealthy` in its group before it is dropped and replaced. Default 1 s. */
@@ -176,14 +187,8 @@ export interface AwsEmulatorOptions {
 export type Ec2State = 'pending' | 'running' | 'shutting-down' | 'terminated';
 export type LifecycleState = 'Pending' | 'InService' | 'Terminating' | 'Terminating:Wait' | 'Terminating:Proceed' | 'Terminated';
 
-export interface DrainResult {
-  url: string;
-  /** HTTP status of the agent's answer. */
-  status?: number;
-  /** Why no answer came (timeout, refused, …). */
-  error?: string;
-  at: string;
-}
+/** The host's agent process: starting (not ready yet), ready, down (exited or killed), none (never started). */
+export type AgentState = 'starting' | 'ready' | 'down' | 'none';
 
 export interface HostSnapshot {
   id: string;
@@ -203,9 +208,14 @@ export interface HostSnapshot {
   reason?: string;
   pid?: number;
   apiUrl?: string;
-  drain?: DrainResult;
+  agent: AgentState;
+  /** How the agent process last ended. */
   exit?: ExitInfo;
+  /** Agent processes started on this instance (1 + restarts). */
+  agentStarts: number;
   neverBoots: boolean;
+  /** The lifecycle action token while in Terminating:Wait. */
+  lifecycleActionToken?: string;
   /** The last lines the process printed. */
   output: string[];
 }
@@ -251,6 +261,8 @@ export interface RecordedLifecycleAction {
   at: string;
   /** Whether a host was waiting in Terminating:Wait for it. */
   matched: boolean;
+  /** The heartbeat timeout passed and the hook's default result was applied. */
+  timedOut?: boolean;
 }
 
 export interface AwsEmulator {
@@ -271,17 +283,24 @@ export interface AwsEmulator {
   hosts(): HostSnapshot[];
   host(id: string): HostSnapshot | undefined;
   group(name: string): GroupSnapshot | undefined;
-  /** CompleteLifecycleAction calls received. */
+  /** CompleteLifecycleAction calls received, and default results applied on a heartbeat timeout (`hookName` then names the hook, `timedOut` true). */
   lifecycleActions(): RecordedLifecycleAction[];
   /** Replaces the fault rules (undefined: none). */
   setFaults(rules: FaultRule[] | undefined): void;
   setHostNeverBoots(option: NeverBootsOption | undefined): void;
   setBootDelay(ms: number): void;
-  /** Simulates a host dying: SIGKILL to its process group, no drain. Resolves once the process is gone. */
+  /**
+   * The instance fails (hardware, a Spot reclaim without notice): SIGKILL to its process group, EC2 reports
+   * it terminated at once, its disk is destroyed; the group replaces it after the health-check delay.
+   */
   killHost(id: string): Promise<void>;
+  /** The agent process dies (SIGKILL by default) and the instance stays running and healthy, its containers kept. */
+  killAgent(id: string, signal?: NodeJS.Signals): Promise<void>;
+  /** Starts the agent again on a running instance whose agent is down: same id, address, arguments (state folder). */
+  restartAgent(id: string): Promise<void>;
   /** Polls `predicate` until true; rejects after `timeoutMs` (default 15 s) naming `what`. */
   waitFor(predicate: () => boolean, timeoutMs?: number, what?: string): Promise<void>;
-  /** Resolves once the group has exactly `desiredCapacity` healthy InService instances and nothing else. */
+  /** Resolves once the group has exactly `desiredCapacity` healthy InService instances and nothing else, and each agent that will start is ready. */
   waitForGroupStable(name: string, timeoutMs?: number): Promise<GroupSnapshot>;
   /** Stops the server, kills every host process and frees every address. */
   close(): Promise<void>;
@@ -324,10 +343,31 @@ interface EmuGroup {
   availabilityZones: string[];
   subnets: string[];
   newInstancesProtectedFromScaleIn: boolean;
-  terminationHook?: { name: string; timeoutMs: number };
+  /** Lifecycle hooks by name (termination hooks only: launch hooks are refused, not modelled). */
+  hooks: Map<string, EmuHook>;
   launchTemplate: { id: string; name: string; version: string };
   activities: EmuActivity[];
   launches: number;
+}
+
+interface EmuHook {
+  name: string;
+  transition: 'autoscaling:EC2_INSTANCE_TERMINATING';
+  heartbeatTimeoutMs: number;
+  defaultResult: 'CONTINUE' | 'ABANDON';
+  /** Seconds as given to PutLifecycleHook (for DescribeLifecycleHooks). */
+  heartbeatTimeoutSeconds: number;
+  globalTimeoutSeconds: number;
+  notificationMetadata?: string;
+}
+
+/** An instance waiting in Terminating:Wait for one hook. */
+interface PendingAction {
+  hook: EmuHook;
+  token: string;
+  timer: NodeJS.Timeout;
+  globalDeadline: number;
+  finish: (result: string, timedOut: boolean) => void;
 }
 
 interface EmuHost {
@@ -344,22 +384,26 @@ interface EmuHost {
   protected: boolean;
   inGroup: boolean;
   neverBoots: boolean;
+  ctx: HostLaunchContext;
   proc: HostProcess;
+  agent: AgentState;
+  agentStarts: number;
   readyAt?: Date;
   terminatedAt?: Date;
   reason?: string;
   stateReason?: { code: string; message: string };
   stateTransitionReason?: string;
   apiUrl?: string;
-  drain?: DrainResult;
   launchActivity: EmuActivity;
   terminateActivity?: EmuActivity;
-  /** The emulator is stopping it on purpose (its exit is not a death). */
+  /** The emulator is stopping it on purpose. */
   stopping: boolean;
-  /** Declared dead (died on its own, killed, or never booted). */
+  /** EC2 reports the instance terminated (an instance failure), whatever the group says yet. */
   dead: boolean;
-  killReason?: string;
-  completeHook?: (result: string) => void;
+  /** Set while in Terminating:Wait. */
+  action?: PendingAction;
+  /** The disk was destroyed and the address freed. */
+  released: boolean;
 }
 
 const STATE_CODES: Record<Ec2State, number> = { pending: 0, running: 16, 'shutting-down': 32, terminated: 48 };
@@ -448,6 +492,8 @@ class Emulator {
         this.bootDelayMs = ms;
       },
       killHost: (id) => this.killHost(id),
+      killAgent: (id, signal) => this.killAgent(id, signal),
+      restartAgent: (id) => this.restartAgent(id),
       waitFor: (predicate, timeoutMs, what) => this.waitFor(predicate, timeoutMs, what),
       waitForGroupStable: async (name, timeoutMs) => {
         const g = this.groups.get(name);
@@ -466,13 +512,13 @@ class Emulator {
     for (const t of this.timers) clearTimeout(t);
     this.timers.clear();
     for (const wake of this.sleepers) wake();
-    for (const h of this.hostsById.values()) h.completeHook?.('ABANDON');
+    for (const h of this.hostsById.values()) h.action?.finish('ABANDON', false);
     this.server.closeAllConnections();
     const serverClosed = new Promise<void>((resolve) => this.server.close(() => resolve()));
     const exits = [...this.hostsById.values()].map(async (h) => {
       h.stopping = true;
       await h.proc.kill();
-      this.pool.release(h.ip);
+      if (!h.released) this.pool.release(h.ip);
     });
     await Promise.all([serverClosed, ...exits]);
     process.off('exit', this.exitHook);
@@ -503,11 +549,24 @@ class Emulator {
       availabilityZones: zones,
       subnets: zones.map(() => `subnet-0${hex(16)}`),
       newInstancesProtectedFromScaleIn: spec.newInstancesProtectedFromScaleIn ?? false,
+      hooks: new Map(),
       launchTemplate: { id: `lt-0${hex(16)}`, name: `${spec.name}-template`, version: '1' },
       activities: [],
       launches: 0,
     };
-    if (spec.terminationHook) g.terminationHook = { name: spec.terminationHook.name, timeoutMs: spec.terminationHook.timeoutMs ?? 10_000 };
+    if (spec.terminationHook) {
+      const ms = spec.terminationHook.timeoutMs ?? 10_000;
+      g.hooks.set(spec.terminationHook.name, {
+        name: spec.terminationHook.name,
+        transition: 'autoscaling:EC2_INSTANCE_TERMINATING',
+        heartbeatTimeoutMs: ms,
+        heartbeatTimeoutSeconds: Math.max(1, Math.round(ms / 1000)),
+        // https://docs.aws.amazon.com/autoscaling/ec2/APIReference/API_LifecycleHook.html: the global
+        // timeout is 48 hours or 100 times the heartbeat timeout, whichever is smaller.
+        globalTimeoutSeconds: Math.min(172_800, 100 * Math.max(1, Math.round(ms / 1000))),
+        defaultResult: spec.terminationHook.defaultResult ?? 'CONTINUE',
+      });
+    }
     this.groups.set(g.name, g);
     return g;
   }
@@ -523,7 +582,7 @@ class Emulator {
 
   private isStable(g: EmuGroup): boolean {
     const hosts = this.groupHosts(g);
-    return hosts.length === g.desiredCapacity && hosts.every((h) => h.lifecycle === 'InService' && h.health === 'Healthy');
+    return hosts.length === g.desiredCapacity && hosts.every((h) => h.lifecycle === 'InService' && h.health === 'Healthy' && (h.neverBoots || h.agent === 'ready'));
   }
 
   /** Launches or terminates until the group's active instances match its desired capacity. */
@@ -548,6 +607,15 @@ class Emulator {
     }
   }
 
+  /**
+   * Acts on a capacity change later, as the service does: SetDesiredCapacity returns before any instance
+   * is launched or terminated (the scaling activity starts afterwards,
+   * https://docs.aws.amazon.com/autoscaling/ec2/userguide/ec2-auto-scaling-scaling-manually.html).
+   */
+  private scheduleReconcile(g: EmuGroup, cause: string): void {
+    this.after(this.options.launchDelayMs ?? 100, () => this.reconcile(g, cause));
+  }
+
   private launch(g: EmuGroup, cause: string): EmuHost | undefined {
     const id = `i-0${hex(16)}`;
     const zoneIndex = g.launches++ % g.availabilityZones.length;
@@ -563,18 +631,6 @@ class Emulator {
     }
     const ctx: HostLaunchContext = { hostId: id, ip, index: this.launchCounter++, group: g.name };
     const neverBoots = this.takeNeverBoots(ctx);
-    const agent = this.options.agent ?? {};
-    const onOutput = this.options.onHostOutput;
-    const proc = neverBoots
-      ? new HostProcess({ hostId: id, command: process.execPath, args: ['-e', SLEEPER], cwd: agent.cwd ?? process.cwd(), env: process.env, onOutput })
-      : new HostProcess({
-          hostId: id,
-          command: agent.command ?? process.execPath,
-          args: this.agentArgs(ctx),
-          cwd: agent.cwd ?? process.cwd(),
-          env: { ...process.env, ...agent.env },
-          onOutput,
-        });
     const host: EmuHost = {
       id,
       group: g,
@@ -589,15 +645,53 @@ class Emulator {
       protected: g.newInstancesProtectedFromScaleIn,
       inGroup: true,
       neverBoots,
-      proc,
+      ctx,
+      proc: undefined as unknown as HostProcess,
+      agent: neverBoots ? 'none' : 'starting',
+      agentStarts: 0,
       launchActivity: activity,
       stopping: false,
       dead: false,
+      released: false,
     };
     this.hostsById.set(id, host);
-    void proc.exited.then((exit) => this.onExit(host, exit));
+    this.startProcess(host, neverBoots);
     void this.boot(host);
     return host;
+  }
+
+  /** Starts the host's process: the agent, or (user data that never starts it) a process that only sleeps. */
+  private startProcess(host: EmuHost, sleeper: boolean): void {
+    const agent = this.options.agent ?? {};
+    const onOutput = this.options.onHostOutput;
+    const proc = sleeper
+      ? new HostProcess({ hostId: host.id, command: process.execPath, args: ['-e', SLEEPER], cwd: agent.cwd ?? process.cwd(), env: process.env, onOutput })
+      : new HostProcess({
+          hostId: host.id,
+          command: agent.command ?? process.execPath,
+          args: this.agentArgs(host.ctx),
+          cwd: agent.cwd ?? process.cwd(),
+          env: { ...process.env, ...agent.env },
+          onOutput,
+        });
+    host.proc = proc;
+    if (!sleeper) {
+      host.agentStarts++;
+      host.agent = 'starting';
+      void this.watchAgent(host, proc);
+    }
+    void proc.exited.then(() => {
+      if (host.proc === proc && !sleeper) host.agent = 'down';
+    });
+  }
+
+  /** The agent's ready line gives its API address; it has no bearing on the instance's state. */
+  private async watchAgent(host: EmuHost, proc: HostProcess): Promise<void> {
+    const outcome = await proc.waitReady(2 ** 31 - 1);
+    if (!outcome.ok || host.proc !== proc || this.closed) return;
+    host.agent = 'ready';
+    host.readyAt = new Date();
+    host.apiUrl = this.apiUrlOf(host, outcome.line);
   }
 
   private agentArgs(ctx: HostLaunchContext): string[] {
@@ -621,16 +715,14 @@ class Emulator {
     return true;
   }
 
+  /**
+   * Pending → InService after the boot delay, whatever the user data (the agent) does: Auto Scaling puts
+   * an instance in service once EC2 reports it running and, without a launch hook, does not wait for its
+   * software (https://docs.aws.amazon.com/autoscaling/ec2/userguide/ec2-auto-scaling-lifecycle.html).
+   * With EC2 health checks its health is the EC2 status, so it stays Healthy with its agent down
+   * (https://docs.aws.amazon.com/autoscaling/ec2/userguide/ec2-auto-scaling-health-checks.html).
+   */
   private async boot(host: EmuHost): Promise<void> {
-    const outcome = await host.proc.waitReady(this.options.readyTimeoutMs ?? 30_000);
-    if (this.closed || host.lifecycle !== 'Pending' || host.dead) return;
-    if (!outcome.ok) {
-      this.markDead(host, outcome.reason, { code: 'Server.InternalError', message: `Server.InternalError: ${outcome.reason}` });
-      void host.proc.kill();
-      return;
-    }
-    host.readyAt = new Date();
-    host.apiUrl = this.apiUrlOf(host, outcome.line);
     const remaining = host.launchTime.getTime() + this.bootDelayMs - Date.now();
     if (remaining > 0) await this.sleep(remaining);
     if (this.closed || host.lifecycle !== 'Pending' || host.dead) return;
@@ -646,25 +738,24 @@ class Emulator {
     return m ? m[1]!.replace(/\/+$/, '') : undefined;
   }
 
-  /** The host's process ended. Unless the emulator stopped it, that is a death. */
-  private onExit(host: EmuHost, exit: ExitInfo): void {
-    this.pool.release(host.ip);
-    if (host.stopping || host.dead || this.closed) return;
-    const reason = host.killReason ?? `host process exited (${describeExit(exit)})`;
-    this.markDead(host, reason, { code: 'Server.InternalError', message: `Server.InternalError: ${reason}` });
-  }
-
-  /** EC2 sees the instance terminated now; the group marks it Unhealthy and replaces it after the health-check delay. */
-  private markDead(host: EmuHost, reason: string, stateReason: { code: string; message: string }): void {
+  /**
+   * EC2 sees the instance terminated now (an instance failure); its disk goes with it. The group marks it
+   * Unhealthy and replaces it after the health-check delay, as an EC2 health check would
+   * (https://docs.aws.amazon.com/autoscaling/ec2/userguide/ec2-auto-scaling-health-checks.html).
+   */
+  private async failInstance(host: EmuHost, reason: string): Promise<void> {
     if (host.dead) return;
     host.dead = true;
     host.health = 'Unhealthy';
     host.reason = reason;
     host.ec2State = 'terminated';
-    host.stateReason = stateReason;
+    host.stateReason = { code: 'Server.InternalError', message: `Server.InternalError: ${reason}` };
     host.stateTransitionReason = `Server.InternalError (${new Date().toUTCString()})`;
     host.terminatedAt = new Date();
     if (host.launchActivity.statusCode === 'InProgress') this.finishActivity(host.launchActivity, 'Failed', reason);
+    host.stopping = true;
+    await host.proc.kill();
+    await this.release(host);
     this.after(this.options.healthCheckDelayMs ?? 1_000, () => {
       if (!host.inGroup || host.lifecycle.startsWith('Terminat')) return;
       this.terminate(
@@ -672,6 +763,18 @@ class Emulator {
         `At ${isoSeconds()} an instance was taken out of service in response to an EC2 health check indicating it has been terminated or stopped.`,
       );
     });
+  }
+
+  /** The instance's disk (what its agent left: containers, volumes) is destroyed and its address freed. Once. */
+  private async release(host: EmuHost): Promise<void> {
+    if (host.released) return;
+    host.released = true;
+    try {
+      await this.options.agent?.destroyDisk?.(host.ctx);
+    } catch (err) {
+      host.proc.output.push(`[emulator] destroyDisk failed: ${(err as Error).message}`);
+    }
+    this.pool.release(host.ip);
   }
 
   /**
@@ -684,7 +787,6 @@ class Emulator {
     const activity = this.activity(g, `Terminating EC2 instance: ${host.id}`, cause, host.az, host.subnet);
     host.terminateActivity = activity;
     host.lifecycle = 'Terminating';
-    host.stopping = true;
     host.reason ??= cause;
     if (host.launchActivity.statusCode === 'InProgress') this.finishActivity(host.launchActivity, 'Cancelled', 'The instance was terminated before it was in service.');
     void this.runTermination(host, activity);
@@ -693,27 +795,24 @@ class Emulator {
 
   private async runTermination(host: EmuHost, activity: EmuActivity): Promise<void> {
     const g = host.group;
-    if (!host.dead && host.proc.alive) {
-      if (host.apiUrl !== undefined) host.drain = await this.drain(host);
-      if (g.terminationHook && !this.closed) {
-        host.lifecycle = 'Terminating:Wait';
-        await new Promise<void>((resolve) => {
-          const timer = this.after(g.terminationHook!.timeoutMs, () => resolve());
-          host.completeHook = () => {
-            clearTimeout(timer);
-            this.timers.delete(timer);
-            resolve();
-          };
-        });
-        host.completeHook = undefined;
-        host.lifecycle = 'Terminating:Proceed';
+    if (!host.dead) {
+      // Each termination hook holds the instance in Terminating:Wait in turn; the emulator does nothing to
+      // the host meanwhile (https://docs.aws.amazon.com/autoscaling/ec2/userguide/lifecycle-hooks-overview.html).
+      for (const hook of g.hooks.values()) {
+        if (this.closed) return;
+        const result = await this.waitOnHook(host, hook);
+        // For a terminating instance both results let it terminate; ABANDON skips the remaining hooks
+        // (https://docs.aws.amazon.com/autoscaling/ec2/APIReference/API_CompleteLifecycleAction.html).
+        if (result === 'ABANDON') break;
       }
       if (this.closed) return;
+      if (g.hooks.size) host.lifecycle = 'Terminating:Proceed';
       host.ec2State = 'shutting-down';
+      host.stopping = true;
+      // The OS shuts down: its services get SIGTERM, then the machine is gone.
       await host.proc.stop(this.options.stopGraceMs ?? 5_000);
-    } else if (host.proc.alive) {
-      await host.proc.kill();
     }
+    await this.release(host);
     if (this.closed) return;
     if (!host.dead) {
       host.ec2State = 'terminated';
@@ -724,36 +823,65 @@ class Emulator {
     host.lifecycle = 'Terminated';
     host.inGroup = false;
     this.finishActivity(activity, 'Successful');
-    this.reconcile(g, '');
+    this.scheduleReconcile(g, '');
   }
 
-  /** The termination lifecycle hook's work: ask the agent to drain, best effort. */
-  private async drain(host: EmuHost): Promise<DrainResult> {
-    const agent = this.options.agent ?? {};
-    const url = `${host.apiUrl}${agent.drainPath ?? '/v1/drain'}`;
-    const result: DrainResult = { url, at: new Date().toISOString() };
-    try {
-      const signal = AbortSignal.any([this.abort.signal, AbortSignal.timeout(this.options.drainTimeoutMs ?? 3_000)]);
-      const res = await fetch(url, {
-        method: 'POST',
-        headers: { 'content-type': 'application/json', ...(agent.token !== undefined ? { authorization: `Bearer ${agent.token}` } : {}) },
-        body: JSON.stringify({ reason: 'autoscaling:EC2_INSTANCE_TERMINATING', instanceId: host.id }),
-        signal,
-      });
-      result.status = res.status;
-      await res.arrayBuffer().catch(() => undefined);
-    } catch (err) {
-      const e = err as Error & { cause?: { code?: string } };
-      result.error = e.name === 'TimeoutError' ? 'timeout' : (e.cause?.code ?? e.message);
-    }
-    return result;
+  /**
+   * Terminating:Wait for one hook: until CompleteLifecycleAction, or the heartbeat timeout (each
+   * RecordLifecycleActionHeartbeat restarts it, up to the global timeout) applies the default result
+   * (https://docs.aws.amazon.com/autoscaling/ec2/userguide/lifecycle-hooks-overview.html).
+   */
+  private waitOnHook(host: EmuHost, hook: EmuHook): Promise<string> {
+    host.lifecycle = 'Terminating:Wait';
+    return new Promise<string>((resolve) => {
+      const action: PendingAction = {
+        hook,
+        token: randomUUID(),
+        timer: this.after(hook.heartbeatTimeoutMs, () => action.finish(hook.defaultResult, true)),
+        globalDeadline: Date.now() + hook.globalTimeoutSeconds * 1000,
+        finish: (result, timedOut) => {
+          if (host.action !== action) return;
+          clearTimeout(action.timer);
+          this.timers.delete(action.timer);
+          host.action = undefined;
+          if (timedOut) {
+            this.lifecycleActions.push({ group: host.group.name, hookName: hook.name, instanceId: host.id, token: action.token, result, at: new Date().toISOString(), matched: true, timedOut: true });
+          }
+          resolve(result);
+        },
+      };
+      host.action = action;
+    });
   }
 
+  /** The instance fails: EC2 reports it terminated (and the group replaces it). */
   private async killHost(id: string): Promise<void> {
+    const host = this.requireHost(id);
+    await this.failInstance(host, 'instance failed (killed: SIGKILL, EC2 reports it terminated)');
+  }
+
+  /** Only the agent process ends; the instance, its address and its containers stay. */
+  private async killAgent(id: string, signal: NodeJS.Signals = 'SIGKILL'): Promise<void> {
+    const host = this.requireHost(id);
+    const proc = host.proc;
+    if (!proc.alive) return;
+    proc.signal(signal);
+    await proc.exited;
+  }
+
+  private async restartAgent(id: string): Promise<void> {
+    const host = this.requireHost(id);
+    if (host.ec2State !== 'running' && host.ec2State !== 'pending') throw new Error(`aws emulator: host ${id} is ${host.ec2State}; cannot start its agent`);
+    if (host.proc.alive && host.agent !== 'none') throw new Error(`aws emulator: the agent of host ${id} is still running (${host.agent})`);
+    if (host.proc.alive) await host.proc.kill(); // the sleeper of a host whose user data never started the agent
+    host.neverBoots = false;
+    this.startProcess(host, false);
+  }
+
+  private requireHost(id: string): EmuHost {
     const host = this.hostsById.get(id);
-    if (!host) throw new Error(`no host ${id}`);
-    host.killReason = 'killed (SIGKILL, no drain)';
-    await host.proc.kill();
+    if (!host) throw new Error(`aws emulator: no host ${id}`);
+    return host;
   }
 
   // ---- activities ----
@@ -794,6 +922,8 @@ class Emulator {
       protectedFromScaleIn: h.protected,
       inGroup: h.inGroup,
       launchTime: h.launchTime.toISOString(),
+      agent: h.agent,
+      agentStarts: h.agentStarts,
       neverBoots: h.neverBoots,
       output: [...h.proc.output],
     };
@@ -802,8 +932,8 @@ class Emulator {
     if (h.reason !== undefined) s.reason = h.reason;
     if (h.proc.pid !== undefined) s.pid = h.proc.pid;
     if (h.apiUrl !== undefined) s.apiUrl = h.apiUrl;
-    if (h.drain) s.drain = { ...h.drain };
     if (h.proc.exit) s.exit = { ...h.proc.exit };
+    if (h.action) s.lifecycleActionToken = h.action.token;
     return s;
   }
 
@@ -956,6 +1086,12 @@ class Emulator {
         return (p, id) => this.terminateInstanceInAutoScalingGroup(p, id);
       case 'CompleteLifecycleAction':
         return (p, id) => this.completeLifecycleAction(p, id);
+      case 'RecordLifecycleActionHeartbeat':
+        return (p, id) => this.recordLifecycleActionHeartbeat(p, id);
+      case 'PutLifecycleHook':
+        return (p, id) => this.putLifecycleHook(p, id);
+      case 'DescribeLifecycleHooks':
+        return (p, id) => this.describeLifecycleHooks(p, id);
       case 'DescribeScalingActivities':
         return (p, id) => this.describeScalingActivities(p, id);
       default:
@@ -1078,7 +1214,7 @@ class Emulator {
     if (value < g.minSize) throw validationError(`New SetDesiredCapacity value ${value} is below min value ${g.minSize} for the AutoScalingGroup.`);
     const before = g.desiredCapacity;
     g.desiredCapacity = value;
-    this.reconcile(g, `At ${isoSeconds()} a user request explicitly set group desired capacity changing the desired capacity from ${before} to ${value}.`);
+    this.scheduleReconcile(g, `At ${isoSeconds()} a user request explicitly set group desired capacity changing the desired capacity from ${before} to ${value}.`);
     return asgResponse('SetDesiredCapacity', requestId, undefined);
   }
 
@@ -1103,7 +1239,7 @@ class Emulator {
       g.desiredCapacity === before
         ? `At ${isoSeconds()} a user request update of AutoScalingGroup constraints to min: ${min}, max: ${max}, desired: ${g.desiredCapacity}.`
         : `At ${isoSeconds()} a user request update of AutoScalingGroup constraints to min: ${min}, max: ${max}, desired: ${g.desiredCapacity} changing the desired capacity from ${before} to ${g.desiredCapacity}.`;
-    this.reconcile(g, cause);
+    this.scheduleReconcile(g, cause);
     return asgResponse('UpdateAutoScalingGroup', requestId, undefined);
   }
 
@@ -1119,6 +1255,12 @@ class Emulator {
       if (!h || h.group !== g || !h.inGroup) throw validationError(`The instance ${id} is not part of Auto Scaling group ${g.name}.`);
       return h;
     });
+    // The whole call is refused when any instance is not in service (Pending, Terminating, …): protection
+    // applies to InService instances (https://docs.aws.amazon.com/autoscaling/ec2/APIReference/API_SetInstanceProtection.html,
+    // https://docs.aws.amazon.com/autoscaling/ec2/userguide/ec2-auto-scaling-instance-protection.html);
+    // the message is the service's answer for a Pending instance. Nothing is changed.
+    const notInService = hosts.find((h) => h.lifecycle !== 'InService');
+    if (notInService) throw validationError(`The instance ${notInService.id} is not in InService or EnteringStandby or Standby.`);
     for (const h of hosts) h.protected = protect!;
     return asgResponse('SetInstanceProtection', requestId, '');
   }
@@ -1155,7 +1297,7 @@ class Emulator {
         ? `At ${isoSeconds()} instance ${h.id} was taken out of service in response to a user request, shrinking the capacity from ${before} to ${g.desiredCapacity}.`
         : `At ${isoSeconds()} instance ${h.id} was taken out of service in response to a user request.`;
       activities.push(this.terminate(h, cause));
-      this.reconcile(g, decrement ? '' : `At ${isoSeconds()} an instance was started in response to a replacement of a terminated instance.`);
+      this.scheduleReconcile(g, decrement ? '' : `At ${isoSeconds()} an instance was started in response to a replacement of a terminated instance.`);
     }
     const first = activities[0]!;
     return asgResponse(
@@ -1165,6 +1307,88 @@ class Emulator {
     );
   }
 
+  /** https://docs.aws.amazon.com/autoscaling/ec2/APIReference/API_PutLifecycleHook.html (termination hooks only). */
+  private putLifecycleHook(p: Params, requestId: string): string {
+    const g = this.requireGroup(requireParam(p, 'AutoScalingGroupName', 'autoscaling'));
+    const name = requireParam(p, 'LifecycleHookName', 'autoscaling');
+    if (!/^[A-Za-z0-9\-_/]{1,255}$/.test(name)) {
+      throw validationError(`1 validation error detected: Value '${name}' at 'lifecycleHookName' failed to satisfy constraint: Member must satisfy regular expression pattern: [A-Za-z0-9\\-_\\/]+`);
+    }
+    const existing = g.hooks.get(name);
+    const transition = p.get('LifecycleTransition') ?? existing?.transition;
+    if (!transition) requireParam(p, 'LifecycleTransition', 'autoscaling');
+    if (transition === 'autoscaling:EC2_INSTANCE_LAUNCHING') {
+      throw new AwsError(400, 'ValidationError', 'aws emulator: launch lifecycle hooks (Pending:Wait) are not modelled');
+    }
+    if (transition !== 'autoscaling:EC2_INSTANCE_TERMINATING') throw validationError(`Invalid Lifecycle Transition: ${transition}`);
+    const heartbeat = intParam(p, 'HeartbeatTimeout', 'autoscaling') ?? existing?.heartbeatTimeoutSeconds ?? 3600;
+    if (heartbeat < 30 || heartbeat > 7200) throw validationError(`Heartbeat timeout must be between 30 and 7200 seconds; got ${heartbeat}`);
+    const defaultResult = p.get('DefaultResult') ?? existing?.defaultResult ?? 'ABANDON';
+    if (defaultResult !== 'CONTINUE' && defaultResult !== 'ABANDON') {
+      throw validationError(`1 validation error detected: Value '${defaultResult}' at 'defaultResult' failed to satisfy constraint: Member must be CONTINUE or ABANDON`);
+    }
+    const hook: EmuHook = {
+      name,
+      transition,
+      heartbeatTimeoutSeconds: heartbeat,
+      heartbeatTimeoutMs: heartbeat * 1000,
+      // The global timeout: 48 hours or 100 times the heartbeat timeout, whichever is smaller.
+      globalTimeoutSeconds: Math.min(172_800, 100 * heartbeat),
+      defaultResult,
+    };
+    const metadata = p.get('NotificationMetadata') ?? existing?.notificationMetadata;
+    if (metadata !== undefined) hook.notificationMetadata = metadata;
+    g.hooks.set(name, hook);
+    return asgResponse('PutLifecycleHook', requestId, '');
+  }
+
+  private describeLifecycleHooks(p: Params, requestId: string): string {
+    const g = this.requireGroup(requireParam(p, 'AutoScalingGroupName', 'autoscaling'));
+    const names = listParam(p, 'LifecycleHookNames.member');
+    const hooks = [...g.hooks.values()].filter((h) => names.length === 0 || names.includes(h.name));
+    const items = hooks.map((h) =>
+      [
+        el('LifecycleHookName', h.name),
+        el('AutoScalingGroupName', g.name),
+        el('LifecycleTransition', h.transition),
+        el('NotificationMetadata', h.notificationMetadata),
+        el('HeartbeatTimeout', h.heartbeatTimeoutSeconds),
+        el('GlobalTimeout', h.globalTimeoutSeconds),
+        el('DefaultResult', h.defaultResult),
+      ].join(''),
+    );
+    return asgResponse('DescribeLifecycleHooks', requestId, list('LifecycleHooks', 'member', items));
+  }
+
+  /** The host waiting on `hookName`, named by instance id or by the action's token. */
+  private pendingAction(p: Params, g: EmuGroup, hookName: string): { host: EmuHost; action: PendingAction } {
+    const instanceId = p.get('InstanceId') || undefined;
+    const token = p.get('LifecycleActionToken') || undefined;
+    if (!instanceId && !token) throw validationError('Either InstanceId or LifecycleActionToken must be specified.');
+    if (!g.hooks.has(hookName)) throw validationError(`No Lifecycle Hook found with name ${hookName} for group ${g.name}`);
+    const host = instanceId
+      ? this.hostsById.get(instanceId)
+      : [...this.hostsById.values()].find((h) => h.action?.token === token);
+    const action = host?.action;
+    if (!host || host.group !== g || !action || action.hook.name !== hookName || (token && action.token !== token)) {
+      throw validationError(`No active Lifecycle Action found with ${instanceId ? `instance ID ${instanceId}` : `token ${token}`}`);
+    }
+    return { host, action };
+  }
+
+  /** https://docs.aws.amazon.com/autoscaling/ec2/APIReference/API_RecordLifecycleActionHeartbeat.html: restarts the heartbeat timeout, within the global timeout. */
+  private recordLifecycleActionHeartbeat(p: Params, requestId: string): string {
+    const g = this.requireGroup(requireParam(p, 'AutoScalingGroupName', 'autoscaling'));
+    const hookName = requireParam(p, 'LifecycleHookName', 'autoscaling');
+    const { action } = this.pendingAction(p, g, hookName);
+    clearTimeout(action.timer);
+    this.timers.delete(action.timer);
+    const ms = Math.max(0, Math.min(action.hook.heartbeatTimeoutMs, action.globalDeadline - Date.now()));
+    action.timer = this.after(ms, () => action.finish(action.hook.defaultResult, true));
+    return asgResponse('RecordLifecycleActionHeartbeat', requestId, '');
+  }
+
+  /** https://docs.aws.amazon.com/autoscaling/ec2/APIReference/API_CompleteLifecycleAction.html */
   private completeLifecycleAction(p: Params, requestId: string): string {
     const g = this.requireGroup(requireParam(p, 'AutoScalingGroupName', 'autoscaling'));
     const hookName = requireParam(p, 'LifecycleHookName', 'autoscaling');
@@ -1172,24 +1396,12 @@ class Emulator {
     if (result !== 'CONTINUE' && result !== 'ABANDON') {
       throw validationError(`1 validation error detected: Value '${result}' at 'lifecycleActionResult' failed to satisfy constraint: Member must be CONTINUE or ABANDON`);
     }
-    const instanceId = p.get('InstanceId') || undefined;
-    const token = p.get('LifecycleActionToken') || undefined;
-    if (!instanceId && !token) throw validationError('Either InstanceId or LifecycleActionToken must be specified.');
-    let matched = false;
-    if (g.terminationHook) {
-      if (g.terminationHook.name !== hookName) throw validationError(`No Lifecycle Hook found with name ${hookName} for group ${g.name}`);
-      const host = instanceId ? this.hostsById.get(instanceId) : undefined;
-      if (!host || host.group !== g || host.lifecycle !== 'Terminating:Wait' || !host.completeHook) {
-        throw validationError(`No active Lifecycle Action found with instance ID ${instanceId ?? token}`);
-      }
-      host.completeHook(result);
-      matched = true;
-    }
-    // Without a configured hook the call is accepted and recorded, so a provider's call is visible to tests.
-    const record: RecordedLifecycleAction = { group: g.name, hookName, result, at: new Date().toISOString(), matched };
-    if (instanceId) record.instanceId = instanceId;
+    const { host, action } = this.pendingAction(p, g, hookName);
+    const record: RecordedLifecycleAction = { group: g.name, hookName, instanceId: host.id, result, at: new Date().toISOString(), matched: true };
+    const token = p.get('LifecycleActionToken');
     if (token) record.token = token;
     this.lifecycleActions.push(record);
+    action.finish(result, false);
     return asgResponse('CompleteLifecycleAction', requestId, '');
   }
 

@@ -8,10 +8,11 @@
  *   accepted and ignored; a flag followed by a value not starting with `--` takes that value.
  * - It listens on `<bind>:<api-port>` (port 0 picks a free one) and, once it can serve, prints one line on
  *   stdout starting with `agent ready`: `agent ready <id> api=http://<ip>:<port>`. The emulator keeps the
- *   host `pending` until it sees that line, and reads `api=` to learn the port when it was not told one.
+ *   host's agent `starting` until it sees that line (the instance is InService after the boot delay
+ *   whatever the agent does), and reads `api=` to learn the port when it was not told one.
  * - `GET /v1/host` answers the host's state as JSON; `POST /v1/drain` (bearer token when `--token` is given)
- *   starts draining and answers 202. The emulator posts it before terminating the host (the termination
- *   lifecycle hook).
+ *   starts draining and answers 202. The emulator never calls it (no AWS component drains a host); a test
+ *   or the controller may.
  * - SIGTERM: close the server and exit 0. End of stdin (the emulator died): exit as well.
  * - `--state-dir <dir>`: writes `host.json` there at start and `drain.json` when drained (so a test can see
  *   that per-host arguments arrived and that the drain happened after the process is gone).

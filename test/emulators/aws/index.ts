@@ -5,7 +5,7 @@ export {
   type AgentLaunchOptions,
   type AwsEmulator,
   type AwsEmulatorOptions,
-  type DrainResult,
+  type AgentState,
   type Ec2State,
   type FaultKind,
   type FaultRule,
