@@ -108,6 +108,11 @@ export const EndpointSchema = z.object({
   url: z.string(),
   host: z.string(),
   port: z.number().int(),
+  /**
+   * The Host header to send, when the target serves several editors and routes by name (an AWS host
+   * agent's authenticating proxy: `<id>.<its base domain>`).
+   */
+  hostHeader: z.string().optional(),
 });
 export type Endpoint = z.infer<typeof EndpointSchema>;
 
@@ -308,6 +313,11 @@ export interface Provider {
   importWorkspace?(instanceId: string, archive: Readable): Promise<void>;
   /** Current resource usage, where capabilities.stats says so. */
   getInstanceStats?(instanceId: string): Promise<InstanceStats>;
+  /**
+   * Headers the gateway adds when it proxies to this instance's endpoint: the credential of an
+   * authenticating proxy in front of the editor (an AWS host agent's). Never shown to users.
+   */
+  editorRequestHeaders?(instance: VSCodeInstance): Record<string, string>;
   /** Releases connections and timers. */
   close?(): Promise<void>;
 }

@@ -81,7 +81,7 @@ const AwsAsgConfigSchema = z
     /** Where the agents' bearer token (--token) is read from: this variable, else agentTokenFile. Never put the token in the file itself. */
     agentTokenEnv: z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/).default('VSCODE_SWARM_AWS_AGENT_TOKEN'),
     agentTokenFile: z.string().min(1).optional(),
-    /** The agents' --port-range: an endpoint a host reports off its own address or outside this range is refused. */
+    /** The agents' --port-range (editors publish there on the host's loopback; endpoints are the hosts' proxies). */
     agentPortRange: z.string().regex(/^\d{1,5}(-\d{1,5})?$/, 'expected a port range such as 20000-20999').default('20000-20999'),
     // No gateway key here: the agents check access links with the central gateway's Ed25519 public key,
     // which their launcher passes as --gateway-public-key; the controller never sends a secret to a host.

@@ -34,6 +34,20 @@
  * nothing is re-created elsewhere while the host may come back. Only a host that EC2 reports terminated,
  * or that left the group, takes its instances with it.
  *
+ * Hosts being terminated (evacuation; off unless `evacuateTerminatingHosts`, see there): a host the group is terminating (a scale-in by the group, an
+ * instance refresh, a rebalance, an operator, a Spot interruption) waits in `Terminating:Wait` on the
+ * group's termination lifecycle hook. The reconcile loop notices it (no placement there: it is not
+ * InService) and moves each of its instances to another host of the group with its files: stop on the old
+ * host, export the workspace there (spooled to a local file with its SHA-256 manifest, workspace-archive.ts),
+ * create the instance with the same id and config on a new host (holding for capacity like any create),
+ * import, export again from the new host and compare manifests, restore its running state, and only then
+ * delete it on the old host. Meanwhile the lifecycle action is kept alive with heartbeats
+ * (lifecycle-action.ts) and the instance is listed as `unknown` with the reason (the controller merges it,
+ * the health monitor waits instead of re-creating it). When the host is empty, CompleteLifecycleAction
+ * CONTINUE. An instance that cannot be moved is tried again until `evacuationTimeoutMs`; then the failure
+ * is logged at error level and named in the instance's status reason, and the action is completed (the
+ * instance terminates after the hook whatever the result: ABANDON would not keep it).
+ *
  * Retries: AWS calls rely on the SDK's own retry strategy (maxAttempts, standard or adaptive mode) and are
  * deliberately not wrapped in p-retry as well, so the two never multiply each other's attempts. Agent
  * calls retry with p-retry (agent-client.ts), for idempotent operations only.
@@ -50,7 +64,9 @@ import {
 } from '@aws-sdk/client-auto-scaling';
 import { EC2Client, paginateDescribeInstances } from '@aws-sdk/client-ec2';
 import { timingSafeEqual } from 'node:crypto';
-import { readFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { SwarmError, asSwarmError, isSwarmError } from '../../src/errors.js';
 import { silentLogger, type Logger } from '../../src/logger.js';
@@ -73,9 +89,12 @@ import type {
 } from '../provider.js';
 import { applyInstanceFilter } from '../provider.js';
 import type { HostReport } from './agent/agent-protocol.js';
-import { parsePortRange, type PortRange } from './agent/port-pool.js';
+import type { PortRange } from './agent/port-pool.js';
 import { AgentClient, type AgentRetryOptions } from './agent-client.js';
+import { UPSTREAM_HEADER } from '../../src/gateway/gateway.js';
 import { deriveHostToken, isHostAuthorization } from './host-credentials.js';
+import { LifecycleAction } from './lifecycle-action.js';
+import { manifestDifferences, manifestOf, openSpooled, spoolArchive } from '../../src/migration/workspace-archive.js';
 
 export interface AwsAsgProviderOptions {
   /** AWS region; AWS_REGION / AWS_DEFAULT_REGION from `env` when absent. */
@@ -100,7 +119,7 @@ export interface AwsAsgProviderOptions {
    * holds it: each runs with its own token, deriveHostToken(master, its instance id) (host-credentials.ts).
    */
   agentToken?: string;
-  /** The agents' --port-range: endpoints a host reports outside it (or off its address) are refused. Default 20000-20999. */
+  /** The agents' --port-range (on their loopback; endpoints are the hosts' proxies, see checkedEndpoint). Default 20000-20999. */
   agentPortRange?: PortRange;
   /** Default VSCODE_SWARM_AWS_AGENT_TOKEN. */
   agentTokenEnv?: string;
@@ -127,6 +146,22 @@ export interface AwsAsgProviderOptions {
   hostBootTimeoutMs?: number;
   /** A host empty this long is terminated (when not needed for min size or buffer); default 10 min. */
   scaleInCooldownMs?: number;
+  /**
+   * Move the instances of a host waiting on the group's termination lifecycle hook (Terminating:Wait) to
+   * other hosts, then complete the action. Default false: verified end to end only for an empty host so
+   * far (the emulator's hosts share one Docker engine, where the same instance id cannot exist on two
+   * hosts at once), so it is not yet offered in the configuration.
+   */
+  evacuateTerminatingHosts?: boolean;
+  /**
+   * How long the instances of a host being terminated are tried to be moved before giving up (logged,
+   * lifecycle action completed); default 1 h, and never past the hook's global timeout.
+   */
+  evacuationTimeoutMs?: number;
+  /** Largest workspace an evacuation moves; default 50 GiB. */
+  evacuationMaxBytes?: number;
+  /** Where workspace archives are spooled during an evacuation; default the OS temporary folder. */
+  spoolDir?: string;
   /** Period of the background loop (discovery, protection, scale-in); default 15 s. */
   reconcileIntervalMs?: number;
   logger?: Logger;
@@ -166,6 +201,8 @@ interface HostState {
   known?: Map<string, VSCodeInstance>;
   /** When its agent stopped answering (cleared when it answers). */
   unreachableSince?: number;
+  /** Its evacuation (Terminating:Wait) in progress. */
+  evacuating?: Promise<void>;
 }
 
 /** Where an instance is; `stale`: what its unreachable host last reported, as unknown. */
@@ -182,7 +219,6 @@ interface GroupView {
 }
 
 const DEFAULT_AGENT_PORT = 9100;
-const DEFAULT_AGENT_PORT_RANGE: PortRange = parsePortRange('20000-20999');
 const SCALE_GATHER_MS = 100;
 
 export class AwsAsgProvider implements Provider {
@@ -206,6 +242,10 @@ export class AwsAsgProvider implements Provider {
   private readonly located = new Map<string, string>();
   /** Workspaces kept on delete (keepWorkspace): a re-create goes back to that host. In memory only. */
   private readonly keptOn = new Map<string, string>();
+  /** Instances being moved off a terminating host: id → why (their status reason while listed as unknown). */
+  private readonly moving = new Map<string, string>();
+  /** Instances an evacuation gave up on: id → why (kept in their status reason). */
+  private readonly unmoved = new Map<string, string>();
   private refreshedAt = 0;
   private discovered = false;
   private desiredChangedAt = 0;
@@ -385,7 +425,7 @@ export class AwsAsgProvider implements Provider {
   async getInstance(instanceId: string): Promise<VSCodeInstance | null> {
     const found = await this.locate(instanceId);
     if (!found) return null;
-    return found.stale ? found.instance : this.view(found.instance, found.host);
+    return found.stale ? found.instance : this.evacuationView(this.view(found.instance, found.host));
   }
 
   async listInstances(filter: InstanceFilter = {}): Promise<VSCodeInstance[]> {
@@ -421,8 +461,10 @@ export class AwsAsgProvider implements Provider {
     }
     const byId = new Map<string, VSCodeInstance>();
     for (const instance of lists.flat()) {
-      this.located.set(instance.id, instance.providerRef.hostId!);
-      byId.set(instance.id, instance);
+      // Mid-move, both hosts may list it: the one it is still located on wins, as unknown.
+      if (this.moving.has(instance.id) && byId.has(instance.id) && this.located.get(instance.id) !== instance.providerRef.hostId) continue;
+      if (!this.moving.has(instance.id)) this.located.set(instance.id, instance.providerRef.hostId!);
+      byId.set(instance.id, this.evacuationView(instance));
     }
     return applyInstanceFilter([...byId.values()], filter);
   }
@@ -441,6 +483,7 @@ export class AwsAsgProvider implements Provider {
   }
 
   async deleteInstance(instanceId: string, options: DeleteOptions = {}): Promise<boolean> {
+    this.refuseWhileMoving(instanceId);
     const found = await this.locate(instanceId);
     if (!found) return false;
     const { host } = found;
@@ -596,10 +639,17 @@ export class AwsAsgProvider implements Provider {
   }
 
   private async require(instanceId: string): Promise<Located> {
+    this.refuseWhileMoving(instanceId);
     const found = await this.locate(instanceId);
     if (!found) throw new SwarmError('NOT_FOUND', `instance ${instanceId} is on no host of Auto Scaling group ${this.options.groupName}`);
     if (found.stale) throw this.unreachableError(instanceId, found.host);
     return found;
+  }
+
+  /** Operations wait until a move off a terminating host has finished (the copy they would act on is changing hosts). */
+  private refuseWhileMoving(instanceId: string): void {
+    const reason = this.moving.get(instanceId);
+    if (reason) throw new SwarmError('CONFLICT', `aws-asg: instance ${instanceId} is ${reason}; try again when the move has finished`, { details: { reason: 'MOVING' } });
   }
 
   private unreachableError(instanceId: string, host: HostState): SwarmError {
@@ -640,30 +690,32 @@ export class AwsAsgProvider implements Provider {
   }
 
   /**
-   * The endpoint a host reported, when it is at that host's own address and within the agents' port
-   * range; anything else (a host pointing the gateway at another machine or port) is refused: no
-   * endpoint, and a status reason that says why.
+   * The endpoint a host reported, when it is that host's own proxy: http://<its address>:<the proxy port
+   * its report names>, with a Host header naming this instance (the editors publish on the host's
+   * loopback only, out of other containers' reach). Anything else (a host pointing the gateway at another
+   * machine or port, or at an editor's port directly) is refused: no endpoint, and a status reason that
+   * says why. The gateway presents the host's own token there (editorRequestHeaders).
    */
   private checkedEndpoint(instance: VSCodeInstance, host: HostState): { endpoint?: VSCodeInstance['endpoint']; statusReason?: string } {
     const endpoint = instance.endpoint;
     if (!endpoint) return {};
-    const range = this.options.agentPortRange ?? DEFAULT_AGENT_PORT_RANGE;
-    let urlHost = '';
-    let urlPort = NaN;
-    try {
-      const url = new URL(endpoint.url);
-      urlHost = url.hostname.replace(/^\[|\]$/g, '');
-      urlPort = Number(url.port);
-      if (url.protocol !== 'http:') urlHost = '';
-    } catch {
-      urlHost = '';
-    }
-    const hostOk = host.ip !== undefined && endpoint.host === host.ip && urlHost === host.ip;
-    const portOk = Number.isInteger(endpoint.port) && endpoint.port >= range.first && endpoint.port <= range.last && urlPort === endpoint.port;
-    if (hostOk && portOk) return { endpoint };
-    const reason = `endpoint refused: host ${host.id} reported ${JSON.stringify(endpoint.url)} for ${instance.id}; expected http://${host.ip ?? '<its private address>'}:<port> with a port in ${range.first}-${range.last}`;
-    this.logger.error({ instanceId: instance.id, hostId: host.id, endpoint: endpoint.url, range: `${range.first}-${range.last}` }, 'refused an endpoint outside the host\'s address and port range');
+    const proxy = urlParts(host.report?.proxy);
+    const given = urlParts(endpoint.url);
+    const proxyOk = host.ip !== undefined && proxy !== undefined && proxy.host === host.ip;
+    const urlOk = proxyOk && given !== undefined && given.host === host.ip && given.port === proxy.port && endpoint.host === host.ip && endpoint.port === proxy.port;
+    const nameOk = endpoint.hostHeader !== undefined && endpoint.hostHeader.length <= 253 && endpoint.hostHeader.startsWith(`${instance.id}.`) && /^[a-z0-9.-]+(:\d{1,5})?$/.test(endpoint.hostHeader);
+    if (urlOk && nameOk) return { endpoint };
+    const expected = `http://${host.ip ?? '<its private address>'}:${proxy?.port ?? '<its proxy port>'} (the host's proxy) with Host ${instance.id}.<domain>`;
+    const reason = `endpoint refused: host ${host.id} reported ${JSON.stringify(endpoint.url)}${endpoint.hostHeader ? ` (Host ${JSON.stringify(endpoint.hostHeader)})` : ''} for ${instance.id}; expected ${expected}`;
+    this.logger.error({ instanceId: instance.id, hostId: host.id, endpoint: endpoint.url, hostHeader: endpoint.hostHeader, proxy: host.report?.proxy }, "refused an endpoint other than the host's own proxy");
     return { statusReason: instance.statusReason ? `${reason}; ${instance.statusReason}` : reason };
+  }
+
+  /** The host's own token, for its proxy: the gateway presents it in UPSTREAM_HEADER, never the master. */
+  editorRequestHeaders(instance: VSCodeInstance): Record<string, string> {
+    const hostId = instance.providerRef.hostId;
+    if (!hostId || !this.token || !this.hosts.has(hostId)) return {};
+    return { [UPSTREAM_HEADER]: deriveHostToken(this.token, hostId) };
   }
 
   // ---- placement ----
@@ -997,6 +1049,7 @@ export class AwsAsgProvider implements Provider {
 
   private async reconcile(): Promise<void> {
     await this.refreshHosts(Math.min(this.o.hostCacheTtlMs, this.o.reconcileIntervalMs / 2));
+    this.startEvacuations();
     await this.replaceSilentHosts();
     await this.syncProtection();
     await this.maybeScaleOut();
@@ -1114,6 +1167,154 @@ export class AwsAsgProvider implements Provider {
     }
   }
 
+  // ---- evacuation of hosts being terminated ----
+
+  /** Starts moving the instances off each host waiting on a termination hook (one evacuation per host). */
+  private startEvacuations(): void {
+    if (this.closed || !this.asg || !this.options.evacuateTerminatingHosts) return;
+    for (const host of this.hosts.values()) {
+      if (host.lifecycle !== 'Terminating:Wait' || host.evacuating || !host.client || !host.ec2Live) continue;
+      host.retiring = true;
+      host.evacuating = this.evacuate(host)
+        .catch((err) => this.logger.error({ hostId: host.id, err: (err as Error).message }, 'evacuation of a terminating host failed'))
+        .finally(() => {
+          // Kept set while the host is still listed, so it is not started twice for the same wait.
+          if (this.hosts.get(host.id) !== host) host.evacuating = undefined;
+        });
+    }
+  }
+
+  /**
+   * Moves every instance off `host` while its termination lifecycle action is kept alive, then completes
+   * the action with CONTINUE. Instances that cannot be moved are tried again until the deadline.
+   */
+  private async evacuate(host: HostState): Promise<void> {
+    const started = this.now();
+    const action = new LifecycleAction({ asg: this.asg!, groupName: this.options.groupName, instanceId: host.id, logger: this.logger, count: (a) => this.count(a) });
+    const hook = await action.open();
+    if (!hook) {
+      this.logger.warn({ hostId: host.id }, 'host is in Terminating:Wait but no termination hook accepts a heartbeat for it; not evacuating');
+      return;
+    }
+    // Stop before the global timeout, leaving one heartbeat period for the last move's clean-up.
+    const deadline = started + Math.min(this.options.evacuationTimeoutMs ?? 3_600_000, hook.globalTimeoutMs - hook.heartbeatTimeoutMs);
+    this.logger.warn({ hostId: host.id, hook: hook.name, heartbeatTimeoutMs: hook.heartbeatTimeoutMs }, 'host is being terminated: moving its instances to other hosts');
+    let moved = 0;
+    const failures = new Map<string, string>();
+    try {
+      for (;;) {
+        if (this.closed) return;
+        const left = await host.client!.list();
+        if (left.length === 0) break;
+        failures.clear();
+        for (const instance of left) {
+          if (this.closed) return;
+          try {
+            await this.moveOff(host, instance, deadline);
+            moved++;
+          } catch (err) {
+            const why = asSwarmError(err).message;
+            failures.set(instance.id, why);
+            this.moving.delete(instance.id);
+            this.logger.error({ instanceId: instance.id, hostId: host.id, err: why }, 'could not move an instance off a terminating host; trying again');
+          }
+        }
+        if (failures.size === 0) continue; // list again: nothing may have arrived meanwhile, but check
+        if (this.now() >= deadline) {
+          for (const [id, why] of failures) {
+            this.unmoved.set(id, `not moved off host ${host.id} before its termination: ${why}`);
+          }
+          this.logger.error(
+            { hostId: host.id, instances: Object.fromEntries(failures), triedForMs: this.now() - started },
+            'gave up moving instances off a terminating host: their workspaces go with it',
+          );
+          break;
+        }
+        await sleep(Math.min(5_000, this.o.hostPollMs * 4));
+      }
+    } catch (err) {
+      if (this.closed) return;
+      throw err;
+    } finally {
+      action.stop();
+    }
+    const completed = await action.complete('CONTINUE');
+    this.logger.info({ hostId: host.id, moved, failed: failures.size, heartbeats: action.heartbeats, tookMs: this.now() - started, completed }, 'evacuation of a terminating host finished; lifecycle action completed');
+  }
+
+  /**
+   * One instance from `from` to another host, with its files: quiesce, export (spooled, manifest), create
+   * on a new host, import, verify the new host's manifest, restore the running state, then delete the old
+   * copy. Until the old copy is deleted a failure undoes what was made on the new host and leaves the old one.
+   */
+  private async moveOff(from: HostState, instance: VSCodeInstance, deadline: number): Promise<void> {
+    const id = instance.id;
+    const wasRunning = instance.status === 'running' || instance.status === 'starting';
+    this.moving.set(id, `moving to another host: host ${from.id} is being terminated`);
+    this.unmoved.delete(id);
+    const dir = await mkdtemp(path.join(this.options.spoolDir ?? os.tmpdir(), 'vscode-swarm-evacuate-'));
+    let target: HostState | undefined;
+    let createdOnTarget = false;
+    try {
+      if (instance.status !== 'stopped') await from.client!.stop(id, false, this.o.agentCreateTimeoutMs);
+      const limits = { maxBytes: this.options.evacuationMaxBytes ?? 50 * 1024 ** 3, deadline, now: this.now, what: `the workspace of ${id}` };
+      const spooled = await spoolArchive(await from.client!.exportWorkspace(id, this.o.agentCreateTimeoutMs), path.join(dir, 'workspace.tar'), limits);
+      target = await this.reserveSlot(id, () => undefined);
+      try {
+        const config = { ...instance.config, image: instance.config.image ?? this.options.defaultImage };
+        const { created } = await target.client!.create(id, config, this.o.agentCreateTimeoutMs);
+        createdOnTarget = created;
+        if (created) target.used++;
+        target.epoch++;
+      } finally {
+        target.inflight.delete(id);
+        target.epoch++;
+        this.touchEmpty(target);
+        this.scheduleProtection();
+      }
+      await target.client!.importWorkspace(id, openSpooled(spooled), this.o.agentCreateTimeoutMs);
+      const arrived = await manifestOf(await target.client!.exportWorkspace(id, this.o.agentCreateTimeoutMs), limits);
+      const problems = manifestDifferences(spooled.manifest, arrived);
+      if (problems.length) {
+        throw new SwarmError('PROVIDER_ERROR', `aws-asg: the workspace of ${id} did not arrive intact on host ${target.id}: ${problems.slice(0, 5).join('; ')}${problems.length > 5 ? ` (+${problems.length - 5} more)` : ''}`);
+      }
+      const now = wasRunning ? await target.client!.start(id, this.o.agentCreateTimeoutMs) : await target.client!.stop(id, false, this.o.agentCreateTimeoutMs);
+      this.remember(target, now);
+      this.located.set(id, target.id);
+      createdOnTarget = false; // from here the new copy is the instance
+      await from.client!.delete(id, false, this.o.agentCreateTimeoutMs);
+      from.known?.delete(id);
+      from.used = Math.max(0, from.used - 1);
+      from.epoch++;
+      this.logger.info({ instanceId: id, from: from.id, to: target.id, bytes: spooled.bytes, files: Object.keys(spooled.manifest).length }, 'instance moved off a terminating host, files verified');
+    } catch (err) {
+      if (target && createdOnTarget) {
+        await target.client!.delete(id, false, this.o.agentCreateTimeoutMs).then(
+          () => {
+            target!.used = Math.max(0, target!.used - 1);
+            target!.known?.delete(id);
+          },
+          (e: unknown) => this.logger.warn({ instanceId: id, hostId: target!.id, err: (e as Error).message }, 'could not remove a half-moved copy'),
+        );
+        this.located.set(id, from.id);
+      }
+      // The old copy stays as it was for its user until the next attempt.
+      if (wasRunning) await from.client!.start(id, this.o.agentCreateTimeoutMs).catch(() => undefined);
+      throw err;
+    } finally {
+      this.moving.delete(id);
+      await rm(dir, { recursive: true, force: true });
+    }
+  }
+
+  /** An instance being moved (or given up on) reads `unknown` with the reason, wherever it is listed. */
+  private evacuationView(instance: VSCodeInstance): VSCodeInstance {
+    const reason = this.moving.get(instance.id) ?? this.unmoved.get(instance.id);
+    if (!reason) return instance;
+    const { endpoint: _endpoint, ...rest } = instance;
+    return { ...rest, status: 'unknown', health: 'unknown', statusReason: reason };
+  }
+
   // ---- plumbing ----
 
   private count(action: string): void {
@@ -1156,4 +1357,16 @@ function capBytes(text: string, limit: number): { text: string; truncated: boole
   const bytes = Buffer.from(text, 'utf8');
   if (bytes.length <= limit) return { text, truncated: false };
   return { text: bytes.subarray(0, limit).toString('utf8'), truncated: true };
+}
+
+/** Host and port of an http:// URL (port 80 when none is given), or undefined. */
+function urlParts(text: string | undefined): { host: string; port: number } | undefined {
+  if (!text) return undefined;
+  try {
+    const url = new URL(text);
+    if (url.protocol !== 'http:') return undefined;
+    return { host: url.hostname.replace(/^\[|\]$/g, ''), port: url.port === '' ? 80 : Number(url.port) };
+  } catch {
+    return undefined;
+  }
 }

@@ -8,7 +8,7 @@
 import type { VSCodeInstance } from '../../providers/provider.js';
 import type { SwarmController } from '../controller/swarm-controller.js';
 import { silentLogger, type Logger } from '../logger.js';
-import { httpGetJson } from '../timing/http-probe.js';
+import { editorJson } from '../timing/editor-probe.js';
 import type { ActivitySign, ActivityTracker } from './activity-tracker.js';
 
 export interface IdleMonitorOptions {
@@ -75,7 +75,8 @@ export class IdleMonitor {
     if (instance.lastActivity) signs.push({ at: Date.parse(instance.lastActivity.at), source: instance.lastActivity.source });
     const seen = activity.last(instance.id);
     if (seen) signs.push(seen);
-    const heartbeat = instance.endpoint ? await httpGetJson<{ lastHeartbeat?: number }>(`${instance.endpoint.url}/healthz`, 2_000) : undefined;
+    const provider = instance.endpoint?.hostHeader ? await controller.providerOf(instance.id).catch(() => undefined) : undefined;
+    const heartbeat = await editorJson<{ lastHeartbeat?: number }>(instance, provider, '/healthz', 2_000);
     if (heartbeat?.lastHeartbeat) signs.push({ at: heartbeat.lastHeartbeat, source: 'heartbeat' });
     // An instance with no recorded activity (adopted, say) counts from its last registry change.
     const floor: ActivitySign = { at: instance.lastActivity ? 0 : Date.parse(instance.updatedAt), source: 'start' };

@@ -13,6 +13,7 @@
  * only. Its own server is bounded: header and request timeouts, and caps on connections in total and
  * per client (an IPv4 address or an IPv6 /64).
  */
+import { createHash, timingSafeEqual } from 'node:crypto';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Duplex } from 'node:stream';
@@ -34,7 +35,17 @@ export interface GatewayDeps {
   config: GatewayConfig;
   logger?: Logger;
   now?: () => number;
+  /**
+   * A credential an upstream gateway presents in UPSTREAM_HEADER: it admits to any instance here in place
+   * of a link or session (the upstream checked the user, the origin and the rate limits). An AWS host
+   * agent's proxy takes the host's own token, which the central gateway derives and the host already
+   * holds, so it gives a compromised host nothing it did not have.
+   */
+  upstreamToken?: string;
 }
+
+/** The header an upstream gateway presents its credential in; stripped before an editor sees the request. */
+export const UPSTREAM_HEADER = 'x-swarm-upstream-token';
 
 /** Headers beyond this size are refused (431) by the HTTP parser before any of our code runs. */
 export const MAX_HEADER_BYTES = 16 * 1024;
@@ -56,9 +67,13 @@ export class Gateway {
   private readonly perClient = new Map<string, number>();
   /** Keeps connections to editors open across requests (http-proxy otherwise closes each one). */
   private readonly agent = new http.Agent({ keepAlive: true, maxSockets: 256 });
+  /** Requests admitted on the upstream credential: their X-Forwarded-* are the upstream's, kept as sent. */
+  private readonly fromUpstream = new WeakSet<http.IncomingMessage>();
+  private readonly upstreamDigest?: Buffer;
 
   constructor(private readonly deps: GatewayDeps) {
     this.logger = (deps.logger ?? silentLogger()).child({ component: 'gateway' });
+    if (deps.upstreamToken !== undefined) this.upstreamDigest = sha256(deps.upstreamToken);
     const { config } = deps;
     this.limiter = new FailureLimiter(config.maxFailuresPerMinute, deps.now, config.maxTrackedAddresses);
     // X-Forwarded-* are set by prepareForEditor (http-proxy's xfwd appends to what the browser sent).
@@ -163,6 +178,7 @@ export class Gateway {
     if (!instance) return;
     this.deps.activity.touch(instance.id, 'gateway');
     this.prepareForEditor(req);
+    await this.addTargetHeaders(req, instance);
     this.proxy.web(req, res, { target: instance.endpoint!.url });
   }
 
@@ -185,6 +201,7 @@ export class Gateway {
     socket.on('data', () => this.deps.activity.touch(id, 'gateway'));
     socket.pause(); // the listener above set it flowing; bytes sent early must wait for the editor's pipe
     this.prepareForEditor(req);
+    await this.addTargetHeaders(req, instance);
     this.proxy.ws(req, socket, head, { target: instance.endpoint.url });
   }
 
@@ -198,6 +215,8 @@ export class Gateway {
     if (!req.url?.startsWith('/')) return deny(400, 'Bad request', 'The request target must be a path.', false);
     const id = access.instanceIdFromHost(req.headers.host);
     if (!id) return deny(404, 'No such workspace', 'This address names no workspace.', false);
+    const upstream = req.headers[UPSTREAM_HEADER];
+    if (this.upstreamDigest && upstream !== undefined) return this.admitUpstream(req, id, upstream);
     const session = this.checkSession(id, readCookies(req.headers.cookie, access.cookieName));
     const wait = this.limiter.retryAfter(client);
     if (wait && !session.ok) {
@@ -244,6 +263,31 @@ export class Gateway {
     const setCookie = `${access.cookieName}=${cookie.token}; Path=/; HttpOnly; SameSite=Lax; Max-Age=${cookie.maxAgeSeconds}${access.secureCookies ? '; Secure' : ''}`;
     this.logger.info({ instanceId: id }, 'access link exchanged for a session');
     return { ok: true, instance, setCookie, redirectTo: cleanPath };
+  }
+
+  /** A request from the upstream gateway: its credential alone admits, to an instance that exists here. */
+  private admitUpstream(req: http.IncomingMessage, id: string, given: string | string[]): Admission {
+    const ok = typeof given === 'string' && timingSafeEqual(sha256(given), this.upstreamDigest!);
+    if (!ok) return deny(401, 'Upstream credential not valid', 'The upstream gateway credential is not valid for this host.', true);
+    const instance = this.deps.controller.registry.get(id);
+    if (!instance || instance.warmPool) return deny(404, 'No such workspace', 'This workspace is not on this host.', false);
+    this.fromUpstream.add(req);
+    return { ok: true, instance };
+  }
+
+  /**
+   * Where the endpoint is a proxy serving several editors: the Host header naming this one, and the
+   * provider's credential for that proxy (never the user's; prepareForEditor dropped any sent).
+   */
+  private async addTargetHeaders(req: http.IncomingMessage, instance: Readonly<VSCodeInstance>): Promise<void> {
+    if (!instance.endpoint?.hostHeader) return; // an editor of its own at the endpoint: nothing to add
+    req.headers.host = instance.endpoint.hostHeader;
+    const provider = await this.deps.controller.providerOf(instance.id).catch((err: unknown) => {
+      this.logger.warn({ instanceId: instance.id, err: asSwarmError(err).message }, "no credential for the editor's proxy: its provider is unavailable");
+      return undefined;
+    });
+    const extra = provider?.editorRequestHeaders?.(instance);
+    for (const [name, value] of Object.entries(extra ?? {})) req.headers[name.toLowerCase()] = value;
   }
 
   /** Any one valid session among the cookies admits (a stale cookie can sit beside a fresh one); else the first one's denial. */
@@ -322,7 +366,9 @@ export class Gateway {
   private prepareForEditor(req: http.IncomingMessage): void {
     stripOwnCredentials(req);
     const { headers } = req;
+    delete headers[UPSTREAM_HEADER];
     delete headers.forwarded;
+    if (this.fromUpstream.has(req)) return; // the upstream set X-Forwarded-* for the browser's request
     headers['x-forwarded-for'] = req.socket.remoteAddress ?? '';
     headers['x-forwarded-host'] = headers.host ?? '';
     headers['x-forwarded-proto'] = this.deps.config.scheme;
@@ -359,6 +405,10 @@ export class Gateway {
     });
     res.end(body);
   }
+}
+
+function sha256(text: string): Buffer {
+  return createHash('sha256').update(text).digest();
 }
 
 function deny(status: Denial['status'], title: string, message: string, counts: boolean): Admission {

@@ -25,7 +25,7 @@ import type { MigrationManager } from '../migration/migration-manager.js';
 import { SwarmError, asSwarmError } from '../errors.js';
 import { silentLogger, type Logger } from '../logger.js';
 import { writeJsonAtomic } from '../state/atomic-file.js';
-import { httpStatus } from '../timing/http-probe.js';
+import { editorStatus } from '../timing/editor-probe.js';
 import { z } from 'zod';
 
 export const RECOVERY_ACTIONS = ['restart', 'recreate', 'migrate'] as const;
@@ -216,7 +216,7 @@ export class HealthMonitor {
       }
       else if (observed.endpoint) {
         const started = this.now();
-        const code = await httpStatus(`${observed.endpoint.url}/healthz`, config.timeoutMs);
+        const code = await editorStatus(observed, provider, '/healthz', config.timeoutMs);
         latencyMs = this.now() - started;
         checks.connectivity = code === 200 ? 'pass' : 'fail';
         if (code !== 200) failure = `connectivity: the editor did not answer /healthz within ${config.timeoutMs} ms${code ? ` (HTTP ${code})` : ''}`;

@@ -23,7 +23,7 @@ import { crashPoint, type CrashPoint } from '../crash/crash-points.js';
 import { SwarmError, asSwarmError, invalidInput } from '../errors.js';
 import { silentLogger, type Logger } from '../logger.js';
 import { isTempFile, writeJsonAtomic } from '../state/atomic-file.js';
-import { httpStatus } from '../timing/http-probe.js';
+import { editorStatus } from '../timing/editor-probe.js';
 import { manifestDifferences, manifestOf, openSpooled, spoolArchive, totalBytes, type Manifest, type SpooledArchive, type TransferLimits } from './workspace-archive.js';
 
 export const MIGRATION_STEPS = [
@@ -419,7 +419,7 @@ export class MigrationManager {
   private async verify(migration: Migration, target: Provider, expected: Manifest): Promise<string> {
     const observed = await target.getInstance(migration.instanceId);
     if (!observed || observed.status !== 'running' || !observed.endpoint) throw new SwarmError('PROVIDER_ERROR', `the target is ${observed?.status ?? 'missing'}`);
-    if ((await httpStatus(`${observed.endpoint.url}/healthz`, 5_000)) !== 200) throw new SwarmError('PROVIDER_ERROR', 'the editor on the target does not answer /healthz');
+    if ((await editorStatus(observed, target, '/healthz', 5_000)) !== 200) throw new SwarmError('PROVIDER_ERROR', 'the editor on the target does not answer /healthz');
     const differences = manifestDifferences(
       expected,
       await manifestOf(await target.exportWorkspace!(migration.instanceId), this.limitsFor(migration, target, `the workspace of ${migration.instanceId} on ${migration.target}`)),

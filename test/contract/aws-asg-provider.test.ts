@@ -17,7 +17,8 @@ import { deriveHostToken } from '../../providers/aws-asg/host-credentials.js';
 import type { InstanceConfig, ProgressEvent } from '../../providers/provider.js';
 import { startAwsEmulator, type AwsEmulator, type HostLaunchContext } from '../emulators/aws/index.js';
 import { createSwarm } from '../../src/controller/create-swarm.js';
-import { TEST_IMAGE, cleanUp, containersNamed, httpStatus, makeStateDir, testConfig } from '../helpers/docker.js';
+import { TEST_IMAGE, cleanUp, containersNamed, makeStateDir, testConfig } from '../helpers/docker.js';
+import { editorStatus } from '../helpers/editor-probe.js';
 import { REPO_ROOT } from '../helpers/mcp.js';
 import { ensureStandinImage } from '../helpers/standin-image.js';
 import { describeProviderContract } from './provider-contract.js';
@@ -153,8 +154,10 @@ describe('aws-asg provider specifics', () => {
     expect(a.providerRef.hostId).toBe(b.providerRef.hostId);
     const first = a.providerRef.hostId!;
     expect(a).toMatchObject({ providerType: 'aws-asg', status: 'running', providerRef: { hostId: first, hostIp: expect.stringMatching(/^127\.0\.31\./) } });
+    // Both behind their host's proxy, told apart by the Host header.
     expect(a.endpoint!.url.startsWith(`http://${a.providerRef.hostIp}:`)).toBe(true);
-    expect(a.endpoint!.url).not.toBe(b.endpoint!.url);
+    expect(a.endpoint!.url).toBe(b.endpoint!.url);
+    expect([a.endpoint!.hostHeader, b.endpoint!.hostHeader]).toEqual([`${PREFIX}-s1.localhost`, `${PREFIX}-s2.localhost`]);
 
     const events: ProgressEvent[] = [];
     emulator.resetCalls();
@@ -166,7 +169,7 @@ describe('aws-asg provider specifics', () => {
     expect(emulator.calls.SetDesiredCapacity).toBe(1);
     console.info('aws: AWS calls for one scale-out decision (create held until the host joined):', emulator.totalCalls(), { ...emulator.calls });
     expect(group().desiredCapacity).toBe(2);
-    expect(await httpStatus(`${c.endpoint!.url}/healthz`)).toBe(200);
+    expect(await editorStatus(c, provider)).toBe(200);
   });
 
   it('protects busy hosts from scale-in', async () => {
@@ -219,7 +222,7 @@ describe('aws-asg provider specifics', () => {
     const terminated = group().activities.find((a) => a.description === `Terminating EC2 instance: ${silent.id}`);
     expect(terminated?.cause).toMatch(/in response to a user request\.$/); // no "shrinking the capacity": replaced
     expect(group().desiredCapacity).toBe(2);
-    expect(await httpStatus(`${d.endpoint!.url}/healthz`)).toBe(200);
+    expect(await editorStatus(d, provider)).toBe(200);
     expect(await provider.deleteInstance(`${PREFIX}-s6`)).toBe(true);
   }, 120_000);
 

@@ -5,8 +5,8 @@
  */
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { InstanceConfig, Provider } from '../../providers/provider.js';
-import { httpStatus } from '../../src/timing/http-probe.js';
+import type { InstanceConfig, Provider, VSCodeInstance } from '../../providers/provider.js';
+import { editorStatus } from '../helpers/editor-probe.js';
 
 export interface ProviderContractOptions {
   /** Builds a fresh, uninitialised provider. */
@@ -32,10 +32,7 @@ export function describeProviderContract(label: string, options: ProviderContrac
       metadata: { suite: 'contract' },
     };
     /** The editor answers at the endpoint; no endpoint at all is not an answer. */
-    const answers = async (url: string | undefined): Promise<boolean> => {
-      if (!url) return false;
-      return (await httpStatus(`${url}${options.readinessPath ?? '/healthz'}`, 5_000)) === 200;
-    };
+    const answers = async (instance: VSCodeInstance): Promise<boolean> => (await editorStatus(instance, provider, options.readinessPath ?? '/healthz', 5_000)) === 200;
     /** Set once the stop/start test wrote a file into the workspace (only where the provider can exec). */
     let wroteWorkspaceFile = false;
 
@@ -63,7 +60,7 @@ export function describeProviderContract(label: string, options: ProviderContrac
       expect(created.config.resources).toEqual(config.resources);
       expect(created.config.env).toEqual(config.env);
       expect(created.endpoint?.url).toMatch(/^http:\/\//);
-      expect(await answers(created.endpoint?.url)).toBe(true);
+      expect(await answers(created)).toBe(true);
       expect(events.length).toBeGreaterThan(0);
       expect(events.at(-1)).toBe(1);
 
@@ -92,7 +89,7 @@ export function describeProviderContract(label: string, options: ProviderContrac
 
       const started = await provider.startInstance(id);
       expect(started.status).toBe('running');
-      expect(await answers(started.endpoint?.url)).toBe(true);
+      expect(await answers(started)).toBe(true);
     });
 
     it('keeps the workspace files across a stop and start', async (ctx) => {
@@ -117,7 +114,7 @@ export function describeProviderContract(label: string, options: ProviderContrac
       expect(updated.status).toBe('running');
       expect(updated.config.env).toEqual({ WORKSPACE_OWNER: 'changed' });
       expect(updated.providerRef).not.toEqual(before?.providerRef);
-      expect(await answers(updated.endpoint?.url)).toBe(true);
+      expect(await answers(updated)).toBe(true);
     });
 
     it('runs the re-created instance with the new environment', async (ctx) => {
@@ -171,7 +168,7 @@ export function describeProviderContract(label: string, options: ProviderContrac
       expect((await provider.listInstances()).map((i) => i.id)).not.toContain(id);
       const again = await provider.createInstance(config, { instanceId: id });
       expect(again.status).toBe('running');
-      expect(await answers(again.endpoint?.url)).toBe(true);
+      expect(await answers(again)).toBe(true);
       keptAndRecreated = true;
     });
 

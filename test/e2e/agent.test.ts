@@ -16,6 +16,7 @@ import type { VSCodeInstance } from '../../providers/provider.js';
 import type { AgentEvent, HostReport } from '../../providers/aws-asg/agent/agent-protocol.js';
 import { parseConfig } from '../../src/config.js';
 import { AccessLinks, TOKEN_PARAM } from '../../src/gateway/access-links.js';
+import { UPSTREAM_HEADER } from '../../src/gateway/gateway.js';
 import { waitUntil } from '../../src/timing/wait-until.js';
 import { TEST_IMAGE, docker, httpStatus } from '../helpers/docker.js';
 import { REPO_ROOT } from '../helpers/mcp.js';
@@ -26,7 +27,10 @@ const HOST_A = 'i-e2eagenta';
 const HOST_B = 'i-e2eagentb';
 const BIND_A = '127.0.0.2';
 const BIND_B = '127.0.0.3';
-/** Below the ephemeral range; the same numbers on both addresses, which is fine: ports are per address. */
+/** Where editors publish: A on the default (127.0.0.1, the loopback), B on a loopback address of its own. */
+const PUBLISH_A = '127.0.0.1';
+const PUBLISH_B = '127.0.1.3';
+/** Below the ephemeral range; the same numbers on both publish addresses, which is fine: ports are per address. */
 const PORT_BASE = 21_000 + Math.floor(Math.random() * 800) * 10;
 const PORT_RANGE = `${PORT_BASE}-${PORT_BASE + 9}`;
 const RESOURCES = { cpu: 0.5, memoryMb: 512 };
@@ -55,7 +59,7 @@ async function startAgent(hostId: string, bind: string, stateDir: string, extra:
     [
       'dist/src/cli.js', 'agent', '--host-id', hostId, '--bind', bind, '--api-port', '0', '--proxy-port', '0',
       '--state-dir', stateDir, '--image', TEST_IMAGE, '--no-pull', '--port-range', PORT_RANGE, '--stop-timeout-seconds', '2',
-      '--log-level', 'warn', ...extra,
+      '--log-level', 'warn', ...(bind === BIND_B ? ['--publish-host', PUBLISH_B] : []), ...extra,
     ],
     // The token comes from the environment, as a launcher that keeps it out of `ps` would pass it.
     { cwd: REPO_ROOT, env: { ...process.env, VSCODE_SWARM_AGENT_TOKEN: TOKEN, VSCODE_SWARM_AGENT_GATEWAY_SECRET: SECRET }, stdio: ['ignore', 'pipe', 'pipe'] },
@@ -89,6 +93,22 @@ async function call<T = Record<string, unknown>>(agent: RunningAgent, method: st
   });
   const text = await res.text();
   return { status: res.status, json: (text ? JSON.parse(text) : undefined) as T };
+}
+
+/** One request to an instance's endpoint as the central gateway sends it: its Host header, and an upstream credential. */
+function viaEndpoint(instance: VSCodeInstance, target: string, upstreamToken?: string): Promise<number> {
+  const endpoint = instance.endpoint!;
+  return new Promise((resolve, reject) => {
+    const req = http.request(
+      { host: endpoint.host, port: endpoint.port, path: target, headers: { host: endpoint.hostHeader!, ...(upstreamToken !== undefined ? { [UPSTREAM_HEADER]: upstreamToken } : {}) } },
+      (res) => {
+        res.resume();
+        res.on('end', () => resolve(res.statusCode ?? 0));
+      },
+    );
+    req.on('error', reject);
+    req.end();
+  });
 }
 
 function createBody(instanceId: string, extra: Record<string, unknown> = {}): unknown {
@@ -193,7 +213,7 @@ describe('host agent (two agents over the CLI, real Docker, real code-server)', 
     expect((await call(a, 'GET', '/v1/host')).json).toMatchObject({ used: 0 });
   });
 
-  it('creates instances under the given ids, on distinct pool ports, answering /healthz at their endpoints', async () => {
+  it('creates instances under the given ids, on distinct pool ports on the loopback, reported behind the proxy', async () => {
     const started = Date.now();
     const results = await Promise.all([
       call<{ instance: VSCodeInstance; created: boolean }>(a, 'POST', '/v1/instances', createBody('agent-a1', { idleTimeoutMinutes: 0 })),
@@ -207,19 +227,28 @@ describe('host agent (two agents over the CLI, real Docker, real code-server)', 
       created.set(r.json.instance.id, r.json.instance);
     }
     const [a1, a2, b1] = results.map((r) => r.json.instance);
-    expect(a1!).toMatchObject({ id: 'agent-a1', status: 'running', endpoint: { host: BIND_A } });
-    expect(a2!).toMatchObject({ id: 'agent-a2', status: 'running', endpoint: { host: BIND_A } });
-    expect(b1!).toMatchObject({ id: 'agent-b1', status: 'running', endpoint: { host: BIND_B } });
-    expect(a1!.endpoint!.port).not.toBe(a2!.endpoint!.port);
-    for (const i of [a1!, a2!, b1!]) {
-      expect(i.endpoint!.url).toBe(`http://${i.endpoint!.host}:${i.endpoint!.port}`);
-      expect(i.endpoint!.port).toBeGreaterThanOrEqual(PORT_BASE);
-      expect(i.endpoint!.port).toBeLessThanOrEqual(PORT_BASE + 9);
-      expect(await httpStatus(`${i.endpoint!.url}/healthz`, 2_000)).toBe(200);
-    }
+    // The endpoint is the host's proxy, the Host header naming the instance; the editor's own port is on the loopback.
+    expect(a1!).toMatchObject({ id: 'agent-a1', status: 'running', endpoint: { url: a.proxy, host: BIND_A, port: a.proxyPort, hostHeader: 'agent-a1.localhost' } });
+    expect(a2!).toMatchObject({ id: 'agent-a2', status: 'running', endpoint: { url: a.proxy, host: BIND_A, port: a.proxyPort, hostHeader: 'agent-a2.localhost' } });
+    expect(b1!).toMatchObject({ id: 'agent-b1', status: 'running', endpoint: { url: b.proxy, host: BIND_B, port: b.proxyPort, hostHeader: 'agent-b1.localhost' } });
     expect(a1!.url).toBe(`http://agent-a1.localhost:${a.proxyPort}/`);
     const pool = JSON.parse(await readFile(path.join(stateA, 'ports.json'), 'utf8')) as { assignments: Record<string, number> };
-    expect(pool.assignments).toEqual({ 'agent-a1': a1!.endpoint!.port, 'agent-a2': a2!.endpoint!.port });
+    const poolB = JSON.parse(await readFile(path.join(stateB, 'ports.json'), 'utf8')) as { assignments: Record<string, number> };
+    expect(Object.keys(pool.assignments).sort()).toEqual(['agent-a1', 'agent-a2']);
+    expect(pool.assignments['agent-a1']).not.toBe(pool.assignments['agent-a2']);
+    for (const [publish, bind, port] of [[PUBLISH_A, BIND_A, pool.assignments['agent-a1']!], [PUBLISH_A, BIND_A, pool.assignments['agent-a2']!], [PUBLISH_B, BIND_B, poolB.assignments['agent-b1']!]] as const) {
+      expect(port).toBeGreaterThanOrEqual(PORT_BASE);
+      expect(port).toBeLessThanOrEqual(PORT_BASE + 9);
+      expect(await httpStatus(`http://${publish}:${port}/healthz`, 2_000)).toBe(200);
+      // Not on the address the agent is bound to (the host's private address on EC2).
+      expect(await httpStatus(`http://${bind}:${port}/healthz`, 2_000)).toBe(0);
+    }
+    // Through the proxy: the host's own token (what the central gateway presents) admits; nothing else does.
+    for (const i of [a1!, a2!]) expect(await viaEndpoint(i, '/healthz', TOKEN)).toBe(200);
+    expect(await viaEndpoint(b1!, '/healthz', TOKEN)).toBe(200);
+    expect(await viaEndpoint(a1!, '/healthz')).toBe(401);
+    expect(await viaEndpoint(a1!, '/healthz', `${TOKEN}x`)).toBe(401);
+    expect(await viaEndpoint(a1!, '/healthz', '')).toBe(401);
 
     // The same create again is answered with what exists.
     const again = await call<{ instance: VSCodeInstance; created: boolean }>(a, 'POST', '/v1/instances', createBody('agent-a1', { idleTimeoutMinutes: 0 }));
@@ -233,7 +262,8 @@ describe('host agent (two agents over the CLI, real Docker, real code-server)', 
     console.log(`one create (request to editor answering): ${Date.now() - one} ms`);
     expect(b2.status).toBe(201);
     created.set('agent-b2', b2.json.instance);
-    expect(b2.json.instance.endpoint!.port).not.toBe(b1!.endpoint!.port);
+    const poolB2 = JSON.parse(await readFile(path.join(stateB, 'ports.json'), 'utf8')) as { assignments: Record<string, number> };
+    expect(poolB2.assignments['agent-b2']).not.toBe(poolB2.assignments['agent-b1']);
   });
 
   it('reports its capacity and load', async () => {
@@ -332,12 +362,13 @@ describe('host agent (two agents over the CLI, real Docker, real code-server)', 
     console.log(`agent restart with two instances (launch to ready line): ${b.startMs} ms`);
     const list = await call<{ instances: VSCodeInstance[] }>(b, 'GET', '/v1/instances');
     expect(list.json.instances.map((i) => [i.id, i.status, i.endpoint?.port])).toEqual([
-      ['agent-b1', 'running', before.assignments['agent-b1']],
-      ['agent-b2', 'running', before.assignments['agent-b2']],
+      ['agent-b1', 'running', b.proxyPort],
+      ['agent-b2', 'running', b.proxyPort],
     ]);
     const after = JSON.parse(await readFile(path.join(stateB, 'ports.json'), 'utf8')) as { assignments: Record<string, number> };
     expect(after.assignments).toEqual(before.assignments);
-    expect(await httpStatus(`${created.get('agent-b1')!.endpoint!.url}/healthz`, 2_000)).toBe(200);
+    expect(await viaEndpoint(list.json.instances[0]!, '/healthz', TOKEN)).toBe(200);
+    expect(await httpStatus(`http://${PUBLISH_B}:${before.assignments['agent-b1']}/healthz`, 2_000)).toBe(200);
     expect((await call<HostReport>(b, 'GET', '/v1/host')).json).toMatchObject({ used: 2, free: 1 });
   });
 

@@ -13,7 +13,8 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { burst, deleteAll, REPO_ROOT, startAwsBurstRig, type AwsBurstRig, type BurstResult } from '../bench/aws-figures.js';
 import { percentile } from '../bench/figures.js';
 import { createLogger } from '../../src/logger.js';
-import { cleanUp, httpStatus } from '../helpers/docker.js';
+import { cleanUp } from '../helpers/docker.js';
+import { editorStatus } from '../helpers/editor-probe.js';
 
 const N = 100;
 const PER_HOST = 20;
@@ -35,8 +36,9 @@ async function checkBurst(r: AwsBurstRig, result: BurstResult, label: string): P
   for (const i of instances) perHost.set(i.providerRef.hostId!, (perHost.get(i.providerRef.hostId!) ?? 0) + 1);
   expect(Math.max(...perHost.values())).toBeLessThanOrEqual(PER_HOST);
   expect(new Set(instances.map((i) => i.providerRef.containerId)).size).toBe(N);
-  expect(new Set(instances.map((i) => `${i.endpoint!.host}:${i.endpoint!.port}`)).size).toBe(N);
-  for (const i of instances) expect(i.endpoint!.host).toBe(i.providerRef.hostIp);
+  // Each behind its host's proxy, named by its own Host header.
+  expect(new Set(instances.map((i) => `${i.endpoint!.host}:${i.endpoint!.port} ${i.endpoint!.hostHeader}`)).size).toBe(N);
+  for (const i of instances) expect(i.endpoint).toMatchObject({ host: i.providerRef.hostIp, hostHeader: `${i.id}.localhost` });
   // Docker agrees: one running container per instance, at most 20 per host.
   const containers = (await r.hostContainers()).filter((c) => c.state === 'running');
   expect(containers).toHaveLength(N);
@@ -44,7 +46,7 @@ async function checkBurst(r: AwsBurstRig, result: BurstResult, label: string): P
   for (const c of containers) dockerPerHost.set(c.hostId, (dockerPerHost.get(c.hostId) ?? 0) + 1);
   expect(Math.max(...dockerPerHost.values())).toBeLessThanOrEqual(PER_HOST);
   const sample = [instances[0]!, instances[N - 1]!];
-  for (const i of sample) expect(await httpStatus(`${i.endpoint!.url}/healthz`)).toBe(200);
+  for (const i of sample) expect(await editorStatus(i, r.provider)).toBe(200);
   const group = r.emulator.group(GROUP)!;
   const expected = Math.ceil(N / PER_HOST) + Math.ceil(BUFFER / PER_HOST);
   // On a miss, show who changed the desired capacity and what the provider believed.

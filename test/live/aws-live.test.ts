@@ -10,15 +10,18 @@
  * and, to call every InService host's agent as the controller does (GET /v1/host with the bearer token;
  * run it from where the controller runs, inside the VPC):
  *
- *   VSCODE_SWARM_AWS_LIVE_AGENT_TOKEN    the agents' --token
+ *   VSCODE_SWARM_AWS_LIVE_AGENT_TOKEN    the controller's master agent token (each host's --token is
+ *                                        derived from it and the host's instance id)
  *   VSCODE_SWARM_AWS_LIVE_AGENT_PORT     their --api-port (9100)
  *
  * It changes nothing: DescribeAutoScalingGroups, DescribeInstances (paginated) and agent GETs only.
+ * aws-provider-live.test.ts runs the provider itself (create, stop, start, exec, delete, scale out and in).
  */
 import { AutoScalingClient, DescribeAutoScalingGroupsCommand, type AutoScalingGroup } from '@aws-sdk/client-auto-scaling';
 import { EC2Client, paginateDescribeInstances, type Instance } from '@aws-sdk/client-ec2';
 import { afterAll, beforeAll, describe, expect, it, type TestContext } from 'vitest';
 import type { HostReport } from '../../providers/aws-asg/agent/agent-protocol.js';
+import { deriveHostToken } from '../../providers/aws-asg/host-credentials.js';
 
 const env = process.env;
 const region = env.AWS_REGION || env.AWS_DEFAULT_REGION || '';
@@ -105,7 +108,7 @@ describe.skipIf(!live)(`AWS live (read-only): the hosts of Auto Scaling group ${
     requireHosts(ctx);
     for (const { instanceId, instance } of hosts) {
       const url = `http://${instance?.PrivateIpAddress}:${agentPort}/v1/host`;
-      const res = await fetch(url, { headers: { Authorization: `Bearer ${agentToken}` }, signal: AbortSignal.timeout(10_000) }).catch((err: Error) => {
+      const res = await fetch(url, { headers: { Authorization: `Bearer ${deriveHostToken(agentToken, instanceId)}` }, signal: AbortSignal.timeout(10_000) }).catch((err: Error) => {
         throw new Error(`${instanceId}: ${url} did not answer (${err.message}); run from inside the VPC, where the hosts' security group admits the controller`);
       });
       expect(res.status, `${instanceId}: GET ${url}`).toBe(200);

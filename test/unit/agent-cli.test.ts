@@ -18,7 +18,7 @@ describe('agent command line', () => {
   it('applies the defaults', () => {
     const o = options(required);
     expect(o).toMatchObject({
-      hostId: 'i-0123', bind: '127.0.0.1', apiPort: 9100, proxyPort: 7080, capacity: 20, baseDomain: 'localhost',
+      hostId: 'i-0123', bind: '127.0.0.1', publishHost: '127.0.0.1', apiPort: 9100, proxyPort: 7080, capacity: 20, baseDomain: 'localhost',
       pullImages: true, idleTimeoutMinutes: 15, idleCheckMs: 30_000, portRange: { first: 20000, last: 20999 }, network: 'vscode-swarm',
     });
     expect(o.controllerUrl).toBeUndefined();
@@ -27,12 +27,12 @@ describe('agent command line', () => {
 
   it('reads every flag', () => {
     const o = options([
-      ...required, '--bind', '127.0.0.2', '--api-port', '0', '--proxy-port', '7081', '--capacity', '2', '--state-dir', '/tmp/x',
+      ...required, '--bind', '127.0.0.2', '--publish-host', '127.0.9.9', '--api-port', '0', '--proxy-port', '7081', '--capacity', '2', '--state-dir', '/tmp/x',
       '--base-domain', 'ws.example.com', '--image', 'vscode-swarm/code-server:4.99.3', '--no-pull', '--idle-timeout-minutes', '0.05',
       '--idle-check-ms', '500', '--controller-url', 'http://127.0.0.1:9/events', '--port-range', '30000-30009',
     ]);
     expect(o).toMatchObject({
-      bind: '127.0.0.2', apiPort: 0, proxyPort: 7081, capacity: 2, stateDir: '/tmp/x', baseDomain: 'ws.example.com',
+      bind: '127.0.0.2', publishHost: '127.0.9.9', apiPort: 0, proxyPort: 7081, capacity: 2, stateDir: '/tmp/x', baseDomain: 'ws.example.com',
       image: 'vscode-swarm/code-server:4.99.3', pullImages: false, idleTimeoutMinutes: 0.05, idleCheckMs: 500,
       controllerUrl: 'http://127.0.0.1:9/events', portRange: { first: 30000, last: 30009 },
     });

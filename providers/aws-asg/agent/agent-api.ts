@@ -29,6 +29,7 @@ import { SwarmError, asSwarmError, invalidInput } from '../../../src/errors.js';
 import { transferGuard } from '../../../src/migration/workspace-archive.js';
 import { silentLogger, type Logger } from '../../../src/logger.js';
 import { AGENT_API_PREFIX, httpStatusOf, type AgentErrorBody } from './agent-protocol.js';
+import type { VSCodeInstance } from '../../provider.js';
 import type { HostAgent } from './host-agent.js';
 
 export interface AgentApiOptions {
@@ -150,6 +151,8 @@ export class AgentApi {
 
   private buildRoutes(): Route[] {
     const { agent } = this.options;
+    // Instances leave with the host's proxy as their endpoint: the editors' ports are on its loopback only.
+    const out = <T extends VSCodeInstance>(instance: T): T => agent.exposed(instance) as T;
     const json = (status: number, produce: (req: http.IncomingMessage, p: { id?: string; query: URLSearchParams }, body: unknown) => Promise<unknown>): Handler =>
       async (req, res, p) => {
         const body = await this.readJson(req);
@@ -163,17 +166,20 @@ export class AgentApi {
     return [
       route('GET', '/host', json(200, () => agent.hostReport())),
       route('POST', '/drain', json(200, (_req, _p, body) => agent.drain(drainReason(body)))),
-      route('GET', '/instances', json(200, async () => ({ instances: await agent.listInstances() }))),
-      route('POST', '/instances', json(201, (_req, _p, body) => agent.createInstance(body))),
-      route('GET', '/instances/:id', json(200, async (_req, p) => ({ instance: await agent.getInstance(p.id!) }))),
-      route('PATCH', '/instances/:id', json(200, async (_req, p, body) => ({ instance: await agent.updateInstance(p.id!, body) }))),
+      route('GET', '/instances', json(200, async () => ({ instances: (await agent.listInstances()).map(out) }))),
+      route('POST', '/instances', json(201, async (_req, _p, body) => {
+        const created = await agent.createInstance(body);
+        return { ...created, instance: out(created.instance) };
+      })),
+      route('GET', '/instances/:id', json(200, async (_req, p) => ({ instance: out(await agent.getInstance(p.id!)) }))),
+      route('PATCH', '/instances/:id', json(200, async (_req, p, body) => ({ instance: out(await agent.updateInstance(p.id!, body)) }))),
       route('DELETE', '/instances/:id', json(200, (_req, p) => agent.deleteInstance(p.id!, flag(p.query, 'keepWorkspace')))),
-      route('POST', '/instances/:id/start', json(200, async (_req, p) => ({ instance: await agent.startInstance(p.id!) }))),
-      route('POST', '/instances/:id/stop', json(200, async (_req, p, body) => ({ instance: await agent.stopInstance(p.id!, body ?? {}) }))),
+      route('POST', '/instances/:id/start', json(200, async (_req, p) => ({ instance: out(await agent.startInstance(p.id!)) }))),
+      route('POST', '/instances/:id/stop', json(200, async (_req, p, body) => ({ instance: out(await agent.stopInstance(p.id!, body ?? {})) }))),
       route('GET', '/instances/:id/logs', json(200, (_req, p) => agent.getLogs(p.id!, logOptions(p.query)))),
       route('POST', '/instances/:id/exec', json(200, (_req, p, body) => agent.exec(p.id!, body))),
-      route('POST', '/instances/:id/access', json(200, async (_req, p, body) => ({ instance: await agent.setAccessEpoch(p.id!, body) }))),
-      route('POST', '/instances/:id/keep-alive', json(200, async (_req, p, body) => ({ instance: await agent.keepAlive(p.id!, body) }))),
+      route('POST', '/instances/:id/access', json(200, async (_req, p, body) => ({ instance: out(await agent.setAccessEpoch(p.id!, body)) }))),
+      route('POST', '/instances/:id/keep-alive', json(200, async (_req, p, body) => ({ instance: out(await agent.keepAlive(p.id!, body)) }))),
       // Archives stream through: the engine's export straight into the response (chunked: its size is
       // not known before the end; a failure part-way cuts the response, which the client reads as a
       // truncated archive), and the request body straight into the engine, counted against the cap.

@@ -31,7 +31,9 @@ for users, and the editors' containers on the local Docker engine.
                                are checked with it; this host cannot mint any (required, or:)
   --gateway-secret SECRET      Deprecated: the central gateway's secret (32+ characters), from which its
                                public key is derived; it can mint links, so keep it off hosts
-  --bind ADDR                  Address of the API, the proxy and the editors' ports (127.0.0.1)
+  --bind ADDR                  Address of the API and the proxy (127.0.0.1)
+  --publish-host ADDR          Address the editors' ports are published on (127.0.0.1); keep it the
+                               host's loopback: containers cannot reach it, the proxy does
   --api-port N                 Control API port, 0 for any (9100)
   --proxy-port N               User-facing proxy port, 0 for any (7080)
   --capacity N                 Most containers on this host (20)
@@ -54,6 +56,7 @@ Each flag can be given as VSCODE_SWARM_AGENT_<FLAG> instead, e.g. VSCODE_SWARM_A
 const FLAGS = {
   'host-id': { type: 'string' },
   bind: { type: 'string' },
+  'publish-host': { type: 'string' },
   'api-port': { type: 'string' },
   'proxy-port': { type: 'string' },
   capacity: { type: 'string' },
@@ -84,6 +87,7 @@ const int = (min: number, max: number) => z.coerce.number({ error: `expected an 
 const AgentFlagsSchema = z.object({
   'host-id': z.string({ error: 'required: this host\'s EC2 instance id' }).regex(HOST_ID_PATTERN, 'expected an EC2 instance id such as i-0123abcd (a-z, 0-9, "-", at most 58 characters)'),
   bind: z.string().min(1).default('127.0.0.1'),
+  'publish-host': z.string().min(1).default('127.0.0.1'),
   'api-port': int(0, 65_535).default(9100),
   'proxy-port': int(0, 65_535).default(7080),
   capacity: int(1, 10_000).default(20),
@@ -145,6 +149,7 @@ export function parseAgentArgs(argv: string[], env: NodeJS.ProcessEnv = process.
     options: {
       hostId: f['host-id'],
       bind: f.bind,
+      publishHost: f['publish-host'],
       apiPort: f['api-port'],
       proxyPort: f['proxy-port'],
       capacity: f.capacity,

@@ -2,14 +2,19 @@
  * The host agent: what runs on every EC2 host of the AWS provider. It is a small local controller built
  * from the project's own parts rather than a copy of them:
  *
- *   - a DockerProvider publishing editor ports on the host's bind address, from a persisted port pool,
+ *   - a DockerProvider publishing editor ports on the host's loopback only (`publishHost`), from a
+ *     persisted port pool, so no container on the host can reach a neighbour's editor through the
+ *     host's addresses; the controller's gateway reaches them through the proxy below,
  *     and labelling containers with the swarm `host-<hostId>` so agents sharing an engine never meet;
  *   - an InstanceRegistry in the agent's state directory: the host's local store of instance → container → port;
  *   - a SwarmController over them (it owns the state-directory lock, reconciles on start-up, serialises
  *     operations per instance);
  *   - the project's Gateway as the user-facing authenticating proxy, checking links with the central
  *     gateway's Ed25519 public key (it cannot mint any) and signing its own sessions with this host's
- *     key (kept in its state directory), which no other host and not the central gateway accept;
+ *     key (kept in its state directory), which no other host and not the central gateway accept; the
+ *     central gateway comes in with this host's own token (UPSTREAM_HEADER), which this host already
+ *     holds, so a compromised host gains nothing over its neighbours from it. Instances are reported
+ *     with this proxy as their endpoint (`exposed`), the Host header naming the instance;
  *   - the project's IdleMonitor, whose stops are reported to the controller;
  *   - the control-plane API (agent-api.ts) the central controller drives it with.
  *
@@ -54,8 +59,10 @@ import { PortPool, portFreeOn, type PortRange } from './port-pool.js';
 export interface AgentOptions {
   /** The EC2 instance id of this host (e.g. i-0123abcd); names its swarm label `host-<hostId>`. */
   hostId: string;
-  /** Address the API, the proxy and the published editor ports listen on. */
+  /** Address the API and the proxy listen on (the host's private address on EC2). */
   bind: string;
+  /** Address the editors' ports are published on; default 127.0.0.1, the host's loopback, out of containers' reach. */
+  publishHost?: string;
   /** 0 picks a free port. */
   apiPort: number;
   /** 0 picks a free port. */
@@ -137,22 +144,24 @@ export class HostAgent {
         docker: {
           image: options.image,
           pullImages: options.pullImages,
-          publishHost: options.bind,
+          publishHost: publishHostOf(options),
           network: options.network,
           stopTimeoutSeconds: options.stopTimeoutSeconds,
           readinessTimeoutMs: options.readinessTimeoutMs,
         },
       },
-      gateway: { enabled: true, host: options.bind, port: options.proxyPort, baseDomain: options.baseDomain, autoStart: true },
+      // The central gateway is this proxy's main client, from one address for all its users: no lower
+      // per-address cap than the total (the security group admits only the controller).
+      gateway: { enabled: true, host: options.bind, port: options.proxyPort, baseDomain: options.baseDomain, autoStart: true, maxConnectionsPerAddress: 4_096 },
       idle: { enabled: true, timeoutMinutes: options.idleTimeoutMinutes, checkIntervalMs: options.idleCheckMs },
       // The central controller decides whether exec is allowed; the token guards this API.
       exec: { enabled: true, timeoutMs: 3_600_000 },
       health: { enabled: false },
     }, 'agent');
-    this.ports = new PortPool({ file: path.join(this.config.stateDir, 'ports.json'), range: options.portRange, isFree: portFreeOn(options.bind), logger: this.logger });
+    this.ports = new PortPool({ file: path.join(this.config.stateDir, 'ports.json'), range: options.portRange, isFree: portFreeOn(publishHostOf(options)), logger: this.logger });
     this.provider = new DockerProvider({
       defaultImage: options.image,
-      publishHost: options.bind,
+      publishHost: publishHostOf(options),
       hostPortFor: (id) => this.ports.portOf(id),
       network: options.network,
       swarmId: this.config.swarmId,
@@ -174,7 +183,7 @@ export class HostAgent {
       lockStateDir: true,
       ...(deps.now ? { now: deps.now } : {}),
     });
-    this.gateway = new Gateway({ controller: this.controller, access, activity: this.controller.activity, config: this.config.gateway, logger: this.logger });
+    this.gateway = new Gateway({ controller: this.controller, access, activity: this.controller.activity, config: this.config.gateway, logger: this.logger, upstreamToken: options.token });
     this.idle = new IdleMonitor({ controller: this.controller, activity: this.controller.activity, checkIntervalMs: options.idleCheckMs, logger: this.logger });
     this.events = new EventReporter({ token: options.token, logger: this.logger, ...(options.controllerUrl ? { url: options.controllerUrl } : {}) });
     this.api = new AgentApi({ agent: this, token: options.token, logger: this.logger });
@@ -226,6 +235,16 @@ export class HostAgent {
       api: this.apiUrl,
       proxy: this.proxyUrl,
     };
+  }
+
+  /**
+   * An instance as the controller is told of it: its endpoint is this host's proxy, with the Host header
+   * naming the instance (the editor's own port answers on the host's loopback only).
+   */
+  exposed(instance: VSCodeInstance): VSCodeInstance {
+    if (!instance.endpoint || !this.proxyUrl) return instance;
+    const port = Number(new URL(this.proxyUrl).port);
+    return { ...instance, endpoint: { url: this.proxyUrl, host: this.options.bind, port, hostHeader: `${instance.id}.${this.options.baseDomain}` } };
   }
 
   /** Every instance on this host, refreshed from the engine. */
@@ -494,6 +513,10 @@ function gatewayPublicKeyOf(options: AgentOptions): string {
   if (options.gatewaySecret === undefined) throw invalidInput('gatewayPublicKey', "the central gateway's Ed25519 public key (or the deprecated gatewaySecret)");
   if (options.gatewaySecret.length < 32) throw invalidInput('gatewaySecret', 'at least 32 characters');
   return publicKeyText(signingKeyFromSecret(options.gatewaySecret));
+}
+
+function publishHostOf(options: AgentOptions): string {
+  return options.publishHost ?? '127.0.0.1';
 }
 
 function checkId(instanceId: string): string {

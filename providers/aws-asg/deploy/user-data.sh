@@ -8,8 +8,10 @@
 #      instance id, put there by whoever launches hosts: README.md, "1. Secrets") with the instance role;
 #      it is written to a root-only environment file, never to the command line. The master token and
 #      the central gateway's signing key are never on a host: the agent gets the gateway's public key;
-#   4. keeps containers away from the host's own services: Docker's userland proxy off, and packets from
-#      the Docker bridges to the agent's ports or (through a published port) to any editor dropped;
+#   4. keeps containers away from the host's own services: editors published on 127.0.0.1 only (the
+#      agent's --publish-host; the controller's gateway reaches them through the agent's proxy), Docker's
+#      userland proxy off, and packets from the Docker bridges to the agent's ports or (through a
+#      published port) to any editor dropped;
 #   5. pulls (or loads from a tarball) the editor image;
 #   6. writes and starts vscode-swarm-agent.service (`vscode-swarm agent`), which on SIGTERM stops every
 #      editor (workspaces stay in the host's Docker volumes; nothing is moved off the host);
@@ -295,7 +297,7 @@ SupplementaryGroups=docker
 EnvironmentFile=/etc/vscode-swarm/agent.env
 Environment=NODE_ENV=production PATH=$NODE_HOME/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 WorkingDirectory=$INSTALL_DIR
-ExecStart=$NODE_HOME/bin/node $INSTALL_DIR/dist/src/cli.js agent --host-id $instance_id --bind $private_ip --api-port $AGENT_API_PORT --proxy-port $AGENT_PROXY_PORT --port-range $AGENT_PORT_RANGE --capacity $AGENT_CAPACITY --state-dir $AGENT_STATE_DIR --base-domain $AGENT_BASE_DOMAIN --image $EDITOR_IMAGE --idle-timeout-minutes $AGENT_IDLE_TIMEOUT_MINUTES --stop-timeout-seconds $AGENT_STOP_TIMEOUT_SECONDS --log-level $AGENT_LOG_LEVEL${no_pull_flag}${controller_flag}
+ExecStart=$NODE_HOME/bin/node $INSTALL_DIR/dist/src/cli.js agent --host-id $instance_id --bind $private_ip --publish-host 127.0.0.1 --api-port $AGENT_API_PORT --proxy-port $AGENT_PROXY_PORT --port-range $AGENT_PORT_RANGE --capacity $AGENT_CAPACITY --state-dir $AGENT_STATE_DIR --base-domain $AGENT_BASE_DOMAIN --image $EDITOR_IMAGE --idle-timeout-minutes $AGENT_IDLE_TIMEOUT_MINUTES --stop-timeout-seconds $AGENT_STOP_TIMEOUT_SECONDS --log-level $AGENT_LOG_LEVEL${no_pull_flag}${controller_flag}
 Restart=on-failure
 RestartSec=5
 # SIGTERM: every editor stopped (workspaces kept in this host's volumes, not moved), "drained" reported

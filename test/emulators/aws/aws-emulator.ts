@@ -703,7 +703,9 @@ class Emulator {
         : (agent.extraArgs ?? []).map((a) =>
             a.replace(/\{(hostId|ip|index|group)\}/g, (_m, k: keyof HostLaunchContext) => String(ctx[k])),
           );
-    return [agent.script ?? 'dist/src/cli.js', 'agent', '--host-id', ctx.hostId, '--bind', ctx.ip, ...extra];
+    // Editors publish on a loopback address of the host's own (here its address, itself a loopback), so
+    // hosts sharing this machine's engine and port range do not take each other's ports.
+    return [agent.script ?? 'dist/src/cli.js', 'agent', '--host-id', ctx.hostId, '--bind', ctx.ip, '--publish-host', ctx.ip, ...extra];
   }
 
   private takeNeverBoots(ctx: HostLaunchContext): boolean {
