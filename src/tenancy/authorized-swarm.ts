@@ -173,11 +173,9 @@ export class AuthorizedSwarm {
 
   // ---- identity, usage, audit ----
 
+  /** The caller: principal, scopes in force, usage and limits. */
   whoami(): Promise<WhoAmI> {
-    return this.run('swarm.usage', {}, async () => {
-      this.requireScope('swarm.usage');
-      return this.usageOf(this.actor.principalId);
-    });
+    return this.usage();
   }
 
   /** A principal's usage and limits: one's own, or anyone's with swarm:admin. */
