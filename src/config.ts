@@ -99,6 +99,14 @@ const AwsAsgConfigSchema = z
     /** A host empty this long is terminated (min size and buffer permitting). */
     scaleInCooldownMinutes: z.number().min(0).max(1_440).default(10),
     reconcileIntervalMs: z.number().int().min(100).max(3_600_000).default(15_000),
+    /**
+     * A host the group terminates (scale-in, instance refresh, rebalance, an operator, Spot) waits on the
+     * group's termination lifecycle hook while the controller moves its workspaces, with their files, to
+     * other hosts. Off: they go with the host.
+     */
+    evacuateTerminatingHosts: z.boolean().default(true),
+    /** How long an evacuation keeps trying to move an instance before giving up on it (never past the hook's global timeout). */
+    evacuationTimeoutMinutes: z.number().min(1).max(2_880).default(60),
   })
   .strict();
 export type AwsAsgConfig = z.infer<typeof AwsAsgConfigSchema>;

@@ -15,6 +15,7 @@ export const ERROR_CODES = {
   TIMEOUT: 'the operation did not finish in time',
   DISABLED: 'the feature is turned off by configuration',
   STATE_ERROR: 'the state directory could not be read or written',
+  STORE_UNAVAILABLE: 'the state store (PostgreSQL) cannot be reached; nothing was changed, retry when it is back',
   INTERNAL: 'an unexpected fault inside vscode-swarm',
 } as const;
 

@@ -34,7 +34,7 @@
  * nothing is re-created elsewhere while the host may come back. Only a host that EC2 reports terminated,
  * or that left the group, takes its instances with it.
  *
- * Hosts being terminated (evacuation; off unless `evacuateTerminatingHosts`, see there): a host the group is terminating (a scale-in by the group, an
+ * Hosts being terminated (evacuation, `evacuateTerminatingHosts`, on by default): a host the group is terminating (a scale-in by the group, an
  * instance refresh, a rebalance, an operator, a Spot interruption) waits in `Terminating:Wait` on the
  * group's termination lifecycle hook. The reconcile loop notices it (no placement there: it is not
  * InService) and moves each of its instances to another host of the group with its files: stop on the old
@@ -148,9 +148,7 @@ export interface AwsAsgProviderOptions {
   scaleInCooldownMs?: number;
   /**
    * Move the instances of a host waiting on the group's termination lifecycle hook (Terminating:Wait) to
-   * other hosts, then complete the action. Default false: verified end to end only for an empty host so
-   * far (the emulator's hosts share one Docker engine, where the same instance id cannot exist on two
-   * hosts at once), so it is not yet offered in the configuration.
+   * other hosts, then complete the action. Default true (configuration `evacuateTerminatingHosts`).
    */
   evacuateTerminatingHosts?: boolean;
   /**
@@ -1171,7 +1169,7 @@ export class AwsAsgProvider implements Provider {
 
   /** Starts moving the instances off each host waiting on a termination hook (one evacuation per host). */
   private startEvacuations(): void {
-    if (this.closed || !this.asg || !this.options.evacuateTerminatingHosts) return;
+    if (this.closed || !this.asg || this.options.evacuateTerminatingHosts === false) return;
     for (const host of this.hosts.values()) {
       if (host.lifecycle !== 'Terminating:Wait' || host.evacuating || !host.client || !host.ec2Live) continue;
       host.retiring = true;

@@ -20,12 +20,20 @@ export const EDITOR_PORT = 8080;
 /** Where the workspace volume is mounted; the upstream image's user is `coder`. */
 export const WORKSPACE_PATH = '/home/coder/project';
 
-export function containerName(instanceId: string): string {
-  return `vscode-swarm-${instanceId}`;
+/**
+ * What container and volume names start with. One engine per machine normally holds one swarm's
+ * instances under this prefix; a host agent may be given its own (emulated hosts share one engine, and
+ * an instance moving between them exists on two hosts at once).
+ */
+export const DEFAULT_NAME_PREFIX = 'vscode-swarm';
+export const NAME_PREFIX_PATTERN = /^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}$/;
+
+export function containerName(instanceId: string, prefix = DEFAULT_NAME_PREFIX): string {
+  return `${prefix}-${instanceId}`;
 }
 
-export function volumeName(instanceId: string): string {
-  return `vscode-swarm-${instanceId}-workspace`;
+export function volumeName(instanceId: string, prefix = DEFAULT_NAME_PREFIX): string {
+  return `${prefix}-${instanceId}-workspace`;
 }
 
 /** Maps Docker's container state (plus how it ended) into the shared lifecycle, with a reason. */
@@ -92,7 +100,7 @@ export function instanceFromContainer(info: Docker.ContainerInspectInfo, mode: E
       ...(Object.keys(env).length || labels[LABEL_ENV_KEYS] !== undefined ? { env } : {}),
       ...(labels[LABEL_METADATA] ? { metadata: parseMetadata(labels[LABEL_METADATA]) } : {}),
     },
-    providerRef: { containerId: info.Id, containerName: info.Name.replace(/^\//, ''), volume: volumeName(id) },
+    providerRef: { containerId: info.Id, containerName: info.Name.replace(/^\//, ''), volume: workspaceVolumeOf(info) ?? volumeName(id) },
     createdAt: labels[LABEL_CREATED] ?? info.Created,
     updatedAt: new Date().toISOString(),
   };
@@ -117,4 +125,9 @@ function parseMetadata(text: string): Record<string, string> | undefined {
     // a label edited by hand: ignore it rather than refuse the container
   }
   return undefined;
+}
+
+/** The volume mounted at the workspace folder, as the engine reports it. */
+function workspaceVolumeOf(info: Docker.ContainerInspectInfo): string | undefined {
+  return info.Mounts?.find((m) => m.Destination === WORKSPACE_PATH && m.Type === 'volume')?.Name;
 }

@@ -10,7 +10,7 @@ import os from 'node:os';
 import { Readable, type Writable } from 'node:stream';
 import { finished } from 'node:stream/promises';
 import { crashPoint } from '../../src/crash/crash-points.js';
-import { SwarmError, asSwarmError } from '../../src/errors.js';
+import { SwarmError, asSwarmError, invalidInput } from '../../src/errors.js';
 import { CappedCollector } from '../../src/streams/capped-collector.js';
 import { silentLogger, type Logger } from '../../src/logger.js';
 import { httpStatus } from '../../src/timing/http-probe.js';
@@ -45,6 +45,7 @@ import {
   LABEL_METADATA,
   LABEL_NAME,
   LABEL_SWARM,
+  NAME_PREFIX_PATTERN,
   WORKSPACE_PATH,
   containerName,
   type EndpointMode,
@@ -78,6 +79,8 @@ export interface DockerProviderOptions extends DockerConnectionOptions {
   pullImages?: boolean;
   /** The swarm this provider serves; only containers labelled with it are seen. */
   swarmId: string;
+  /** What container and volume names start with (DEFAULT_NAME_PREFIX); see docker-mapping.ts. */
+  namePrefix?: string;
   /** Upper bound on processes in one container. */
   pidsLimit?: number;
   /** Lines kept when `getInstanceLogs` is given no tail. */
@@ -100,6 +103,9 @@ export class DockerProvider implements Provider {
   private capabilities: ProviderCapabilities;
 
   constructor(private readonly options: DockerProviderOptions) {
+    if (options.namePrefix !== undefined && !NAME_PREFIX_PATTERN.test(options.namePrefix)) {
+      throw invalidInput('namePrefix', 'letters, digits, `_`, `.` or `-`, starting with a letter or digit, at most 64', options.namePrefix);
+    }
     this.connection = resolveDockerConnection(options);
     // docker-modem passes `agent` on to every request (its types omit it).
     this.docker = new Docker({ ...this.connection.options, agent: engineAgent(this.connection) } as Docker.DockerOptions);
@@ -120,6 +126,19 @@ export class DockerProvider implements Provider {
 
   getCapabilities(): ProviderCapabilities {
     return structuredClone(this.capabilities);
+  }
+
+  private containerName(instanceId: string): string {
+    return containerName(instanceId, this.options.namePrefix);
+  }
+
+  private volumeName(instanceId: string): string {
+    return volumeName(instanceId, this.options.namePrefix);
+  }
+
+  /** The name a re-create gives the new container until the old one is gone. */
+  private stagingName(instanceId: string): string {
+    return `${this.containerName(instanceId)}-next`;
   }
 
   async initialize(): Promise<void> {
@@ -162,12 +181,12 @@ export class DockerProvider implements Provider {
     let container: Docker.Container | undefined;
     try {
       progress({ fraction: 0.5, message: 'creating container' });
-      container = await this.docker.createContainer(this.containerSpec(instanceId, config, containerName(instanceId)));
+      container = await this.docker.createContainer(this.containerSpec(instanceId, config, this.containerName(instanceId)));
       return await this.startAndAwait(instanceId, container, progress, 0.6, options.signal, true);
     } catch (err) {
       // Leave nothing behind: a failed create removes what this call made.
       if (container) await container.remove({ force: true, v: false }).catch(() => undefined);
-      if (volumeCreated) await this.docker.getVolume(volumeName(instanceId)).remove().catch(() => undefined);
+      if (volumeCreated) await this.docker.getVolume(this.volumeName(instanceId)).remove().catch(() => undefined);
       throw this.wrap(err, `create ${instanceId}`);
     }
   }
@@ -222,7 +241,7 @@ export class DockerProvider implements Provider {
       crashPoint('docker.delete.after-container');
     }
     if (!options.keepWorkspace) {
-      const volume = this.docker.getVolume(volumeName(instanceId));
+      const volume = this.docker.getVolume(this.volumeName(instanceId));
       await this.call(`remove volume of ${instanceId}`, () =>
         volume.remove().then(
           () => {
@@ -406,7 +425,7 @@ export class DockerProvider implements Provider {
         ...(this.endpointMode.publishHost
           ? { PortBindings: { [`${EDITOR_PORT}/tcp`]: [{ HostIp: this.endpointMode.publishHost, HostPort: String(this.options.hostPortFor?.(instanceId) ?? '') }] } }
           : {}),
-        Mounts: [{ Type: 'volume', Source: volumeName(instanceId), Target: WORKSPACE_PATH }],
+        Mounts: [{ Type: 'volume', Source: this.volumeName(instanceId), Target: WORKSPACE_PATH }],
         Privileged: false,
         SecurityOpt: ['no-new-privileges'],
         CapDrop: ['ALL'],
@@ -465,7 +484,7 @@ export class DockerProvider implements Provider {
   ): Promise<VSCodeInstance> {
     progress({ fraction: 0.1, message: `re-creating with image ${next.image}` });
     await this.ensureImage(next.image, progress);
-    const staging = stagingName(instanceId);
+    const staging = this.stagingName(instanceId);
     // Never just remove the staging name: after an interrupted re-create it may be the only container.
     await this.settleStaging(instanceId);
     const fresh = await this.call(`re-create ${instanceId}`, () => this.docker.createContainer(this.containerSpec(instanceId, next, staging)));
@@ -474,7 +493,7 @@ export class DockerProvider implements Provider {
       progress({ fraction: 0.4, message: 'replacing the old container' });
       await old.remove({ force: true });
       crashPoint('docker.recreate.after-old-removed');
-      await fresh.rename({ name: containerName(instanceId) });
+      await fresh.rename({ name: this.containerName(instanceId) });
     } catch (err) {
       await fresh.remove({ force: true }).catch(() => undefined);
       throw this.wrap(err, `re-create ${instanceId}`);
@@ -493,10 +512,10 @@ export class DockerProvider implements Provider {
     const all = await this.call('list containers', () => this.docker.listContainers({ all: true, filters: { label } }));
     for (const c of all) {
       const id = c.Labels[LABEL_INSTANCE];
-      if (!id || !c.Names.includes(`/${stagingName(id)}`)) continue;
-      const main = all.some((o) => o.Names.includes(`/${containerName(id)}`));
+      if (!id || !c.Names.includes(`/${this.stagingName(id)}`)) continue;
+      const main = all.some((o) => o.Names.includes(`/${this.containerName(id)}`));
       if (main) await this.call(`remove staging of ${id}`, () => this.docker.getContainer(c.Id).remove({ force: true }).catch(ignoreNotFound));
-      else await this.call(`rename staging of ${id}`, () => this.docker.getContainer(c.Id).rename({ name: containerName(id) }));
+      else await this.call(`rename staging of ${id}`, () => this.docker.getContainer(c.Id).rename({ name: this.containerName(id) }));
       this.logger.warn({ instanceId: id }, main ? 'removed the staging container of an interrupted re-create' : 'finished an interrupted re-create: its new container takes the name');
     }
   }
@@ -550,7 +569,7 @@ export class DockerProvider implements Provider {
 
   /** Creates the workspace volume unless it exists; true when this call created it. */
   private async ensureVolume(instanceId: string, name: string): Promise<boolean> {
-    const volume = this.docker.getVolume(volumeName(instanceId));
+    const volume = this.docker.getVolume(this.volumeName(instanceId));
     try {
       await volume.inspect();
       return false;
@@ -559,7 +578,7 @@ export class DockerProvider implements Provider {
     }
     await this.call('create volume', () =>
       this.docker.createVolume({
-        Name: volumeName(instanceId),
+        Name: this.volumeName(instanceId),
         Labels: { [LABEL_MANAGED]: 'true', [LABEL_SWARM]: this.options.swarmId, [LABEL_INSTANCE]: instanceId, [LABEL_NAME]: name },
       }),
     );
@@ -571,7 +590,7 @@ export class DockerProvider implements Provider {
       this.docker.listContainers({ all: true, filters: { label: [`${LABEL_INSTANCE}=${instanceId}`, `${LABEL_SWARM}=${this.options.swarmId}`] } }),
     );
     // A leftover staging container of an interrupted re-create carries the label too; prefer the real one.
-    const summary = found.find((c) => c.Names.includes(`/${containerName(instanceId)}`)) ?? found[0];
+    const summary = found.find((c) => c.Names.includes(`/${this.containerName(instanceId)}`)) ?? found[0];
     return summary ? this.docker.getContainer(summary.Id) : undefined;
   }
 
@@ -610,11 +629,6 @@ export class DockerProvider implements Provider {
     }
     return new SwarmError(isNotFound(err) ? 'NOT_FOUND' : 'PROVIDER_ERROR', `docker: ${what}: ${message}`, { cause: err });
   }
-}
-
-/** The name a re-create gives the new container until the old one is gone. */
-function stagingName(instanceId: string): string {
-  return `${containerName(instanceId)}-next`;
 }
 
 function resourceLimits(resources: { cpu: number; memoryMb: number }): { NanoCpus: number; Memory: number; MemorySwap: number } {

@@ -94,6 +94,8 @@ export function createSwarm(config: SwarmConfig, options: CreateSwarmOptions = {
       hostBootTimeoutMs: aws.hostBootTimeoutMs,
       scaleInCooldownMs: aws.scaleInCooldownMinutes * 60_000,
       reconcileIntervalMs: aws.reconcileIntervalMs,
+      evacuateTerminatingHosts: aws.evacuateTerminatingHosts,
+      evacuationTimeoutMs: aws.evacuationTimeoutMinutes * 60_000,
       env: options.env ?? process.env,
       logger,
     } satisfies ConstructorParameters<typeof AwsAsgProvider>[0]);

@@ -2,8 +2,10 @@
  * The AWS provider's burst: N concurrent creates on the AWS emulator (real SDK clients over HTTP, every
  * EC2 host a real host agent with a boot delay) with the light stand-in editor image, beside the same N
  * concurrent creates through the Docker provider on the local engine (no hosts to boot, no agent hop):
- * what scaling out from one host costs the caller. Also the rig the burst e2e test runs on.
+ * what scaling out from one host costs the caller. Also the rig the burst e2e test runs on. And the time
+ * to move two 50 MiB workspaces off a host being terminated, beside the same moves by hand on one engine.
  */
+import { AutoScalingClient, TerminateInstanceInAutoScalingGroupCommand } from '@aws-sdk/client-auto-scaling';
 import { deriveHostToken } from '../../providers/aws-asg/host-credentials.js';
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
@@ -38,6 +40,8 @@ export interface AwsBurstRigOptions {
   scaleInCooldownMs: number;
   faults?: FaultRule[];
   provider?: Partial<AwsAsgProviderOptions>;
+  /** A termination lifecycle hook on the group (the provider moves a terminating host's instances while it waits). */
+  terminationHook?: { name: string; timeoutMs: number };
 }
 
 export interface AwsBurstRig {
@@ -59,13 +63,15 @@ export async function startAwsBurstRig(options: AwsBurstRigOptions): Promise<Aws
     bootDelayMs: options.bootDelayMs,
     healthCheckDelayMs: 500,
     stopGraceMs: 3_000,
-    groups: [{ name: options.group, minSize: 1, maxSize: options.maxSize }],
+    groups: [{ name: options.group, minSize: 1, maxSize: options.maxSize, ...(options.terminationHook ? { terminationHook: { ...options.terminationHook, defaultResult: 'ABANDON' as const } } : {}) }],
     agent: {
       cwd: REPO_ROOT,
       token: TOKEN,
       apiPort: options.agentPort,
       // Each host runs with its own credential, derived from the swarm's token and its id.
+      // Each host its own container and volume names: they share this engine, and a moved instance is on two at once.
       extraArgs: (host) => [
+        '--name-prefix', `vscode-swarm-${host.hostId}`,
         '--api-port', String(options.agentPort), '--proxy-port', String(options.agentPort + 1),
         '--token', deriveHostToken(TOKEN, host.hostId), '--gateway-secret', SECRET, '--capacity', String(options.perHost),
         '--image', image, '--no-pull', '--state-dir', path.join(stateRoot, host.hostId),
@@ -231,6 +237,113 @@ export async function awsBurstFigures(n = 100): Promise<Figure[]> {
         `AWS API calls during the burst: ${calls} (${Object.entries(byAction).map(([k, v]) => `${k} ${v}`).join(', ')}); ` +
         `desired capacity ended at ${desired}; failures ${ours.failures.length} (baseline ${baseline.failures.length}); ` +
         `baseline p95 ${Math.round(percentile(baseline.times, 0.95))} ms; burst wall ${Math.round(ours.wallMs)} ms`,
+    },
+  ];
+}
+
+const EVACUATION_MB = 50;
+
+/** Fills an instance's workspace with `mb` MiB of random bytes (one file) through the provider's exec. */
+async function fillWorkspace(provider: Provider, id: string, mb: number): Promise<void> {
+  const made = await provider.executeCommand(id, `dd if=/dev/urandom of=/home/coder/project/data.bin bs=1048576 count=${mb} 2>/dev/null && echo ok`, { timeoutMs: 120_000 });
+  if (made.stdout.trim() !== 'ok') throw new Error(`could not fill the workspace of ${id}: ${made.stderr}`);
+}
+
+/**
+ * Two workspaces of 50 MiB each on one host, whose termination an operator starts
+ * (TerminateInstanceInAutoScalingGroup, the group launching a replacement): ms from that call to the
+ * provider's CompleteLifecycleAction, both workspaces moved with every file verified by SHA-256. Each run
+ * terminates the host(s) the two moved to in the run before. Beside it, the same two 50 MiB moves done by hand on the local
+ * engine with the Docker provider: stop, export piped into a new instance's import, start, delete the old.
+ */
+export async function awsEvacuationFigures(runs = 3): Promise<Figure[]> {
+  const prefix = 'bench-awse';
+  const group = 'bench-evacuate';
+  await cleanUp(prefix);
+  const rig = await startAwsBurstRig({
+    group, firstAddress: '127.0.34.2', agentPort: 19_310, perHost: 2, maxSize: 4, bufferSlots: 0, bootDelayMs: 500, scaleInCooldownMs: 600_000,
+    terminationHook: { name: 'bench-evacuate-hook', timeoutMs: 30_000 },
+  });
+  const ours: number[] = [];
+  let detail = '';
+  let hostsTerminated = 0;
+  try {
+    const ids = [`${prefix}-a`, `${prefix}-b`];
+    for (const id of ids) {
+      await rig.provider.createInstance({ name: id, image: rig.image, resources: { cpu: 0.1, memoryMb: 256 } }, { instanceId: id });
+      await fillWorkspace(rig.provider, id, EVACUATION_MB);
+    }
+    const asg = new AutoScalingClient({ region: 'us-east-1', endpoint: rig.emulator.url, credentials });
+    try {
+      for (let run = 0; run < runs; run++) {
+        await rig.emulator.waitForGroupStable(group, 60_000);
+        // The host (or hosts: placement spreads) holding the two, all terminated at once.
+        const sources = [...new Set(await Promise.all(ids.map(async (id) => (await rig.provider.getInstance(id))!.providerRef.hostId!)))];
+        const started = performance.now();
+        await Promise.all(sources.map((source) => asg.send(new TerminateInstanceInAutoScalingGroupCommand({ InstanceId: source, ShouldDecrementDesiredCapacity: false }))));
+        const completed = (): boolean => sources.every((source) => rig.emulator.lifecycleActions().some((a) => a.instanceId === source));
+        await rig.emulator.waitFor(completed, 300_000, `lifecycle actions of ${sources.join(', ')} completed`);
+        ours.push(performance.now() - started);
+        hostsTerminated += sources.length;
+        for (const source of sources) {
+          const action = rig.emulator.lifecycleActions().find((a) => a.instanceId === source)!;
+          if (action.timedOut || action.result !== 'CONTINUE') throw new Error(`host ${source}: the lifecycle action was not completed by the provider (${JSON.stringify(action)})`);
+        }
+        for (const id of ids) {
+          const now = await rig.provider.getInstance(id);
+          if (now?.status !== 'running' || sources.includes(now.providerRef.hostId!)) throw new Error(`${id} did not arrive running on another host: ${JSON.stringify(now?.status)}`);
+        }
+      }
+      detail = `hosts terminated ${hostsTerminated} over ${runs} runs (placement may spread the two); heartbeats sent ${rig.emulator.calls.RecordLifecycleActionHeartbeat ?? 0}; hook heartbeat timeout 30 s; no spare host: each move waits for the group's replacement`;
+    } finally {
+      asg.destroy();
+    }
+    await deleteAll(rig.provider, ids);
+  } finally {
+    await rig.close();
+  }
+
+  const baselinePrefix = 'bench-awse-docker';
+  await cleanUp(baselinePrefix);
+  const local = new DockerProvider({ defaultImage: rig.image, pullImages: false, publishHost: '127.0.0.1', stopTimeoutSeconds: 1, swarmId: 'bench-evacuate-baseline' });
+  const baseline: number[] = [];
+  try {
+    await local.initialize();
+    let ids = [`${baselinePrefix}-a0`, `${baselinePrefix}-b0`];
+    for (const id of ids) {
+      await local.createInstance({ name: id, image: rig.image, resources: { cpu: 0.1, memoryMb: 256 } }, { instanceId: id });
+      await fillWorkspace(local, id, EVACUATION_MB);
+    }
+    for (let run = 1; run <= runs; run++) {
+      const next = ids.map((id) => id.replace(/\d+$/, String(run)));
+      const started = performance.now();
+      for (const [i, id] of ids.entries()) {
+        await local.stopInstance(id);
+        await local.createInstance({ name: next[i]!, image: rig.image, resources: { cpu: 0.1, memoryMb: 256 } }, { instanceId: next[i]! });
+        await local.importWorkspace(next[i]!, await local.exportWorkspace(id));
+        await local.deleteInstance(id);
+      }
+      baseline.push(performance.now() - started);
+      ids = next;
+    }
+    await deleteAll(local, ids);
+  } finally {
+    await cleanUp(baselinePrefix);
+  }
+  const m = median(ours);
+  const b = median(baseline);
+  return [
+    {
+      name: `aws-asg: two ${EVACUATION_MB} MiB workspaces moved off a host being terminated (lifecycle hook, emulator)`,
+      unit: 'ms',
+      runs: ours.length,
+      median: m,
+      baselineName: `docker provider: the same two ${EVACUATION_MB} MiB moves by hand on the local engine (stop, export into a new instance, delete)`,
+      baselineMedian: b,
+      ratio: m / b,
+      spread: [Math.min(...ours), Math.max(...ours)],
+      baselineSpread: [Math.min(...baseline), Math.max(...baseline)],
+      detail,
     },
   ];
 }

@@ -6,7 +6,9 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { randomUUID } from 'node:crypto';
 import http from 'node:http';
+import net from 'node:net';
 import type { AddressInfo } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -127,6 +129,44 @@ function viaProxy(agent: RunningAgent, id: string, target: string, cookie?: stri
     );
     req.on('error', reject);
     req.end();
+  });
+}
+
+/**
+ * A WebSocket upgrade through an agent's proxy to the editor (code-server's workbench connection), as a
+ * browser on the editor's page sends it; the status line of the answer ("HTTP/1.1 101 Switching Protocols").
+ */
+function upgradeViaProxy(agent: RunningAgent, id: string, cookie?: string): Promise<string> {
+  const host = `${id}.localhost:${agent.proxyPort}`;
+  return new Promise((resolve, reject) => {
+    const socket = net.connect(agent.proxyPort, agent.bind, () => {
+      socket.write(
+        [
+          `GET /?reconnectionToken=${randomUUID()}&reconnection=false&skipWebSocketFrames=false HTTP/1.1`,
+          `Host: ${host}`,
+          `Origin: http://${host}`,
+          'Connection: Upgrade',
+          'Upgrade: websocket',
+          'Sec-WebSocket-Version: 13',
+          'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==',
+          ...(cookie ? [`Cookie: ${cookie}`] : []),
+          '',
+          '',
+        ].join('\r\n'),
+      );
+    });
+    let head = '';
+    socket.setTimeout(30_000, () => socket.destroy(new Error('no answer to the upgrade in 30 s')));
+    socket.on('data', (chunk: Buffer) => {
+      head += chunk.toString('latin1');
+      const end = head.indexOf('\r\n');
+      if (end >= 0) {
+        socket.destroy();
+        resolve(head.slice(0, end));
+      }
+    });
+    socket.on('error', reject);
+    socket.on('close', () => resolve(head.split('\r\n')[0] ?? ''));
   });
 }
 
@@ -306,6 +346,9 @@ describe('host agent (two agents over the CLI, real Docker, real code-server)', 
       expect(signIn.status).toBe(302);
       expect(signIn.cookie).toMatch(/^swarm_session=/);
       expect((await viaProxy(a, 'agent-a1', '/healthz', signIn.cookie)).status).toBe(200);
+      // The editor's WebSocket goes through the proxy too, with the session and only with it.
+      expect(await upgradeViaProxy(a, 'agent-a1', signIn.cookie)).toMatch(/^HTTP\/1\.1 101 /);
+      expect(await upgradeViaProxy(a, 'agent-a1')).toMatch(/^HTTP\/1\.1 401 /);
       // Spent: the same link does not open it twice.
       expect((await viaProxy(a, 'agent-a1', link.pathname + link.search)).status).toBe(401);
       // The session is for a1 only.

@@ -1,28 +1,28 @@
 /**
  * The termination lifecycle hook, on the AWS emulator (real SDK clients, emulated EC2 hosts each running the
- * real agent against the local Docker engine, the light stand-in image), with the provider's evacuation on:
- * a host with no workspace that the group terminates is let go at once, its action completed with CONTINUE
- * (the hook's default is ABANDON after 3 s, so without the provider this fails).
- *
- * Moving a busy host's workspaces (files byte for byte, heartbeats, CONTINUE, the old host going only
- * after) is not tested here yet: the emulated hosts share this machine's Docker engine, whose container and
- * volume names are `vscode-swarm-<id>` whatever the host, so one instance id cannot exist on two hosts at
- * once and a byte-for-byte check would compare a volume with itself. That needs a per-host name prefix in
- * the agents first; until then the provider's evacuation stays off by default (issue 10, open).
+ * real agent against the local Docker engine, the light stand-in image), with the provider's evacuation
+ * (on by default):
+ * - a host with no workspace that the group terminates is let go at once, its action completed with
+ *   CONTINUE (the hook's default is ABANDON after 3 s, so without the provider this fails);
+ * - a busy host an operator terminates keeps its hook alive while both of its workspaces move to another
+ *   host with every file (SHA-256 manifests compared), and goes only after, its disk destroyed with it.
+ * The emulated hosts share this machine's Docker engine, so each agent gets its own container and volume
+ * name prefix (`--name-prefix`): during a move the same instance exists on two hosts at once.
  * Build first: `npm run build` (the agents run dist/src/cli.js).
  */
 import { AutoScalingClient, SetDesiredCapacityCommand, TerminateInstanceInAutoScalingGroupCommand } from '@aws-sdk/client-auto-scaling';
+import Docker from 'dockerode';
 import { createWriteStream, existsSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { deriveHostToken } from '../../providers/aws-asg/host-credentials.js';
-import { AwsAsgProvider } from '../../providers/aws-asg/aws-asg-provider.js';
-import { createSwarm, defaultProviderFactory } from '../../src/controller/create-swarm.js';
+import { createSwarm } from '../../src/controller/create-swarm.js';
 import type { SwarmController } from '../../src/controller/swarm-controller.js';
 import { createLogger } from '../../src/logger.js';
-import { waitUntil } from '../../src/timing/wait-until.js';
+import { manifestOf, type Manifest } from '../../src/migration/workspace-archive.js';
+import { LABEL_MANAGED, LABEL_SWARM } from '../../providers/docker/docker-mapping.js';
 import { startAwsEmulator, type AwsEmulator } from '../emulators/aws/index.js';
 import { cleanUp, makeStateDir, testConfig } from '../helpers/docker.js';
 import { REPO_ROOT } from '../helpers/mcp.js';
@@ -36,6 +36,19 @@ const HOOK_TIMEOUT_MS = 3_000;
 const TOKEN = 'aws-evacuate-agent-master-token-0123456789';
 const SECRET = 'aws-evacuate-gateway-secret-0123456789abcdef';
 const credentials = { accessKeyId: 'AKIAEMULATOR000000', secretAccessKey: 'emulator-secret' };
+const docker = new Docker();
+
+/** What an emulated instance's disk held: the containers and volumes its agent labelled (swarm `host-<id>`). */
+async function destroyHostDisk(hostId: string): Promise<void> {
+  const label = [`${LABEL_MANAGED}=true`, `${LABEL_SWARM}=host-${hostId}`];
+  for (const c of await docker.listContainers({ all: true, filters: { label } })) await docker.getContainer(c.Id).remove({ force: true }).catch(() => undefined);
+  const { Volumes } = await docker.listVolumes({ filters: { label } });
+  for (const v of Volumes ?? []) await docker.getVolume(v.Name).remove({ force: true }).catch(() => undefined);
+}
+
+async function hostDiskHolds(hostId: string): Promise<number> {
+  return (await docker.listContainers({ all: true, filters: { label: [`${LABEL_MANAGED}=true`, `${LABEL_SWARM}=host-${hostId}`] } })).length;
+}
 
 describe('aws-asg: the termination lifecycle hook, completed by the provider', () => {
   let emulator: AwsEmulator;
@@ -61,7 +74,9 @@ describe('aws-asg: the termination lifecycle hook, completed by the provider', (
       agent: {
         cwd: REPO_ROOT,
         apiPort: agentPort,
+        destroyDisk: (host) => destroyHostDisk(host.hostId),
         extraArgs: (host) => [
+          '--name-prefix', `vscode-swarm-${host.hostId}`,
           '--api-port', String(agentPort), '--proxy-port', '0', '--token', deriveHostToken(TOKEN, host.hostId), '--gateway-secret', SECRET,
           '--capacity', '2', '--image', image, '--no-pull', '--state-dir', path.join(agentState, host.hostId),
           '--stop-timeout-seconds', '1', '--idle-timeout-minutes', '0', '--log-level', 'warn',
@@ -81,10 +96,9 @@ describe('aws-asg: the termination lifecycle hook, completed by the provider', (
         },
       },
     });
-    // The provider with evacuation on (off by default); EVAC_LOG_FILE=<file> keeps the controller's debug log.
-    const factory = defaultProviderFactory().register('aws-asg', (o: ConstructorParameters<typeof AwsAsgProvider>[0]) => new AwsAsgProvider({ ...o, evacuateTerminatingHosts: true }));
+    // EVAC_LOG_FILE=<file> keeps the controller's debug log.
     const debugLog = process.env.EVAC_LOG_FILE ? createLogger('debug', createWriteStream(process.env.EVAC_LOG_FILE)) : undefined;
-    controller = createSwarm(config, { env: { ...process.env, VSCODE_SWARM_AWS_AGENT_TOKEN: TOKEN }, factory, ...(debugLog ? { logger: debugLog } : {}) });
+    controller = createSwarm(config, { env: { ...process.env, VSCODE_SWARM_AWS_AGENT_TOKEN: TOKEN }, ...(debugLog ? { logger: debugLog } : {}) });
     await controller.initialize();
   }, 120_000);
 
@@ -114,4 +128,48 @@ describe('aws-asg: the termination lifecycle hook, completed by the provider', (
     expect(actions[0]!.timedOut).toBeUndefined();
     expect(emulator.calls.CompleteLifecycleAction).toBe(1);
   }, 180_000);
+
+  it('moves both workspaces of a busy host with every file before the host goes, keeping the hook alive', async () => {
+    const [a, b] = await Promise.all(['a', 'b'].map((n) => controller.createInstance({ name: `${PREFIX}-${n}`, providerType: 'aws-asg' })));
+    const ids = [a!.instance.id, b!.instance.id];
+    const hostOf = async (id: string): Promise<string> => (await controller.getInstance(id)).providerRef.hostId!;
+    const source = await hostOf(ids[0]!);
+    // Two hosts may exist after the first test's scale-out; put both workspaces on one host to terminate.
+    expect(await hostOf(ids[1]!)).toBe(source);
+    // Files of several sizes, one of them 8 MiB of random bytes, and a nested folder.
+    for (const id of ids) {
+      const made = await controller.executeCommand(id, 'cd /home/coder/project && dd if=/dev/urandom of=big.bin bs=1048576 count=8 2>/dev/null && mkdir -p src/deep && echo "hello $HOSTNAME" > src/deep/a.txt && printf "" > empty && echo ok', { timeoutMs: 30_000 });
+      expect(made.stdout.trim()).toBe('ok');
+    }
+    const provider = await controller.providerOf(ids[0]!);
+    const manifest = async (id: string): Promise<Manifest> => manifestOf(await provider.exportWorkspace!(id));
+    const before = await Promise.all(ids.map(manifest));
+    expect(Object.keys(before[0]!)).toEqual(expect.arrayContaining(['big.bin', 'src/deep/a.txt', 'empty']));
+    expect(before[0]!['big.bin']!.size).toBe(8 * 1024 * 1024);
+
+    const heartbeatsBefore = emulator.calls.RecordLifecycleActionHeartbeat ?? 0;
+    // An operator's termination ignores scale-in protection; the group launches a replacement.
+    await asg.send(new TerminateInstanceInAutoScalingGroupCommand({ InstanceId: source, ShouldDecrementDesiredCapacity: false }));
+    await emulator.waitFor(() => emulator.host(source)?.state === 'terminated', 150_000, `busy host ${source} terminated`);
+
+    const action = emulator.lifecycleActions().filter((x) => x.instanceId === source);
+    expect(action).toEqual([expect.objectContaining({ hookName: HOOK, result: 'CONTINUE', matched: true })]);
+    expect(action[0]!.timedOut).toBeUndefined();
+    expect((emulator.calls.RecordLifecycleActionHeartbeat ?? 0) - heartbeatsBefore).toBeGreaterThanOrEqual(1);
+    expect(await hostDiskHolds(source)).toBe(0); // its disk went with it
+    // Hosts were Pending and Terminating during all this: scale-in protection was never asked for one of
+    // them (AWS refuses the whole call then), and it was asked for (the busy hosts are protected).
+    const protection = emulator.log.filter((c) => c.action === 'SetInstanceProtection');
+    expect(protection.length).toBeGreaterThan(0);
+    expect(protection.filter((c) => c.status !== 200)).toEqual([]);
+
+    for (const [i, id] of ids.entries()) {
+      const now = await controller.getInstance(id);
+      expect(now.status).toBe('running');
+      expect(now.providerRef.hostId).not.toBe(source);
+      expect(await manifest(id)).toEqual(before[i]);
+      const read = await controller.executeCommand(id, 'cat /home/coder/project/src/deep/a.txt');
+      expect(read.stdout).toMatch(/^hello /);
+    }
+  }, 240_000);
 });

@@ -17,6 +17,7 @@ import { SwarmError, asSwarmError } from '../../../src/errors.js';
 import { createLogger } from '../../../src/logger.js';
 import { HOST_ID_PATTERN, runAgent, type AgentOptions } from './host-agent.js';
 import { parsePortRange } from './port-pool.js';
+import { NAME_PREFIX_PATTERN } from '../../docker/docker-mapping.js';
 
 export const AGENT_USAGE = `Usage: vscode-swarm agent --host-id ID --token TOKEN --gateway-public-key KEY [options]
 
@@ -34,6 +35,8 @@ for users, and the editors' containers on the local Docker engine.
   --bind ADDR                  Address of the API and the proxy (127.0.0.1)
   --publish-host ADDR          Address the editors' ports are published on (127.0.0.1); keep it the
                                host's loopback: containers cannot reach it, the proxy does
+  --name-prefix PREFIX         What this host's container and volume names start with (vscode-swarm);
+                               only hosts that share one Docker engine (the emulator) need their own
   --api-port N                 Control API port, 0 for any (9100)
   --proxy-port N               User-facing proxy port, 0 for any (7080)
   --capacity N                 Most containers on this host (20)
@@ -57,6 +60,7 @@ const FLAGS = {
   'host-id': { type: 'string' },
   bind: { type: 'string' },
   'publish-host': { type: 'string' },
+  'name-prefix': { type: 'string' },
   'api-port': { type: 'string' },
   'proxy-port': { type: 'string' },
   capacity: { type: 'string' },
@@ -88,6 +92,7 @@ const AgentFlagsSchema = z.object({
   'host-id': z.string({ error: 'required: this host\'s EC2 instance id' }).regex(HOST_ID_PATTERN, 'expected an EC2 instance id such as i-0123abcd (a-z, 0-9, "-", at most 58 characters)'),
   bind: z.string().min(1).default('127.0.0.1'),
   'publish-host': z.string().min(1).default('127.0.0.1'),
+  'name-prefix': z.string().regex(NAME_PREFIX_PATTERN, 'expected letters, digits, `_`, `.` or `-`, starting with a letter or digit, at most 64').optional(),
   'api-port': int(0, 65_535).default(9100),
   'proxy-port': int(0, 65_535).default(7080),
   capacity: int(1, 10_000).default(20),
@@ -150,6 +155,7 @@ export function parseAgentArgs(argv: string[], env: NodeJS.ProcessEnv = process.
       hostId: f['host-id'],
       bind: f.bind,
       publishHost: f['publish-host'],
+      ...(f['name-prefix'] !== undefined ? { namePrefix: f['name-prefix'] } : {}),
       apiPort: f['api-port'],
       proxyPort: f['proxy-port'],
       capacity: f.capacity,

@@ -123,6 +123,7 @@ export function httpStatusOf(code: ErrorCode): number {
       return 502;
     case 'PROVIDER_UNAVAILABLE':
     case 'PROVIDER_UNKNOWN':
+    case 'STORE_UNAVAILABLE':
       return 503;
     case 'TIMEOUT':
       return 504;

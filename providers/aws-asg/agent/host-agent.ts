@@ -63,6 +63,8 @@ export interface AgentOptions {
   bind: string;
   /** Address the editors' ports are published on; default 127.0.0.1, the host's loopback, out of containers' reach. */
   publishHost?: string;
+  /** What container and volume names start with (DockerProvider's namePrefix). */
+  namePrefix?: string;
   /** 0 picks a free port. */
   apiPort: number;
   /** 0 picks a free port. */
@@ -165,6 +167,7 @@ export class HostAgent {
       hostPortFor: (id) => this.ports.portOf(id),
       network: options.network,
       swarmId: this.config.swarmId,
+      ...(options.namePrefix !== undefined ? { namePrefix: options.namePrefix } : {}),
       pullImages: options.pullImages,
       readinessTimeoutMs: options.readinessTimeoutMs,
       stopTimeoutSeconds: options.stopTimeoutSeconds,

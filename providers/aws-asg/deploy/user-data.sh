@@ -15,8 +15,9 @@
 #   5. pulls (or loads from a tarball) the editor image;
 #   6. writes and starts vscode-swarm-agent.service (`vscode-swarm agent`), which on SIGTERM stops every
 #      editor (workspaces stay in the host's Docker volumes; nothing is moved off the host);
-#   7. optionally (LIFECYCLE_WATCHER=1) starts a small watcher that, when the instance is scaled in, stops
-#      the agent that way and completes the group's termination lifecycle hook.
+#   7. optionally (LIFECYCLE_WATCHER=1, only when the controller's evacuateTerminatingHosts is off) starts
+#      a small watcher that, when the instance is scaled in, stops the agent that way and completes the
+#      group's termination lifecycle hook (the workspaces go with the instance).
 #
 # Supported: Amazon Linux 2023 and Debian 12 / Ubuntu 22.04+ (detected from /etc/os-release), x86_64 and
 # arm64. Output goes to /var/log/vscode-swarm-user-data.log (and cloud-init's own log).
@@ -326,8 +327,10 @@ curl -s -o /dev/null --max-time 2 "http://$private_ip:$AGENT_API_PORT/v1/host" |
 log "agent up: api http://$private_ip:$AGENT_API_PORT, proxy http://$private_ip:$AGENT_PROXY_PORT"
 
 # --- 7. optional: stop the editors and complete the termination lifecycle hook from the host -------
-# The controller's provider does not call POST /v1/drain or CompleteLifecycleAction (it terminates only
-# hosts it found empty). With LIFECYCLE_WATCHER=1 the host completes the group's
+# By default the controller handles the hook (evacuateTerminatingHosts: it moves this host's workspaces
+# with their files to other hosts under heartbeats, then completes the action); leave this off then, or
+# the watcher stops the agent in the middle of the moves. Only with evacuateTerminatingHosts: false,
+# LIFECYCLE_WATCHER=1 has the host complete the group's
 # autoscaling:EC2_INSTANCE_TERMINATING hook itself, for any termination (a manual change of the desired
 # capacity, a failed health check, an instance refresh): it polls the metadata item
 # autoscaling/target-lifecycle-state and, when it turns to Terminated, stops the agent (SIGTERM: every
