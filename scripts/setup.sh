@@ -6,6 +6,7 @@
 #   bash scripts/setup.sh                  # deps + engine + editor image
 #   bash scripts/setup.sh --for-tests      # and what the tests use: Debian's chromium (browser tests) and
 #                                          # busybox-static (the light stand-in image, tests/helpers/standin-image.ts)
+#                                          # and postgresql (the store tests) when missing
 #   SKIP_EDITOR_IMAGE=1 bash scripts/setup.sh
 set -euo pipefail
 exec 1>&2
@@ -78,6 +79,11 @@ if [ "$for_tests" = 1 ]; then
   if [ "$(dpkg-query -W -f='${Status}' busybox-static 2>/dev/null)" != "install ok installed" ]; then
     log "installing Debian's busybox-static"
     apt_install busybox-static
+  fi
+  # PostgreSQL for the store tests (test/helpers/postgres.ts starts a throw-away cluster from these binaries).
+  if ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
+    log "installing Debian's postgresql"
+    apt_install postgresql
   fi
 fi
 log "ready"

@@ -167,6 +167,11 @@ export type WarmBufferConfig = z.infer<typeof WarmBufferSchema>;
 export const SwarmConfigSchema = z
   .object({
     stateDir: z.string().min(1).default(DEFAULT_STATE_DIR),
+    /** Where the shared state lives: the JSON files under stateDir (default), or PostgreSQL when databaseUrl is set. */
+    store: z
+      .object({ databaseUrl: z.string().regex(/^postgres(ql)?:\/\//, 'expected a postgres:// or postgresql:// URL').optional() })
+      .strict()
+      .optional(),
     /**
      * Names this swarm on shared infrastructure (labels on every container); controllers of other swarms
      * on the same engine never adopt or touch its instances. Derived from the state directory when absent.
@@ -319,6 +324,7 @@ export interface LoadConfigOptions {
 /** Environment variables that override the file, and where they land. */
 export const ENV_OVERRIDES: Record<string, { path: string[]; parse: (v: string) => unknown }> = {
   VSCODE_SWARM_STATE_DIR: { path: ['stateDir'], parse: String },
+  VSCODE_SWARM_DATABASE_URL: { path: ['store', 'databaseUrl'], parse: String },
   VSCODE_SWARM_LOG_LEVEL: { path: ['logLevel'], parse: String },
   VSCODE_SWARM_DEFAULT_PROVIDER: { path: ['defaultProvider'], parse: String },
   VSCODE_SWARM_DOCKER_IMAGE: { path: ['providers', 'docker', 'image'], parse: String },

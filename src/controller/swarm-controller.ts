@@ -1015,9 +1015,12 @@ export class SwarmController {
     throw new SwarmError('PROVIDER_UNKNOWN', `providerType: no default image is configured for ${type}`, { field: 'providerType' });
   }
 
-  /** Readable and unique: the name, lower-cased and shortened, plus 8 random hex digits. */
+  /**
+   * Readable and unique: the name, lower-cased and shortened, plus 8 random hex digits. Runs of separators
+   * collapse to one "-", so an id never holds "--", which names a forwarded port's host (gateway/ports.ts).
+   */
   private newId(name: string): string {
-    const slug = name.toLowerCase().replace(/[^a-z0-9-]+/g, '-').replace(/^-+|-+$/g, '').slice(0, 40) || 'ws';
+    const slug = name.toLowerCase().replace(/[^a-z0-9]+/g, '-').replace(/^-+|-+$/g, '').slice(0, 40) || 'ws';
     for (;;) {
       const id = `${slug}-${this.randomId()}`;
       if (!this.registry.get(id)) return id;

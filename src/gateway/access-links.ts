@@ -7,7 +7,7 @@
  * host's own key (its state directory), which no other host and not the central gateway accept.
  */
 import type { GatewayConfig } from '../config.js';
-import { AccessTokens, SpentLinks, loadOrCreateSigningKey, parsePublicKey, publicKeyText, type TokenClaims } from './access-tokens.js';
+import { AccessTokens, SpentLinks, loadOrCreateSigningKey, parsePublicKey, publicKeyText, type TokenClaims, type TokenKind } from './access-tokens.js';
 
 export const TOKEN_PARAM = 'swarm_token';
 export const SESSION_COOKIE = 'swarm_session';
@@ -83,6 +83,14 @@ export class AccessLinks {
   session(instanceId: string, epoch: number): { token: string; maxAgeSeconds: number } {
     const ttlMs = this.config.sessionTtlHours * 3_600_000;
     return { token: this.require(this.sessions).issue('session', instanceId, epoch, ttlMs).token, maxAgeSeconds: Math.floor(ttlMs / 1000) };
+  }
+
+  /**
+   * A token of either kind for a subject other than an instance's own host: a forwarded port's hand-over,
+   * code, session or share (src/gateway/ports.ts), told apart by the subject inside the signed payload.
+   */
+  token(kind: TokenKind, subject: string, epoch: number, ttlMs: number): { token: string; claims: TokenClaims } {
+    return this.require(kind === 'link' ? this.links : this.sessions).issue(kind, subject, epoch, ttlMs);
   }
 
   verify(token: string | undefined, kind: 'link' | 'session'): ReturnType<AccessTokens['verify']> {

@@ -12,6 +12,9 @@
  * attribute) or under the gateway's own cookie name, and its pages may be framed by their own origin
  * only. Its own server is bounded: header and request timeouts, and caps on connections in total and
  * per client (an IPv4 address or an IPv6 /64).
+ *
+ * Forwarded ports (`<port>--<id>.<baseDomain>`, an app inside the workspace) are admitted by ports.ts,
+ * with their own host-only sessions, and go through the same proxy to code-server's port proxy.
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
 import http from 'node:http';
@@ -27,6 +30,7 @@ import { silentLogger, type Logger } from '../logger.js';
 import { HOST_SESSION_COOKIE, SESSION_COOKIE, TOKEN_PARAM, type AccessLinks } from './access-links.js';
 import { FailureLimiter, addressKey } from './failure-limiter.js';
 import { page } from './pages.js';
+import { ForwardedPorts, forwardedPath, isHandover, parsePortLabel, unprefixLocation } from './ports.js';
 
 export interface GatewayDeps {
   controller: SwarmController;
@@ -50,9 +54,11 @@ export const UPSTREAM_HEADER = 'x-swarm-upstream-token';
 /** Headers beyond this size are refused (431) by the HTTP parser before any of our code runs. */
 export const MAX_HEADER_BYTES = 16 * 1024;
 
-type Denial = { status: 400 | 401 | 403 | 404 | 410 | 429 | 503; title: string; message: string; counts: boolean; retryAfter?: number };
-type Admission =
-  | { ok: true; instance: Readonly<VSCodeInstance>; setCookie?: string; redirectTo?: string }
+/** A refusal; a 302 (a forwarded port's sign-in through its instance host) goes to `location`. */
+export type Denial = { status: 302 | 400 | 401 | 403 | 404 | 410 | 429 | 503; title: string; message: string; counts: boolean; retryAfter?: number; location?: string };
+/** `port`: the request is for that forwarded port of the instance (ports.ts), not its editor. */
+export type Admission =
+  | { ok: true; instance: Readonly<VSCodeInstance>; setCookie?: string; redirectTo?: string; port?: number }
   | { ok: false; denial: Denial };
 
 const STARTABLE = new Set(['stopped', 'failed', 'creating', 'starting', 'stopping', 'unknown']);
@@ -70,12 +76,16 @@ export class Gateway {
   /** Requests admitted on the upstream credential: their X-Forwarded-* are the upstream's, kept as sent. */
   private readonly fromUpstream = new WeakSet<http.IncomingMessage>();
   private readonly upstreamDigest?: Buffer;
+  private readonly ports: ForwardedPorts;
+  /** Requests for a forwarded port, by port: the app's redirects lose code-server's /proxy/<port> prefix. */
+  private readonly forwarded = new WeakMap<http.IncomingMessage, number>();
 
   constructor(private readonly deps: GatewayDeps) {
     this.logger = (deps.logger ?? silentLogger()).child({ component: 'gateway' });
     if (deps.upstreamToken !== undefined) this.upstreamDigest = sha256(deps.upstreamToken);
     const { config } = deps;
     this.limiter = new FailureLimiter(config.maxFailuresPerMinute, deps.now, config.maxTrackedAddresses);
+    this.ports = new ForwardedPorts({ controller: deps.controller, access: deps.access, logger: this.logger, ...(deps.now ? { now: deps.now } : {}) });
     // X-Forwarded-* are set by prepareForEditor (http-proxy's xfwd appends to what the browser sent).
     this.proxy = httpProxy.createProxyServer({ xfwd: false, ws: true, changeOrigin: false, agent: this.agent });
     this.proxy.on('proxyRes', (proxyRes, req) => this.checkEditorHeaders(proxyRes.headers, req));
@@ -164,7 +174,9 @@ export class Gateway {
 
   private async onRequest(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
     const client = req.socket.remoteAddress ?? 'unknown';
-    const admission = await this.admit(req, true, client);
+    let admission = await this.admit(req, true, client);
+    // A forwarded port's sign-in, on its instance host, by a browser signed in there (never an upstream's request).
+    if (admission.ok && admission.port === undefined && !admission.redirectTo && !this.fromUpstream.has(req) && isHandover(req)) admission = await this.ports.handover(req, admission.instance);
     if (!admission.ok) return this.deny(res, client, admission.denial);
     if (admission.setCookie) res.setHeader('Set-Cookie', admission.setCookie);
     if (admission.redirectTo) {
@@ -179,6 +191,7 @@ export class Gateway {
     this.deps.activity.touch(instance.id, 'gateway');
     this.prepareForEditor(req);
     await this.addTargetHeaders(req, instance);
+    this.toForwardedPort(req, admission.port);
     this.proxy.web(req, res, { target: instance.endpoint!.url });
   }
 
@@ -202,6 +215,7 @@ export class Gateway {
     socket.pause(); // the listener above set it flowing; bytes sent early must wait for the editor's pipe
     this.prepareForEditor(req);
     await this.addTargetHeaders(req, instance);
+    this.toForwardedPort(req, admission.port);
     this.proxy.ws(req, socket, head, { target: instance.endpoint.url });
   }
 
@@ -217,6 +231,8 @@ export class Gateway {
     if (!id) return deny(404, 'No such workspace', 'This address names no workspace.', false);
     const upstream = req.headers[UPSTREAM_HEADER];
     if (this.upstreamDigest && upstream !== undefined) return this.admitUpstream(req, id, upstream);
+    const forwarded = parsePortLabel(id);
+    if (forwarded) return this.ports.admit(req, forwarded, allowLink, this.limiter.retryAfter(client));
     const session = this.checkSession(id, readCookies(req.headers.cookie, access.cookieName));
     const wait = this.limiter.retryAfter(client);
     if (wait && !session.ok) {
@@ -290,6 +306,13 @@ export class Gateway {
     for (const [name, value] of Object.entries(extra ?? {})) req.headers[name.toLowerCase()] = value;
   }
 
+  /** A forwarded port's request goes to code-server's port proxy on the same endpoint. */
+  private toForwardedPort(req: http.IncomingMessage, port: number | undefined): void {
+    if (port === undefined) return;
+    req.url = forwardedPath(port, req.url ?? '/');
+    this.forwarded.set(req, port);
+  }
+
   /** Any one valid session among the cookies admits (a stale cookie can sit beside a fresh one); else the first one's denial. */
   private checkSession(id: string, tokens: string[]): Admission {
     if (tokens.length === 0) return deny(401, 'Sign-in required', 'Open this workspace with the link vscode-swarm gave you; get_instance_access_link issues a new one.', true);
@@ -353,6 +376,10 @@ export class Gateway {
   private deny(res: http.ServerResponse, client: string, denial: Denial): void {
     if (denial.counts) this.limiter.fail(client);
     if (denial.retryAfter) res.setHeader('Retry-After', String(denial.retryAfter));
+    if (denial.location) {
+      res.setHeader('Location', denial.location);
+      res.setHeader('Referrer-Policy', 'no-referrer');
+    }
     // Answered without reading the body: close, rather than wait for (and drain) whatever the client still sends.
     res.setHeader('Connection', 'close');
     this.send(res, denial.status, denial.title, denial.message);
@@ -380,6 +407,8 @@ export class Gateway {
    * gateway's cookie names are dropped, and the page may be framed by its own origin only.
    */
   private checkEditorHeaders(headers: http.IncomingHttpHeaders, req: http.IncomingMessage): void {
+    const port = this.forwarded.get(req);
+    if (port !== undefined) unprefixLocation(headers, port);
     const cookies = headers['set-cookie'];
     if (cookies) {
       const kept = cookies.filter((line) => !isForeignCookie(line));
@@ -411,7 +440,7 @@ function sha256(text: string): Buffer {
   return createHash('sha256').update(text).digest();
 }
 
-function deny(status: Denial['status'], title: string, message: string, counts: boolean): Admission {
+export function deny(status: Denial['status'], title: string, message: string, counts: boolean): Admission {
   return { ok: false, denial: { status, title, message, counts } };
 }
 
@@ -423,7 +452,7 @@ function linkMessage(reason: 'malformed' | 'bad-signature' | 'expired' | 'wrong-
 const SAFE_METHODS = new Set(['GET', 'HEAD', 'OPTIONS']);
 
 /** An Origin header, when sent, must name the host the request is for (always checked for WebSockets). */
-function sameOrigin(req: http.IncomingMessage, upgrade: boolean): boolean {
+export function sameOrigin(req: http.IncomingMessage, upgrade: boolean): boolean {
   const origin = req.headers.origin;
   if (!origin || (!upgrade && SAFE_METHODS.has(req.method ?? 'GET'))) return true;
   try {

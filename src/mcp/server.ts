@@ -29,6 +29,7 @@ import { registerStartSwarmInstanceTool } from './tools/start-swarm-instance.js'
 import { registerStopSwarmInstanceTool } from './tools/stop-swarm-instance.js';
 import { registerUpdateSwarmInstanceTool } from './tools/update-swarm-instance.js';
 import { registerTenancyTools } from './tools/tenancy-tools.js';
+import { registerPortTools } from './tools/port-tools.js';
 
 export interface McpServerDeps {
   controller: SwarmController;
@@ -72,6 +73,8 @@ export const TOOL_OPERATIONS = {
   create_token: 'token.create',
   list_tokens: 'token.list',
   revoke_token: 'token.revoke',
+  list_instance_ports: 'instance.ports',
+  share_instance_port: 'instance.share-port',
 } as const satisfies Record<string, Operation>;
 
 export const STATUS_RESOURCE_URI = 'swarm://status';
@@ -109,6 +112,7 @@ export function createMcpServer(deps: McpServerDeps): { server: McpServer; close
   registerRecoverInstanceTool(server, ctx);
   registerMigrationTools(server, ctx);
   registerTenancyTools(server, ctx);
+  registerPortTools(server, ctx);
 
   server.registerResource(
     'swarm-status',

@@ -16,6 +16,7 @@ import { DEFAULT_QUERY_LIMIT, MAX_QUERY_LIMIT, type AuditEvent, type AuditLog, t
 import type { CreateRequest, CreateResult, ListFilter, OperationOptions, SwarmController, SwarmStatus } from '../controller/swarm-controller.js';
 import { SwarmError, asSwarmError, invalidInput } from '../errors.js';
 import type { AccessLink } from '../gateway/access-links.js';
+import { issuePortShare, listListeningPorts, type ListeningPort, type PortShareLink } from '../gateway/ports.js';
 import type { HealthCheck, HealthMonitor, HealthRecord, RecoveryAction } from '../health/health-monitor.js';
 import type { Migration, MigrationManager, MigrationPlan, MigrationStrategy } from '../migration/migration-manager.js';
 import { OPERATIONS, type Operation, type PrincipalActor, type Scope } from './identity.js';
@@ -115,6 +116,19 @@ export class AuthorizedSwarm {
 
   issueAccessLink(instanceId: string, options: { ttlMinutes?: number; revokeExisting?: boolean } = {}): Promise<AccessLink> {
     return this.onInstance('instance.access-link', instanceId, options, () => this.controller.issueAccessLink(instanceId, options));
+  }
+
+  /** The TCP ports listening inside the instance, with their forwarded addresses. */
+  listPorts(instanceId: string): Promise<ListeningPort[]> {
+    return this.onInstance('instance.ports', instanceId, {}, () => listListeningPorts(this.controller, instanceId));
+  }
+
+  /** A link that opens one forwarded port of the instance (not its editor) to whoever holds it, for `minutes`. */
+  sharePort(instanceId: string, port: number, minutes?: number): Promise<PortShareLink> {
+    return this.onInstance('instance.share-port', instanceId, { port, minutes }, async () => {
+      if (!this.controller.access) throw new SwarmError('DISABLED', 'the gateway is turned off in the configuration, so no port can be shared');
+      return issuePortShare(this.controller.access, this.controller.registry.require(instanceId), port, minutes);
+    });
   }
 
   keepAlive(instanceId: string, minutes: number, holder?: string): Promise<VSCodeInstance> {

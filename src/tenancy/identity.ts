@@ -82,6 +82,7 @@ export const OPERATIONS = {
   'migration.get': { scope: 'swarm:read', readOnly: true },
   'migration.plan': { scope: 'swarm:read', readOnly: true },
   'audit.list': { scope: 'swarm:read', readOnly: true },
+  'instance.ports': { scope: 'swarm:read', readOnly: true },
   'instance.create': { scope: 'swarm:write' },
   'instance.start': { scope: 'swarm:write' },
   'instance.stop': { scope: 'swarm:write' },
@@ -91,6 +92,8 @@ export const OPERATIONS = {
   // Opening the editor gives its terminal: the same trust as changing the workspace.
   'instance.access-link': { scope: 'swarm:write' },
   'instance.recover': { scope: 'swarm:write' },
+  // A share link opens one forwarded port (not the editor) to anyone holding it, until it expires.
+  'instance.share-port': { scope: 'swarm:write' },
   'migration.start': { scope: 'swarm:write' },
   'migration.cancel': { scope: 'swarm:write' },
   'instance.exec': { scope: 'swarm:exec' },

@@ -22,6 +22,7 @@ import { UPSTREAM_HEADER } from '../../src/gateway/gateway.js';
 import { waitUntil } from '../../src/timing/wait-until.js';
 import { TEST_IMAGE, docker, httpStatus } from '../helpers/docker.js';
 import { REPO_ROOT } from '../helpers/mcp.js';
+import { upgradeRequest } from '../helpers/upgrade-request.js';
 
 const TOKEN = 'e2e-agent-token-0123456789';
 const SECRET = 'e2e-shared-gateway-secret-0123456789abcdef';
@@ -140,20 +141,7 @@ function upgradeViaProxy(agent: RunningAgent, id: string, cookie?: string): Prom
   const host = `${id}.localhost:${agent.proxyPort}`;
   return new Promise((resolve, reject) => {
     const socket = net.connect(agent.proxyPort, agent.bind, () => {
-      socket.write(
-        [
-          `GET /?reconnectionToken=${randomUUID()}&reconnection=false&skipWebSocketFrames=false HTTP/1.1`,
-          `Host: ${host}`,
-          `Origin: http://${host}`,
-          'Connection: Upgrade',
-          'Upgrade: websocket',
-          'Sec-WebSocket-Version: 13',
-          'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==',
-          ...(cookie ? [`Cookie: ${cookie}`] : []),
-          '',
-          '',
-        ].join('\r\n'),
-      );
+      socket.write(upgradeRequest(host, `/?reconnectionToken=${randomUUID()}&reconnection=false&skipWebSocketFrames=false`, cookie, `http://${host}`));
     });
     let head = '';
     socket.setTimeout(30_000, () => socket.destroy(new Error('no answer to the upgrade in 30 s')));

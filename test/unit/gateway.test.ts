@@ -18,6 +18,7 @@ import { Gateway, withFrameAncestors } from '../../src/gateway/gateway.js';
 import { InstanceRegistry } from '../../src/registry/instance-registry.js';
 import { waitUntil } from '../../src/timing/wait-until.js';
 import { startEchoUpstream, type EchoUpstream } from '../helpers/echo-upstream.js';
+import { upgradeRequest } from '../helpers/upgrade-request.js';
 
 // ---- the graph under test ----
 
@@ -206,21 +207,6 @@ async function rawExchange(port: number, request: string): Promise<string> {
   const text = await conn.read(() => false);
   conn.socket.destroy();
   return text;
-}
-
-function upgradeRequest(host: string, target: string, cookie?: string, origin?: string): string {
-  return [
-    `GET ${target} HTTP/1.1`,
-    `Host: ${host}`,
-    ...(origin ? [`Origin: ${origin}`] : []),
-    'Connection: Upgrade',
-    'Upgrade: websocket',
-    'Sec-WebSocket-Version: 13',
-    'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==',
-    ...(cookie ? [`Cookie: ${cookie}`] : []),
-    '',
-    '',
-  ].join('\r\n');
 }
 
 const headEnd = (text: string): boolean => text.includes('\r\n\r\n');

@@ -1,0 +1,298 @@
+/**
+ * Instance records in PostgreSQL, for several controllers sharing one database.
+ *
+ * The database is the truth; every write is one transaction that locks the row (SELECT … FOR UPDATE), so
+ * updates of one instance from any controller are serialised, takes a fresh `version` from one sequence,
+ * and announces itself with NOTIFY on commit. Names are unique per owner among live workspaces by a
+ * partial unique index, so two controllers creating the same name at once get one row and one CONFLICT.
+ *
+ * Reads are synchronous, as the controller expects (see ../instance-store.ts): they come from a cache that
+ * load() fills and the announcements keep fresh. Versions order every change, deletes included, so
+ * announcements arriving late or twice never roll the cache back. While the announcement connection is
+ * down the cache may miss changes: reads throw STORE_UNAVAILABLE until it is back and the cache re-read.
+ */
+import { VSCodeInstanceSchema, type VSCodeInstance } from '../../../providers/provider.js';
+import { SwarmError } from '../../errors.js';
+import { silentLogger, type Logger } from '../../logger.js';
+import { ownerOf } from '../../tenancy/quotas.js';
+import type { InstanceStore, InstanceUpdate, LoadReport, RegistryFilter } from '../instance-store.js';
+import { checkInstanceId as checkId, deepFreeze, listInstances, matchingMetadata, matchingName, validateInstance as validate } from '../records.js';
+import { ChangeListener, notifyChange } from './notify.js';
+import type { Queryable, StorePool } from './pool.js';
+
+export const INSTANCE_CHANNEL = 'swarm_instances';
+
+export interface PgInstanceStoreOptions {
+  pool: StorePool;
+  /** Shared with other stores on the same pool; made (and closed with the store) when absent. */
+  listener?: ChangeListener;
+  logger?: Logger;
+}
+
+/** What a write announces: enough for a listener to decide whether to re-read the row. */
+interface InstanceChange {
+  id: string;
+  version: string;
+  op: 'upsert' | 'delete';
+}
+
+interface Cached {
+  record: Readonly<VSCodeInstance>;
+  version: bigint;
+}
+
+interface Row {
+  data: VSCodeInstance;
+  version: string;
+}
+
+export class PgInstanceStore implements InstanceStore {
+  private readonly pool: StorePool;
+  private readonly listener: ChangeListener;
+  private readonly ownsListener: boolean;
+  private readonly logger: Logger;
+  private readonly cache = new Map<string, Cached>();
+  /** The version of each delete heard, so an older announcement cannot bring the record back. */
+  private readonly tombstones = new Map<string, bigint>();
+  private readonly pending = new Set<Promise<unknown>>();
+  private loaded = false;
+  /** False while announcements may have been missed (connection lost, re-read not finished). */
+  private fresh = false;
+  private resyncing?: Promise<void>;
+  private unsubscribe: (() => Promise<void>)[] = [];
+
+  constructor(options: PgInstanceStoreOptions) {
+    this.pool = options.pool;
+    this.logger = (options.logger ?? silentLogger()).child({ component: 'pg-instance-store' });
+    this.ownsListener = !options.listener;
+    this.listener = options.listener ?? new ChangeListener({ pool: this.pool, logger: options.logger });
+  }
+
+  /** Follows changes, then reads every record; the schema must be migrated already (see migrate()). */
+  async load(): Promise<LoadReport> {
+    if (!this.loaded) {
+      const offState = this.listener.onConnectionChange((connected) => this.connectionChanged(connected));
+      this.unsubscribe.push(async () => offState());
+      this.unsubscribe.push(await this.listener.onChange(INSTANCE_CHANNEL, (payload) => this.heard(payload)));
+    }
+    await this.readAll();
+    this.loaded = true;
+    this.fresh = this.listener.connected;
+    this.logger.info({ loaded: this.cache.size }, 'instance store loaded');
+    return { loaded: this.cache.size, setAside: [], removedTemp: 0 };
+  }
+
+  async register(instance: VSCodeInstance): Promise<Readonly<VSCodeInstance>> {
+    const record = validate(instance);
+    return this.track(
+      this.pool.transaction(async (client) => {
+        const { rows } = await client
+          .query<{ version: string }>(
+            `INSERT INTO instances (id, owner, name, provider, status, warm_pool, data, version)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, nextval('instance_version_seq')) RETURNING version`,
+            [record.id, ownerOf(record), record.name, record.providerType, record.status, record.warmPool ?? null, record],
+          )
+          .catch((err: unknown) => {
+            throw conflictFrom(err, record);
+          });
+        const version = rows[0]!.version;
+        await notifyChange(client, INSTANCE_CHANNEL, { id: record.id, version, op: 'upsert' } satisfies InstanceChange);
+        return this.apply(record.id, record, BigInt(version))!;
+      }),
+    );
+  }
+
+  async update(id: string, change: InstanceUpdate): Promise<Readonly<VSCodeInstance>> {
+    checkId(id);
+    return this.track(
+      this.pool.transaction(async (client) => {
+        const current = await this.lockRow(client, id);
+        const merged = typeof change === 'function' ? change(structuredClone(current)) : { ...current, ...change, id };
+        const record = validate({ ...merged, id, updatedAt: new Date().toISOString() });
+        const { rows } = await client
+          .query<{ version: string }>(
+            `UPDATE instances SET owner = $2, name = $3, provider = $4, status = $5, warm_pool = $6, data = $7,
+               version = nextval('instance_version_seq'), updated_at = now() WHERE id = $1 RETURNING version`,
+            [id, ownerOf(record), record.name, record.providerType, record.status, record.warmPool ?? null, record],
+          )
+          .catch((err: unknown) => {
+            throw conflictFrom(err, record);
+          });
+        const version = rows[0]!.version;
+        await notifyChange(client, INSTANCE_CHANNEL, { id, version, op: 'upsert' } satisfies InstanceChange);
+        return this.apply(id, record, BigInt(version))!;
+      }),
+    );
+  }
+
+  async remove(id: string): Promise<boolean> {
+    checkId(id);
+    return this.track(
+      this.pool.transaction(async (client) => {
+        const { rows } = await client.query<{ version: string }>(`DELETE FROM instances WHERE id = $1 RETURNING nextval('instance_version_seq') AS version`, [id]);
+        if (!rows.length) return false;
+        await notifyChange(client, INSTANCE_CHANNEL, { id, version: rows[0]!.version, op: 'delete' } satisfies InstanceChange);
+        this.apply(id, undefined, BigInt(rows[0]!.version));
+        return true;
+      }),
+    );
+  }
+
+  get(id: string): Readonly<VSCodeInstance> | undefined {
+    checkId(id);
+    this.checkFresh();
+    return this.cache.get(id)?.record;
+  }
+
+  require(id: string): Readonly<VSCodeInstance> {
+    const found = this.get(id);
+    if (!found) throw new SwarmError('NOT_FOUND', `instance ${id} does not exist`, { field: 'instanceId' });
+    return found;
+  }
+
+  list(filter: RegistryFilter = {}): Readonly<VSCodeInstance>[] {
+    this.checkFresh();
+    return listInstances([...this.cache.values()].map((c) => c.record), filter);
+  }
+
+  findByName(pattern: string | RegExp): Readonly<VSCodeInstance>[] {
+    return matchingName(this.list(), pattern);
+  }
+
+  findByMetadata(key: string, value?: string): Readonly<VSCodeInstance>[] {
+    return matchingMetadata(this.list(), key, value);
+  }
+
+  /** Every write is committed before its promise resolves; this waits for those still running. */
+  async flush(): Promise<void> {
+    await Promise.allSettled([...this.pending]);
+  }
+
+  /** True when reads can be answered (loaded, and no announcement can have been missed). */
+  get available(): boolean {
+    return this.loaded && this.fresh;
+  }
+
+  /** Stops following changes; the pool stays open (it is the caller's). */
+  async close(): Promise<void> {
+    for (const off of this.unsubscribe.splice(0)) await off().catch(() => undefined);
+    if (this.ownsListener) await this.listener.close();
+    this.fresh = false;
+  }
+
+  private async lockRow(client: Queryable, id: string): Promise<VSCodeInstance> {
+    const { rows } = await client.query<Row>('SELECT data, version FROM instances WHERE id = $1 FOR UPDATE', [id]);
+    if (!rows.length) throw new SwarmError('NOT_FOUND', `instance ${id} does not exist`, { field: 'instanceId' });
+    return rows[0]!.data;
+  }
+
+  private track<T>(work: Promise<T>): Promise<T> {
+    this.pending.add(work);
+    const done = (): void => void this.pending.delete(work);
+    work.then(done, done);
+    return work;
+  }
+
+  /** Puts a record (or its absence) in the cache unless something newer is known already. */
+  private apply(id: string, record: VSCodeInstance | undefined, version: bigint): Readonly<VSCodeInstance> | undefined {
+    const known = this.cache.get(id)?.version ?? this.tombstones.get(id) ?? -1n;
+    if (version <= known) return record ? deepFreeze(record) : undefined;
+    if (record) {
+      const frozen = deepFreeze(record);
+      this.cache.set(id, { record: frozen, version });
+      this.tombstones.delete(id);
+      return frozen;
+    }
+    this.cache.delete(id);
+    this.tombstones.set(id, version);
+    return undefined;
+  }
+
+  private heard(payload: unknown): void {
+    const change = payload as Partial<InstanceChange> | undefined;
+    if (!change || typeof change.id !== 'string' || typeof change.version !== 'string') return;
+    const version = BigInt(change.version);
+    const id = change.id;
+    const known = this.cache.get(id)?.version ?? this.tombstones.get(id) ?? -1n;
+    if (version <= known) return;
+    if (change.op === 'delete') {
+      this.apply(id, undefined, version);
+      return;
+    }
+    // The announcement names the change; the row itself is read (it may be newer still).
+    this.pool
+      .query<Row>('SELECT data, version FROM instances WHERE id = $1', [id])
+      .then(({ rows }) => {
+        const row = rows[0];
+        if (row) this.apply(id, validate(row.data), BigInt(row.version));
+      })
+      .catch((err: unknown) => {
+        // The change is known to exist but not what it is: refuse reads until everything is re-read.
+        this.logger.warn({ id, err: (err as Error).message }, 'could not read an announced change; re-reading all');
+        this.fresh = false;
+        this.resync();
+      });
+  }
+
+  private connectionChanged(connected: boolean): void {
+    if (!this.loaded) return;
+    if (!connected) {
+      this.fresh = false;
+      return;
+    }
+    this.resync();
+  }
+
+  /** Re-reads everything after announcements may have been missed; retried while the listener is up. */
+  private resync(): void {
+    if (this.resyncing) return;
+    this.resyncing = this.readAll()
+      .then(() => {
+        this.fresh = this.listener.connected;
+        this.logger.info({ loaded: this.cache.size }, 'instance cache re-read after a lost connection');
+      })
+      .catch((err: unknown) => {
+        this.logger.warn({ err: (err as Error).message }, 'could not re-read the instances; retrying');
+        setTimeout(() => this.listener.connected && !this.fresh && this.resync(), 500).unref();
+      })
+      .finally(() => (this.resyncing = undefined));
+  }
+
+  /**
+   * Reads every row and makes the cache match, keeping what local writes or announcements put there
+   * meanwhile when it is newer than what was read.
+   */
+  private async readAll(): Promise<void> {
+    const { rows } = await this.pool.query<Row & { id: string }>('SELECT id, data, version FROM instances');
+    const seen = new Set<string>();
+    for (const row of rows) {
+      seen.add(row.id);
+      const parsed = VSCodeInstanceSchema.safeParse(row.data);
+      if (!parsed.success) {
+        this.logger.warn({ id: row.id }, 'instance row is not a valid record; skipped');
+        continue;
+      }
+      this.apply(row.id, parsed.data, BigInt(row.version));
+    }
+    // A record absent from the table was deleted by someone whose announcement we missed.
+    const high = rows.reduce((max, r) => (BigInt(r.version) > max ? BigInt(r.version) : max), 0n);
+    for (const [id, cached] of this.cache) {
+      if (!seen.has(id) && cached.version <= high) this.cache.delete(id);
+    }
+  }
+
+  private checkFresh(): void {
+    if (!this.loaded) throw new SwarmError('STORE_UNAVAILABLE', 'state store unavailable: the instance store is not loaded yet');
+    if (!this.fresh) throw new SwarmError('STORE_UNAVAILABLE', `state store unavailable: lost contact with the database (${this.pool.where}); waiting for it to come back`);
+  }
+}
+
+/** A unique violation as the CONFLICT it means, naming the id or the name; anything else unchanged. */
+function conflictFrom(err: unknown, record: VSCodeInstance): unknown {
+  if ((err as { code?: string }).code !== '23505') return err;
+  const constraint = (err as { constraint?: string }).constraint;
+  if (constraint === 'instances_live_owner_name') {
+    return new SwarmError('CONFLICT', `an instance named "${record.name}" already exists for ${ownerOf(record)}`, { field: 'name', cause: err });
+  }
+  return new SwarmError('CONFLICT', `instance ${record.id} is already registered`, { field: 'id', cause: err });
+}

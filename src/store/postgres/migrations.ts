@@ -1,0 +1,161 @@
+/**
+ * The PostgreSQL schema, as an ordered list of migrations applied at start. Several controllers may start
+ * at once: each runs the whole check-and-apply inside one transaction holding a transaction-scoped
+ * advisory lock, so the second waits for the first to commit and then finds every migration recorded in
+ * `schema_migrations`; each migration is applied exactly once, and a failing one leaves nothing behind.
+ *
+ * Migrations are append-only: a released id is never edited or reordered; a change is a new migration.
+ */
+import type { Logger } from '../../logger.js';
+import { SwarmError } from '../../errors.js';
+import { isUnavailableError, type Queryable, type StorePool } from './pool.js';
+
+export interface Migration {
+  /** Sortable and unique: `0001-name`. */
+  id: string;
+  sql: string;
+}
+
+/** The advisory lock key that serialises migrations across controllers ("vss-migr" as 8 bytes). */
+export const MIGRATION_LOCK_KEY = '8535148443127589490';
+
+export const MIGRATIONS: readonly Migration[] = [
+  {
+    id: '0001-core',
+    sql: `
+      -- Every write takes a fresh value from one sequence: versions rise across rows, deletes included, so a
+      -- cache can order any two changes it hears about.
+      CREATE SEQUENCE instance_version_seq;
+      CREATE TABLE instances (
+        id text PRIMARY KEY,
+        owner text NOT NULL,
+        name text NOT NULL,
+        provider text NOT NULL,
+        status text NOT NULL,
+        warm_pool text,
+        data jsonb NOT NULL,
+        version bigint NOT NULL,
+        created_at timestamptz NOT NULL DEFAULT now(),
+        updated_at timestamptz NOT NULL DEFAULT now()
+      );
+      -- Names are unique per owner among live workspaces: a record being deleted and warm-buffer members
+      -- (which belong to nobody until claimed) do not count.
+      CREATE UNIQUE INDEX instances_live_owner_name ON instances (owner, name) WHERE status <> 'deleting' AND warm_pool IS NULL;
+      CREATE INDEX instances_provider ON instances (provider);
+
+      CREATE TABLE principals (
+        id text PRIMARY KEY,
+        data jsonb NOT NULL,
+        version bigint NOT NULL DEFAULT 1,
+        updated_at timestamptz NOT NULL DEFAULT now()
+      );
+      -- Only hashes of tokens are stored; the token itself is shown once to its holder.
+      CREATE TABLE tokens (
+        id text PRIMARY KEY,
+        principal_id text NOT NULL REFERENCES principals (id) ON DELETE CASCADE,
+        hash text NOT NULL UNIQUE,
+        data jsonb NOT NULL,
+        created_at timestamptz NOT NULL DEFAULT now(),
+        expires_at timestamptz,
+        revoked_at timestamptz
+      );
+      CREATE TABLE audit_events (
+        seq bigserial PRIMARY KEY,
+        at timestamptz NOT NULL DEFAULT now(),
+        actor text,
+        action text NOT NULL,
+        subject text,
+        outcome text,
+        data jsonb NOT NULL
+      );
+      CREATE INDEX audit_events_at ON audit_events (at);
+      CREATE TABLE health_history (
+        instance_id text NOT NULL,
+        at timestamptz NOT NULL DEFAULT now(),
+        data jsonb NOT NULL,
+        PRIMARY KEY (instance_id, at)
+      );
+      CREATE TABLE migrations (
+        id text PRIMARY KEY,
+        instance_id text NOT NULL,
+        status text NOT NULL,
+        data jsonb NOT NULL,
+        version bigint NOT NULL DEFAULT 1,
+        updated_at timestamptz NOT NULL DEFAULT now()
+      );
+      CREATE INDEX migrations_instance ON migrations (instance_id);
+      -- An access link is single-use: the row is the proof it was spent, on whichever controller.
+      CREATE TABLE spent_links (
+        link_hash text PRIMARY KEY,
+        spent_at timestamptz NOT NULL DEFAULT now(),
+        expires_at timestamptz NOT NULL
+      );
+      CREATE TABLE warm_members (
+        instance_id text PRIMARY KEY,
+        pool_key text NOT NULL,
+        claimed_by text,
+        updated_at timestamptz NOT NULL DEFAULT now()
+      );
+      CREATE INDEX warm_members_pool ON warm_members (pool_key);
+      -- Leadership for work that must run once; the fencing token only ever grows (a release expires the
+      -- row instead of deleting it).
+      CREATE TABLE leases (
+        name text PRIMARY KEY,
+        holder text NOT NULL,
+        fencing_token bigint NOT NULL,
+        expires_at timestamptz NOT NULL
+      );
+    `,
+  },
+];
+
+export interface MigrationReport {
+  applied: string[];
+  alreadyApplied: number;
+}
+
+/**
+ * Applies the migrations not yet recorded, in order, in one transaction under the advisory lock. A
+ * database with migrations this build does not know (a newer controller ran) is refused: this build
+ * would not understand its schema.
+ */
+export async function migrate(pool: StorePool, logger?: Logger, migrations: readonly Migration[] = MIGRATIONS): Promise<MigrationReport> {
+  checkOrder(migrations);
+  const report = await pool.transaction(async (client) => {
+    await client.query('SELECT pg_advisory_xact_lock($1::bigint)', [MIGRATION_LOCK_KEY]);
+    await client.query('CREATE TABLE IF NOT EXISTS schema_migrations (id text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())');
+    const done = new Set((await client.query<{ id: string }>('SELECT id FROM schema_migrations')).rows.map((r) => r.id));
+    const known = new Set(migrations.map((m) => m.id));
+    const unknown = [...done].filter((id) => !known.has(id));
+    if (unknown.length) {
+      throw new SwarmError('STATE_ERROR', `the database has schema migrations this version does not know (${unknown.sort().join(', ')}): a newer vscode-swarm migrated it`);
+    }
+    const applied: string[] = [];
+    for (const m of migrations) {
+      if (done.has(m.id)) continue;
+      await apply(client, m);
+      applied.push(m.id);
+    }
+    return { applied, alreadyApplied: done.size };
+  });
+  if (report.applied.length) logger?.info({ applied: report.applied }, 'schema migrations applied');
+  return report;
+}
+
+async function apply(client: Queryable, m: Migration): Promise<void> {
+  try {
+    await client.query(m.sql);
+  } catch (err) {
+    if (isUnavailableError(err)) throw err;
+    throw new SwarmError('STATE_ERROR', `schema migration ${m.id} failed: ${(err as Error).message}`, { cause: err });
+  }
+  await client.query('INSERT INTO schema_migrations (id) VALUES ($1)', [m.id]);
+}
+
+function checkOrder(migrations: readonly Migration[]): void {
+  for (let i = 1; i < migrations.length; i++) {
+    if (migrations[i - 1]!.id >= migrations[i]!.id) {
+      throw new SwarmError('INTERNAL', `schema migrations out of order: ${migrations[i - 1]!.id} before ${migrations[i]!.id}`);
+    }
+  }
+}
