@@ -27,6 +27,7 @@ import { createLogger, type Logger } from './logger.js';
 import { AGENT_EVENTS_PATH, agentEventsHandler } from '../providers/aws-asg/agent-events.js';
 import { removeControllerFile, runningController, writeControllerFile } from './cli/running-controller.js';
 import { startMcpHttp } from './mcp/http.js';
+import { startDashboard, type Dashboard } from './dashboard/server.js';
 import { createMcpServer } from './mcp/server.js';
 import { describeInstance } from './mcp/tool-support.js';
 import {
@@ -49,7 +50,7 @@ const USAGE = `vscode-swarm ${PACKAGE_VERSION}
 Usage: vscode-swarm <command> [options]
 
 Commands:
-  up [--demo [NAME]]         Run the controller with its gateway and MCP over HTTP; print how to connect
+  up [--demo [NAME]]         Run the controller with its gateway, dashboard and MCP over HTTP; print how to connect
                              and, with --demo, the link to a working editor. While it runs, the commands
                              below go through it.
   serve                      Serve MCP over stdio with the gateway (what mcp.json launches)
@@ -58,6 +59,7 @@ Commands:
   get ID                     Show one workspace
   create NAME                Create a workspace [--cpu N] [--memory MiB] [--image REF] [--provider P] [--env K=V ...]
                              [--owner PRINCIPAL] (admins: for another principal)
+                             [--repo URL [--ref BRANCH|TAG|SHA] [--repo-credential NAME]] (cloned into the workspace)
   start ID                   Start a workspace
   stop ID                    Stop a workspace  [--force]
   update ID                  Change a workspace [--cpu N] [--memory MiB] [--image REF]
@@ -107,6 +109,9 @@ const OPTIONS = {
   demo: { type: 'boolean' },
   revoke: { type: 'boolean' },
   owner: { type: 'string' },
+  repo: { type: 'string' },
+  ref: { type: 'string' },
+  'repo-credential': { type: 'string' },
   role: { type: 'string' },
   kind: { type: 'string' },
   subject: { type: 'string', multiple: true },
@@ -265,13 +270,18 @@ async function up(services: SwarmServices, config: SwarmConfig, logger: Logger, 
   const { controller } = services;
   const routes = config.providers['aws-asg'].enabled ? { [AGENT_EVENTS_PATH]: agentEventsHandler(controller, logger) } : undefined;
   const mcp = await startMcpHttp({ controller, migrations: services.migrations, ...(services.health ? { health: services.health } : {}), ...(routes ? { routes } : {}), host: config.mcpHttp.host, port: config.mcpHttp.port, stateDir: config.stateDir, logger });
+  let dashboard: Dashboard | undefined;
   // From now on the CLI's commands on this state directory come here instead of starting a controller.
   const stop = async (): Promise<void> => {
     await removeControllerFile(config.stateDir).catch((err: unknown) => logger.warn({ err: (err as Error).message }, 'could not remove controller.json'));
+    await dashboard?.close();
     await mcp.close();
     await services.close();
   };
   try {
+    if (config.dashboard.enabled) {
+      dashboard = await startDashboard({ controller, migrations: services.migrations, ...(services.health ? { health: services.health } : {}), config: config.dashboard, baseDomain: config.gateway.baseDomain, logger });
+    }
     await writeControllerFile(config.stateDir, mcp.url);
   } catch (err) {
     await stop();
@@ -282,6 +292,7 @@ async function up(services: SwarmServices, config: SwarmConfig, logger: Logger, 
     `vscode-swarm ${PACKAGE_VERSION} is up (state: ${config.stateDir}).`,
     ...status.providers.filter((p) => p.state !== 'disabled').map((p) => `  provider ${p.type}: ${p.state}${p.reason ? ` — ${p.reason}` : ''}`),
     `  Editors:     ${status.gatewayUrlPattern ?? '(gateway disabled)'}  (signed-in through the gateway)`,
+    `  Dashboard:   ${dashboard ? `${dashboard.url}  (sign in with an API token or the MCP HTTP bearer credential below)` : '(disabled: dashboard.enabled)'}`,
     `  MCP (HTTP):  ${mcp.url}   header  Authorization: Bearer ${mcp.token}`,
     `               npx @modelcontextprotocol/inspector --cli ${mcp.url} --transport http --header "Authorization: Bearer ${mcp.token}" --method tools/list`,
     `  MCP (stdio): clients that launch their server use mcp.json (node dist/src/cli.js serve); run that instead of \`up\`, not beside it.`,
@@ -364,6 +375,7 @@ async function runCommand(swarm: SwarmApi, command: string, args: string[], valu
           ...(resources ? { resources } : {}),
           ...(values.env ? { env: envFlags(values.env) } : {}),
           ...(values.owner !== undefined ? { owner: values.owner } : {}),
+          ...repositoryFlags(values),
         },
         { onProgress: progress },
       );
@@ -507,6 +519,22 @@ function resourceFlags(values: Values): { cpu?: number; memoryMb?: number } | un
     ...(values.memory !== undefined ? { memoryMb: numberFlag('--memory', values.memory) } : {}),
   };
   return Object.keys(resources).length ? resources : undefined;
+}
+
+/** --repo, --ref and --repo-credential as the request's repository; --ref or --repo-credential alone is an error. */
+function repositoryFlags(values: Values): { repository?: { url: string; ref?: string; credential?: string } } {
+  if (values.repo === undefined) {
+    if (values.ref !== undefined) throw invalidInput('--ref', 'to come with --repo URL');
+    if (values['repo-credential'] !== undefined) throw invalidInput('--repo-credential', 'to come with --repo URL');
+    return {};
+  }
+  return {
+    repository: {
+      url: values.repo,
+      ...(values.ref !== undefined ? { ref: values.ref } : {}),
+      ...(values['repo-credential'] !== undefined ? { credential: values['repo-credential'] } : {}),
+    },
+  };
 }
 
 function quotaFlags(values: Values): QuotaLimits | undefined {

@@ -7,6 +7,7 @@
 import { AuditConfigSchema } from './audit/audit-log.js';
 import { OAuthConfigSchema } from './tenancy/oauth.js';
 import { QuotaConfigSchema } from './tenancy/quotas.js';
+import { RepositoriesConfigSchema } from './workspace/repository.js';
 import { createHash } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
@@ -152,6 +153,27 @@ const GatewayConfigSchema = z
   });
 export type GatewayConfig = z.infer<typeof GatewayConfigSchema>;
 
+const DashboardConfigSchema = z
+  .object({
+    /** Serve the dashboard (a web page of one's workspaces) with `up`. */
+    enabled: z.boolean().default(true),
+    host: z.string().default('127.0.0.1'),
+    /** 0 picks a free port (tests). */
+    port: z.number().int().min(0).max(65_535).default(8090),
+    sessionTtlHours: z.number().min(0.1).max(720).default(12),
+    /**
+     * Host headers it accepts besides dashboard.<gateway.baseDomain> and the loopback ones (localhost,
+     * 127.0.0.1, [::1] and the bound address), on the listening port; others get 421 (DNS rebinding).
+     */
+    allowedHosts: z.array(z.string().regex(/^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?$/, 'expected a host name or address with an optional port, such as dashboard.example.com:443')).default([]),
+    /** Origins its forms may be posted from besides its own allowed hosts over http (e.g. https://dashboard.example.com behind a TLS proxy). */
+    allowedOrigins: z.array(z.string().regex(/^https?:\/\/(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?$/, 'expected an origin such as https://dashboard.example.com (scheme, host and optional port; no path)')).default([]),
+    /** Failed sign-ins allowed per client (an IPv4 address or an IPv6 /64) per minute before it gets 429. */
+    maxFailuresPerMinute: z.number().int().min(1).max(10_000).default(20),
+  })
+  .strict();
+export type DashboardConfig = z.infer<typeof DashboardConfigSchema>;
+
 const WarmBufferSchema = z
   .object({
     provider: ProviderTypeSchema.default('docker'),
@@ -210,6 +232,8 @@ export const SwarmConfigSchema = z
       })
       .strict()
       .prefault({}),
+    /** The dashboard served by `up` beside the gateway, for signed-in principals. */
+    dashboard: DashboardConfigSchema.prefault({}),
     /** Per-principal limits by role; a principal's own limits (principals add --quota...) override these. */
     quotas: QuotaConfigSchema.prefault({}),
     /** The audit trail under <stateDir>/audit, with retention and optional signed webhooks. */
@@ -273,6 +297,8 @@ export const SwarmConfigSchema = z
       .prefault({}),
     /** Ready, unassigned instances kept per provider, image and size; a matching create takes one. */
     warm: z.array(WarmBufferSchema).max(16).default([]),
+    /** Workspaces created from a git repository: named credentials (never the secret itself), limits, file:// switch. */
+    repositories: RepositoriesConfigSchema.prefault({}),
     exec: z
       .object({
         /** execute_command runs arbitrary shell commands in a workspace: off unless turned on. */
@@ -340,6 +366,8 @@ export const ENV_OVERRIDES: Record<string, { path: string[]; parse: (v: string) 
   VSCODE_SWARM_GATEWAY_PORT: { path: ['gateway', 'port'], parse: Number },
   VSCODE_SWARM_GATEWAY_HOST: { path: ['gateway', 'host'], parse: String },
   VSCODE_SWARM_MCP_HTTP_PORT: { path: ['mcpHttp', 'port'], parse: Number },
+  VSCODE_SWARM_DASHBOARD_PORT: { path: ['dashboard', 'port'], parse: Number },
+  VSCODE_SWARM_DASHBOARD_HOST: { path: ['dashboard', 'host'], parse: String },
   VSCODE_SWARM_BASE_DOMAIN: { path: ['gateway', 'baseDomain'], parse: String },
   VSCODE_SWARM_GATEWAY_SECRET: { path: ['gateway', 'secret'], parse: String },
   VSCODE_SWARM_IDLE_TIMEOUT_MINUTES: { path: ['idle', 'timeoutMinutes'], parse: Number },

@@ -13,6 +13,7 @@ import { SwarmError, asSwarmError } from '../../src/errors.js';
 import type { Logger } from '../../src/logger.js';
 import { AgentEventSchema, type AgentEvent } from './agent/agent-protocol.js';
 import type { AwsAsgProvider } from './aws-asg-provider.js';
+import { readCappedBody } from '../../src/streams/read-body.js';
 
 export const AGENT_EVENTS_PATH = '/v1/agent-events';
 const MAX_EVENT_BYTES = 256 * 1024;
@@ -71,16 +72,14 @@ export function agentEventsHandler(controller: SwarmController, logger: Logger):
       req.resume();
       return reply(401, { error: 'missing or wrong agent token' });
     }
-    const chunks: Buffer[] = [];
-    let size = 0;
-    for await (const chunk of req as AsyncIterable<Buffer>) {
-      size += chunk.length;
-      if (size > MAX_EVENT_BYTES) return reply(413, { error: 'event too large' });
-      chunks.push(chunk);
+    const body = await readCappedBody(req, MAX_EVENT_BYTES);
+    if (!body) {
+      req.resume();
+      return reply(413, { error: 'event too large' });
     }
     let raw: unknown;
     try {
-      raw = JSON.parse(Buffer.concat(chunks).toString('utf8'));
+      raw = JSON.parse(body.toString('utf8'));
     } catch {
       return reply(400, { error: 'body: expected JSON' });
     }

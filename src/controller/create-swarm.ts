@@ -9,7 +9,7 @@ import { FlyProvider } from '../../providers/fly/fly-provider.js';
 import { ProviderFactory, type Provider, type ProviderType } from '../../providers/provider.js';
 import type { SwarmConfig } from '../config.js';
 import { silentLogger, type Logger } from '../logger.js';
-import { InstanceRegistry } from '../registry/instance-registry.js';
+import { instanceStoreFor } from '../store/index.js';
 import { ActivityTracker } from '../activity/activity-tracker.js';
 import { IdleMonitor } from '../activity/idle-monitor.js';
 import { HealthMonitor } from '../health/health-monitor.js';
@@ -100,7 +100,8 @@ export function createSwarm(config: SwarmConfig, options: CreateSwarmOptions = {
       logger,
     } satisfies ConstructorParameters<typeof AwsAsgProvider>[0]);
   }
-  const registry = new InstanceRegistry({ stateDir: config.stateDir, logger });
+  // PostgreSQL when store.databaseUrl is set, the JSON files otherwise; it connects in initialize().
+  const registry = instanceStoreFor(config, logger);
   const access = config.gateway.enabled ? new AccessLinks(config.gateway, config.stateDir) : undefined;
   return new SwarmController({ config, registry, providers, logger, activity: new ActivityTracker(), ...(access ? { access } : {}) });
 }

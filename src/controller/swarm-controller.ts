@@ -35,7 +35,7 @@ import type { SwarmConfig } from '../config.js';
 import { crashPoint } from '../crash/crash-points.js';
 import { SwarmError, asSwarmError, invalidInput, isSwarmError } from '../errors.js';
 import { silentLogger, type Logger } from '../logger.js';
-import type { InstanceRegistry } from '../registry/instance-registry.js';
+import type { InstanceStore } from '../store/instance-store.js';
 import { ActivityTracker } from '../activity/activity-tracker.js';
 import type { AccessLink, AccessLinks } from '../gateway/access-links.js';
 import { WarmPool, type WarmSpec, type WarmStatus } from '../warm/warm-pool.js';
@@ -48,6 +48,7 @@ import { AuditLog, type AuditOutcome } from '../audit/audit-log.js';
 import { WebhookDelivery } from '../audit/webhooks.js';
 import path from 'node:path';
 import { parseInput } from './parse-input.js';
+import { REPOSITORY_URL_METADATA, RepositoryRequestSchema, importClone, repositoryMetadata, withClonedRepository, type RepositoryRequest } from '../workspace/repository.js';
 
 /** Validates a library caller's input the same way the MCP layer does, naming the first bad field. */
 export { parseInput };
@@ -64,6 +65,7 @@ export const CreateRequestSchema = z
     region: z.string().min(1).max(64).optional(),
     idleTimeoutMinutes: z.number().min(0).max(10_080).optional().describe('Minutes without use before it is stopped; 0 never'),
     owner: PrincipalIdSchema.optional().describe('Whose workspace it is (admins only; default: the caller)'),
+    repository: RepositoryRequestSchema.optional().describe('A git repository cloned into the workspace before it is reported ready'),
   })
   .strict();
 export type CreateRequest = z.infer<typeof CreateRequestSchema>;
@@ -137,7 +139,8 @@ export interface ReconcileReport {
 
 export interface SwarmControllerDeps {
   config: SwarmConfig;
-  registry: InstanceRegistry;
+  /** Where instance records live (the JSON registry or PostgreSQL); closed with the controller. */
+  registry: InstanceStore;
   /** Providers by type, not yet initialised; types absent here are reported as disabled. */
   providers: Partial<Record<ProviderType, Provider>>;
   logger?: Logger;
@@ -176,7 +179,7 @@ interface ProviderSlot {
 export class SwarmController {
   /** The configuration it was built with (services started beside it read theirs from here). */
   readonly config: SwarmConfig;
-  readonly registry: InstanceRegistry;
+  readonly registry: InstanceStore;
   private readonly now: () => Date;
   private readonly randomId: () => string;
   private readonly slots = new Map<ProviderType, ProviderSlot>();
@@ -271,6 +274,11 @@ export class SwarmController {
         } else if (known.status === 'deleting') {
           await this.finishDelete(provider, known);
           report.removed.push(id);
+        } else if (known.status === 'creating' && known.config.metadata?.[REPOSITORY_URL_METADATA] !== undefined) {
+          // A create from a repository interrupted before its files were verified in: nobody got it, and
+          // its workspace may hold part of the repository, so it is undone like a create interrupted earlier.
+          await this.finishDelete(provider, { ...known, deleteRequest: { at: this.now().toISOString(), keepWorkspace: false } });
+          report.removed.push(id);
         } else if (known.status === 'stopping' && observed.status === 'running') {
           // A stop interrupted after its intent was recorded (desiredState stopped): finished, as a delete is;
           // left running, nothing would ever stop it (the health monitor only repairs what should run).
@@ -353,6 +361,7 @@ export class SwarmController {
         throw invalidInput('region', regions.length ? `one of ${regions.join(', ')} on ${type}` : `no region: ${type} has one place`, req.region);
       }
 
+      if (req.repository) return this.createFromRepository(type, provider, config, req.repository, options, owner);
       const claimed = req.env || req.region ? undefined : await this.claimWarm(type, config, provider, owner);
       if (claimed) return this.createResult(claimed, true, true);
 
@@ -620,6 +629,7 @@ export class SwarmController {
   async close(): Promise<void> {
     this.warm.close();
     await this.registry.flush();
+    await this.registry.close?.();
     await Promise.all([...this.slots.values()].map((s) => s.provider.close?.().catch(() => undefined)));
     await this.principals.close();
     await this.webhooks?.close();
@@ -793,6 +803,8 @@ export class SwarmController {
     options: OperationOptions,
     warmPool?: string,
     owner?: string,
+    /** Fills the new workspace (a repository) before it is recorded as running; a failure undoes the create. */
+    populate?: (id: string) => Promise<void>,
   ): Promise<VSCodeInstance> {
     const at = this.now().toISOString();
     // Under the instance's lock from the first write: a reconcile (a list call) must never take a
@@ -809,6 +821,7 @@ export class SwarmController {
       try {
         const observed = await provider.createInstance(config, { instanceId: id, ...options });
         crashPoint('create.after-provider');
+        if (populate) await populate(id);
         this.activity.touch(id, 'create');
         const instance = await this.registry.update(id, (current) => ({
           ...this.merge(current, observed),
@@ -820,6 +833,38 @@ export class SwarmController {
         await this.settleFailedCreate(provider, id, err);
         throw asSwarmError(err, 'PROVIDER_ERROR');
       }
+    });
+  }
+
+  /**
+   * A create from a repository: cloned on the controller first (a bad URL, ref or credential fails before
+   * anything exists), then streamed into the new workspace and verified before the instance is recorded as
+   * running; a failure there deletes what was made. Never served from the warm buffer: a claimed member
+   * whose import failed could be neither handed back clean nor kept.
+   */
+  private async createFromRepository(
+    type: ProviderType,
+    provider: Provider,
+    config: InstanceConfig & { image: string },
+    repository: RepositoryRequest,
+    options: OperationOptions,
+    owner: string,
+  ): Promise<CreateResult> {
+    if (!provider.getCapabilities().workspaceTransfer || !provider.importWorkspace || !provider.exportWorkspace) {
+      throw invalidInput('repository', `a provider that can receive workspace files (${type} has no workspace transfer)`);
+    }
+    if (Object.keys(config.metadata ?? {}).length > 62) throw invalidInput('metadata', 'at most 62 entries on a create from a repository (2 more record the repository)');
+    const limits = this.config.repositories;
+    const report = options.onProgress;
+    const within = (from: number, to: number) => report && ((e: ProgressEvent) => report({ fraction: from + e.fraction * (to - from), message: e.message }));
+    const workDir = path.join(this.config.stateDir, 'clones');
+    return withClonedRepository(repository, { config: limits, workDir, owner, logger: this.logger, ...(report ? { onProgress: report } : {}), ...(options.signal ? { signal: options.signal } : {}) }, async (clone) => {
+      const withRepository = { ...config, metadata: { ...config.metadata, ...repositoryMetadata(clone) } };
+      const providerProgress = within(0.15, 0.8);
+      const populate = (id: string): Promise<void> =>
+        importClone(provider, id, clone, { maxBytes: limits.maxBytes * 2, deadline: Date.now() + limits.timeoutMs, logger: this.logger, ...(report ? { onProgress: report } : {}) });
+      const instance = await this.provision(type, provider, withRepository, this.newId(config.name), { ...options, ...(providerProgress ? { onProgress: providerProgress } : {}) }, undefined, owner, populate);
+      return this.createResult(instance, true, false);
     });
   }
 

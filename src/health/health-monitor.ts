@@ -25,6 +25,7 @@ import type { MigrationManager } from '../migration/migration-manager.js';
 import { SwarmError, asSwarmError } from '../errors.js';
 import { silentLogger, type Logger } from '../logger.js';
 import { writeJsonAtomic } from '../state/atomic-file.js';
+import { checkInstanceId } from '../store/records.js';
 import { editorStatus } from '../timing/editor-probe.js';
 import { z } from 'zod';
 
@@ -395,7 +396,7 @@ export class HealthMonitor {
   }
 
   private file(instanceId: string): string {
-    this.options.controller.registry.fileOf(instanceId); // validates the id before it becomes a file name
+    checkInstanceId(instanceId); // validates the id before it becomes a file name
     return path.join(this.dir, `${instanceId}.json`);
   }
 }

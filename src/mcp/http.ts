@@ -27,6 +27,7 @@ import { OPERATIONS, type PrincipalActor } from '../tenancy/identity.js';
 import { ownerOf } from '../tenancy/quotas.js';
 import { bearerChallenge, createJwtVerifier, metadataPathsFor, protectedResourceMetadata, protectedResourceMetadataUrl, type JwtVerifier } from '../tenancy/oauth.js';
 import { TOOL_OPERATIONS, createMcpServer } from './server.js';
+import { readCappedBody } from '../streams/read-body.js';
 
 export interface McpHttpOptions {
   controller: SwarmController;
@@ -203,15 +204,10 @@ function reply(res: http.ServerResponse, status: number, message: string): void 
 }
 
 async function readJson(req: http.IncomingMessage): Promise<unknown> {
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of req as AsyncIterable<Buffer>) {
-    size += chunk.length;
-    if (size > MAX_BODY_BYTES) return undefined;
-    chunks.push(chunk);
-  }
+  const body = await readCappedBody(req, MAX_BODY_BYTES);
+  if (!body) return undefined;
   try {
-    return JSON.parse(Buffer.concat(chunks).toString('utf8'));
+    return JSON.parse(body.toString('utf8'));
   } catch {
     return undefined;
   }

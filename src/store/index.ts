@@ -65,3 +65,15 @@ export async function instanceStoreFromConfig(
   const pg = await openPostgresStore(databaseUrl, logger);
   return { store: pg.instances, close: () => pg.close() };
 }
+
+/**
+ * The same choice made synchronously, for createSwarm: nothing connects until the store's load() (the
+ * controller's initialize), which applies the schema migrations first; the store's close() (called by the
+ * controller's close) ends its listener and its pool.
+ */
+export function instanceStoreFor(config: Pick<SwarmConfig, 'stateDir' | 'store'>, logger?: Logger): InstanceStore {
+  const databaseUrl = config.store?.databaseUrl;
+  if (!databaseUrl) return new InstanceRegistry({ stateDir: config.stateDir, ...(logger ? { logger } : {}) });
+  const pool = new StorePool({ databaseUrl, ...(logger ? { logger } : {}) });
+  return new PgInstanceStore({ pool, migrateOnLoad: true, ownsPool: true, ...(logger ? { logger } : {}) });
+}

@@ -33,4 +33,6 @@ export interface InstanceStore {
   findByMetadata(key: string, value?: string): Readonly<VSCodeInstance>[];
   /** Resolves when every write started so far is durable. */
   flush(): Promise<void>;
+  /** Lets go of what the store holds open (connections, listeners); the controller calls it from close(). */
+  close?(): Promise<void>;
 }

@@ -6,7 +6,7 @@
  */
 import type { ProviderType, Resources, VSCodeInstance } from '../../providers/provider.js';
 import { silentLogger, type Logger } from '../logger.js';
-import type { InstanceRegistry } from '../registry/instance-registry.js';
+import type { InstanceStore } from '../store/instance-store.js';
 
 export interface WarmSpec {
   key: string;
@@ -22,7 +22,7 @@ export interface WarmStatus extends WarmSpec {
 }
 
 export interface WarmPoolDeps {
-  registry: InstanceRegistry;
+  registry: InstanceStore;
   /** Creates one member for the spec (registered with `warmPool: spec.key`). */
   createMember: (spec: WarmSpec) => Promise<void>;
   /** Removes a member that is surplus or broken. */

@@ -45,6 +45,7 @@ describe('the CLI through a running controller (up)', () => {
     VSCODE_SWARM_DOCKER_PULL: '0',
     VSCODE_SWARM_GATEWAY_PORT: '0',
     VSCODE_SWARM_MCP_HTTP_PORT: '0',
+    VSCODE_SWARM_DASHBOARD_PORT: '0',
     VSCODE_SWARM_LOG_LEVEL: 'warn',
     ...extra,
   });

@@ -31,6 +31,7 @@ import { silentLogger, type Logger } from '../../../src/logger.js';
 import { AGENT_API_PREFIX, httpStatusOf, type AgentErrorBody } from './agent-protocol.js';
 import type { VSCodeInstance } from '../../provider.js';
 import type { HostAgent } from './host-agent.js';
+import { readCappedBody } from '../../../src/streams/read-body.js';
 
 export interface AgentApiOptions {
   agent: HostAgent;
@@ -225,22 +226,10 @@ export class AgentApi {
   }
 
   private async readBody(req: http.IncomingMessage, limit: number, what: string): Promise<Buffer> {
-    const declared = Number(req.headers['content-length'] ?? 0);
-    if (declared > limit) {
-      req.resume();
-      throw new HttpError(413, { code: 'INVALID_INPUT', message: `body: the ${what} is larger than ${limit} bytes`, field: 'body' });
-    }
-    const chunks: Buffer[] = [];
-    let size = 0;
-    for await (const chunk of req as AsyncIterable<Buffer>) {
-      size += chunk.length;
-      if (size > limit) {
-        req.resume();
-        throw new HttpError(413, { code: 'INVALID_INPUT', message: `body: the ${what} is larger than ${limit} bytes`, field: 'body' });
-      }
-      chunks.push(chunk);
-    }
-    return Buffer.concat(chunks);
+    const body = await readCappedBody(req, limit);
+    if (body) return body;
+    req.resume();
+    throw new HttpError(413, { code: 'INVALID_INPUT', message: `body: the ${what} is larger than ${limit} bytes`, field: 'body' });
   }
 
   private sendError(res: http.ServerResponse, error: SwarmError): void {

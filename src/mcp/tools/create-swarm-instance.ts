@@ -9,7 +9,7 @@ export function registerCreateSwarmInstanceTool(server: McpServer, ctx: ToolCont
     {
       title: 'Create a workspace',
       description:
-        'Creates a VS Code (code-server) workspace and waits until the editor answers; served in milliseconds from the warm buffer when one matches. Names are unique: asking again for an existing name returns that workspace (created: false) instead of a second one. Resources default from the configuration; cpu is in cores, memoryMb in MiB. The result has access.accessUrl: a one-time link that opens the editor in a browser. It stops after idleTimeoutMinutes without use.',
+        'Creates a VS Code (code-server) workspace and waits until the editor answers; served in milliseconds from the warm buffer when one matches. Names are unique: asking again for an existing name returns that workspace (created: false) instead of a second one. Resources default from the configuration; cpu is in cores, memoryMb in MiB. The result has access.accessUrl: a one-time link that opens the editor in a browser. It stops after idleTimeoutMinutes without use. With repository { url, ref?, credential? } the repository is cloned on the controller and copied into the workspace (verified) before it is returned; credential names one configured on the controller, never the secret itself.',
       inputSchema: CreateRequestSchema.shape,
       outputSchema: { instance: InstanceOutputSchema, created: z.boolean(), fromWarmPool: z.boolean(), access: AccessLinkSchema.optional() },
       annotations: { readOnlyHint: false, destructiveHint: false, idempotentHint: true, openWorldHint: false },

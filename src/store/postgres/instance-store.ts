@@ -17,6 +17,7 @@ import { silentLogger, type Logger } from '../../logger.js';
 import { ownerOf } from '../../tenancy/quotas.js';
 import type { InstanceStore, InstanceUpdate, LoadReport, RegistryFilter } from '../instance-store.js';
 import { checkInstanceId as checkId, deepFreeze, listInstances, matchingMetadata, matchingName, validateInstance as validate } from '../records.js';
+import { migrate } from './migrations.js';
 import { ChangeListener, notifyChange } from './notify.js';
 import type { Queryable, StorePool } from './pool.js';
 
@@ -27,6 +28,10 @@ export interface PgInstanceStoreOptions {
   /** Shared with other stores on the same pool; made (and closed with the store) when absent. */
   listener?: ChangeListener;
   logger?: Logger;
+  /** Apply the schema migrations at the start of load() (for a store made before anything connects). */
+  migrateOnLoad?: boolean;
+  /** Close the pool with the store (default false: the pool is the caller's). */
+  ownsPool?: boolean;
 }
 
 /** What a write announces: enough for a listener to decide whether to re-read the row. */
@@ -50,6 +55,8 @@ export class PgInstanceStore implements InstanceStore {
   private readonly pool: StorePool;
   private readonly listener: ChangeListener;
   private readonly ownsListener: boolean;
+  private readonly ownsPool: boolean;
+  private migrateOnLoad: boolean;
   private readonly logger: Logger;
   private readonly cache = new Map<string, Cached>();
   /** The version of each delete heard, so an older announcement cannot bring the record back. */
@@ -65,11 +72,17 @@ export class PgInstanceStore implements InstanceStore {
     this.pool = options.pool;
     this.logger = (options.logger ?? silentLogger()).child({ component: 'pg-instance-store' });
     this.ownsListener = !options.listener;
+    this.ownsPool = options.ownsPool ?? false;
+    this.migrateOnLoad = options.migrateOnLoad ?? false;
     this.listener = options.listener ?? new ChangeListener({ pool: this.pool, logger: options.logger });
   }
 
-  /** Follows changes, then reads every record; the schema must be migrated already (see migrate()). */
+  /** Follows changes, then reads every record; the schema must be migrated already (see migrate()) unless migrateOnLoad. */
   async load(): Promise<LoadReport> {
+    if (this.migrateOnLoad) {
+      await migrate(this.pool, this.logger);
+      this.migrateOnLoad = false;
+    }
     if (!this.loaded) {
       const offState = this.listener.onConnectionChange((connected) => this.connectionChanged(connected));
       this.unsubscribe.push(async () => offState());
@@ -173,11 +186,15 @@ export class PgInstanceStore implements InstanceStore {
     return this.loaded && this.fresh;
   }
 
-  /** Stops following changes; the pool stays open (it is the caller's). */
+  /** Stops following changes; the pool stays open (it is the caller's) unless ownsPool. */
   async close(): Promise<void> {
     for (const off of this.unsubscribe.splice(0)) await off().catch(() => undefined);
     if (this.ownsListener) await this.listener.close();
     this.fresh = false;
+    if (this.ownsPool) {
+      await this.flush();
+      await this.pool.close();
+    }
   }
 
   private async lockRow(client: Queryable, id: string): Promise<VSCodeInstance> {
