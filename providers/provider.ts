@@ -88,8 +88,16 @@ export const InstanceConfigSchema = z.object({
   metadata: MetadataSchema.optional(),
   /** Minutes without activity before the instance is stopped; 0 never stops it. The configured default applies when absent. */
   idleTimeoutMinutes: z.number().min(0).max(10_080).optional(),
+  /**
+   * Run the editor from this editor image, mounted read-only at EDITOR_MOUNT_PATH into `image` (which need
+   * not contain code-server: a dev container's image). Only where capabilities say `editorMount`.
+   */
+  editorMount: z.object({ image: ImageReferenceSchema }).strict().optional(),
 });
 export type InstanceConfig = z.infer<typeof InstanceConfigSchema>;
+
+/** Where a provider with `editorMount` puts the editor: `${EDITOR_MOUNT_PATH}/bin/code-server` runs it. */
+export const EDITOR_MOUNT_PATH = '/opt/vscode-swarm/editor';
 
 /** The parts of a config that can change after creation. */
 export const InstanceConfigPatchSchema = z
@@ -198,6 +206,8 @@ export const ProviderCapabilitiesSchema = z.object({
   regions: z.array(z.string()),
   /** Instances one user may hold, when the provider enforces such a cap. */
   maxInstancesPerUser: z.number().int().optional(),
+  /** The editor can run from a mount in an image without it (InstanceConfig.editorMount): a dev container's image. */
+  editorMount: z.boolean().optional(),
   resourceLimits: ResourceLimitsSchema,
 });
 export type ProviderCapabilities = z.infer<typeof ProviderCapabilitiesSchema>;

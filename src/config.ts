@@ -8,6 +8,8 @@ import { AuditConfigSchema } from './audit/audit-log.js';
 import { OAuthConfigSchema } from './tenancy/oauth.js';
 import { QuotaConfigSchema } from './tenancy/quotas.js';
 import { RepositoriesConfigSchema } from './workspace/repository.js';
+import { DevcontainersConfigSchema } from './workspace/devcontainer.js';
+import { SnapshotsConfigSchema } from './snapshots/snapshot-store.js';
 import { createHash } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
@@ -295,10 +297,14 @@ export const SwarmConfigSchema = z
       })
       .strict()
       .prefault({}),
+    /** Workspace snapshots under <stateDir>/snapshots: retention and per-principal limits (see src/snapshots/). */
+    snapshots: SnapshotsConfigSchema.prefault({}),
     /** Ready, unassigned instances kept per provider, image and size; a matching create takes one. */
     warm: z.array(WarmBufferSchema).max(16).default([]),
     /** Workspaces created from a git repository: named credentials (never the secret itself), limits, file:// switch. */
     repositories: RepositoriesConfigSchema.prefault({}),
+    /** Dev containers of those repositories: where extensions' .vsix files come from, lifecycle command time limit. */
+    devcontainers: DevcontainersConfigSchema.prefault({}),
     exec: z
       .object({
         /** execute_command runs arbitrary shell commands in a workspace: off unless turned on. */

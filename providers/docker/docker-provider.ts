@@ -34,9 +34,10 @@ import type {
   UpdateOptions,
   VSCodeInstance,
 } from '../provider.js';
-import { applyInstanceFilter } from '../provider.js';
+import { EDITOR_MOUNT_PATH, applyInstanceFilter } from '../provider.js';
 import { engineAgent, engineUnreachable, resolveDockerConnection, type DockerConnection, type DockerConnectionOptions } from './docker-connection.js';
 import {
+  DEFAULT_NAME_PREFIX,
   EDITOR_PORT,
   LABEL_CREATED,
   LABEL_ENV_KEYS,
@@ -89,6 +90,32 @@ export interface DockerProviderOptions extends DockerConnectionOptions {
 }
 
 const DEFAULT_EDITOR_ARGS = ['--auth', 'none', '--disable-telemetry', '--disable-update-check', WORKSPACE_PATH];
+/** On a container whose editor runs from a mount: the editor image it came from (carried over by a re-create). */
+const LABEL_EDITOR_IMAGE = 'vscode-swarm.editor-mount';
+/**
+ * Copies the editor out of an editor image into the volume at /target, once: the upstream layout
+ * (/usr/lib/code-server, which bundles its node) or the offline image's (/usr/local/bin/node and
+ * /opt/code-server), behind one launcher, bin/code-server. `.complete` is written last.
+ */
+const EDITOR_COPY_SCRIPT = `set -eu
+t=/target
+[ -f "$t/.complete" ] && exit 0
+find "$t" -mindepth 1 -delete
+mkdir -p "$t/bin" "$t/lib"
+if [ -x /usr/lib/code-server/bin/code-server ]; then
+  cp -a /usr/lib/code-server/. "$t/lib/"
+  run='exec ${EDITOR_MOUNT_PATH}/lib/bin/code-server "$@"'
+elif [ -f /opt/code-server/node_modules/code-server/out/node/entry.js ] && [ -x /usr/local/bin/node ]; then
+  cp -a /opt/code-server/node_modules "$t/lib/node_modules"
+  cp /usr/local/bin/node "$t/lib/node"
+  run='exec ${EDITOR_MOUNT_PATH}/lib/node ${EDITOR_MOUNT_PATH}/lib/node_modules/code-server/out/node/entry.js "$@"'
+else
+  echo "no code-server in this image (looked for /usr/lib/code-server and /opt/code-server)" >&2
+  exit 3
+fi
+printf '#!/bin/sh\n%s\n' "$run" > "$t/bin/code-server"
+chmod 755 "$t/bin/code-server"
+touch "$t/.complete"`;
 export const DEFAULT_NETWORK = 'vscode-swarm';
 const DEFAULT_EXEC_TIMEOUT_MS = 30_000;
 const DEFAULT_EXEC_MAX_OUTPUT = 1024 * 1024;
@@ -101,6 +128,8 @@ export class DockerProvider implements Provider {
   private readonly logger: Logger;
   private readonly endpointMode: EndpointMode;
   private capabilities: ProviderCapabilities;
+  /** Editor volumes being filled, by name: concurrent creates wait for the one copy. */
+  private readonly editorVolumes = new Map<string, Promise<string>>();
 
   constructor(private readonly options: DockerProviderOptions) {
     if (options.namePrefix !== undefined && !NAME_PREFIX_PATTERN.test(options.namePrefix)) {
@@ -119,6 +148,7 @@ export class DockerProvider implements Provider {
       logs: true,
       exec: true,
       stats: true,
+      editorMount: true,
       regions: [],
       resourceLimits: { minCpu: 0.1, maxCpu: os.availableParallelism(), minMemoryMb: 256, maxMemoryMb: Math.floor(os.totalmem() / 2 ** 20) },
     };
@@ -175,13 +205,15 @@ export class DockerProvider implements Provider {
     progress({ fraction: 0.05, message: `checking image ${config.image}` });
     await this.ensureImage(config.image, progress);
 
+    const editorVolume = await this.editorVolumeFor(config, progress);
+
     progress({ fraction: 0.4, message: 'preparing workspace volume' });
     const volumeCreated = await this.ensureVolume(instanceId, config.name);
 
     let container: Docker.Container | undefined;
     try {
       progress({ fraction: 0.5, message: 'creating container' });
-      container = await this.docker.createContainer(this.containerSpec(instanceId, config, this.containerName(instanceId)));
+      container = await this.docker.createContainer(this.containerSpec(instanceId, config, this.containerName(instanceId), editorVolume));
       return await this.startAndAwait(instanceId, container, progress, 0.6, options.signal, true);
     } catch (err) {
       // Leave nothing behind: a failed create removes what this call made.
@@ -400,13 +432,16 @@ export class DockerProvider implements Provider {
   /**
    * The exact container this provider creates for an instance (image, editor arguments, labels, limits,
    * privileges, network, the workspace volume's mount). Public so that the benchmark's raw-engine baseline
-   * creates the same container and the ratio isolates the controller.
+   * creates the same container and the ratio isolates the controller. With `editorVolume` (config.editorMount),
+   * the editor runs from that volume, mounted read-only, with the same arguments, under the engine's init.
    */
-  containerSpec(instanceId: string, config: InstanceConfig & { image: string }, name: string): Docker.ContainerCreateOptions {
+  containerSpec(instanceId: string, config: InstanceConfig & { image: string }, name: string, editorVolume?: string): Docker.ContainerCreateOptions {
     const env = config.env ?? {};
+    const mounted = editorVolume !== undefined && config.editorMount !== undefined;
     return {
       name,
       Image: config.image,
+      ...(mounted ? { Entrypoint: [`${EDITOR_MOUNT_PATH}/bin/code-server`, '--bind-addr', `0.0.0.0:${EDITOR_PORT}`] } : {}),
       Cmd: this.options.editorArgs ?? DEFAULT_EDITOR_ARGS,
       Env: Object.entries(env).map(([k, v]) => `${k}=${v}`),
       Labels: {
@@ -417,6 +452,7 @@ export class DockerProvider implements Provider {
         [LABEL_ENV_KEYS]: Object.keys(env).join(','),
         [LABEL_CREATED]: new Date().toISOString(),
         ...(config.metadata ? { [LABEL_METADATA]: JSON.stringify(config.metadata) } : {}),
+        ...(mounted ? { [LABEL_EDITOR_IMAGE]: config.editorMount!.image } : {}),
       },
       ExposedPorts: { [`${EDITOR_PORT}/tcp`]: {} },
       HostConfig: {
@@ -425,7 +461,12 @@ export class DockerProvider implements Provider {
         ...(this.endpointMode.publishHost
           ? { PortBindings: { [`${EDITOR_PORT}/tcp`]: [{ HostIp: this.endpointMode.publishHost, HostPort: String(this.options.hostPortFor?.(instanceId) ?? '') }] } }
           : {}),
-        Mounts: [{ Type: 'volume', Source: this.volumeName(instanceId), Target: WORKSPACE_PATH }],
+        Mounts: [
+          { Type: 'volume', Source: this.volumeName(instanceId), Target: WORKSPACE_PATH },
+          ...(mounted ? [{ Type: 'volume' as const, Source: editorVolume, Target: EDITOR_MOUNT_PATH, ReadOnly: true }] : []),
+        ],
+        // The image's own entrypoint (and its init) is bypassed: the engine's init reaps the editor's children.
+        ...(mounted ? { Init: true } : {}),
         Privileged: false,
         SecurityOpt: ['no-new-privileges'],
         CapDrop: ['ALL'],
@@ -484,10 +525,14 @@ export class DockerProvider implements Provider {
   ): Promise<VSCodeInstance> {
     progress({ fraction: 0.1, message: `re-creating with image ${next.image}` });
     await this.ensureImage(next.image, progress);
+    // The labels carry what the mapped config does not: an editor run from a mount keeps running from one.
+    const editorImage = (await this.call(`inspect ${instanceId}`, () => old.inspect())).Config.Labels?.[LABEL_EDITOR_IMAGE];
+    if (editorImage && !next.editorMount) next = { ...next, editorMount: { image: editorImage } };
+    const editorVolume = await this.editorVolumeFor(next, progress);
     const staging = this.stagingName(instanceId);
     // Never just remove the staging name: after an interrupted re-create it may be the only container.
     await this.settleStaging(instanceId);
-    const fresh = await this.call(`re-create ${instanceId}`, () => this.docker.createContainer(this.containerSpec(instanceId, next, staging)));
+    const fresh = await this.call(`re-create ${instanceId}`, () => this.docker.createContainer(this.containerSpec(instanceId, next, staging, editorVolume)));
     crashPoint('docker.recreate.after-new-container');
     try {
       progress({ fraction: 0.4, message: 'replacing the old container' });
@@ -543,6 +588,57 @@ export class DockerProvider implements Provider {
         { field: 'image', cause: err },
       );
     }
+  }
+
+  /**
+   * The volume holding the editor of config.editorMount's image, filled once per editor image (named by its
+   * image id, so a rebuilt image gets a fresh copy) by a short-lived container of that image; undefined
+   * when the config runs the image's own editor.
+   */
+  private async editorVolumeFor(config: InstanceConfig, progress: (e: ProgressEvent) => void): Promise<string | undefined> {
+    if (!config.editorMount) return undefined;
+    const image = config.editorMount.image;
+    await this.ensureImage(image, progress);
+    const id = (await this.call(`inspect image ${image}`, () => this.docker.getImage(image).inspect())).Id.replace(/^sha256:/, '');
+    const name = `${this.options.namePrefix ?? DEFAULT_NAME_PREFIX}-editor-${id.slice(0, 16)}`;
+    let filling = this.editorVolumes.get(name);
+    if (!filling) {
+      filling = this.fillEditorVolume(name, image, progress);
+      this.editorVolumes.set(name, filling);
+      filling.catch(() => this.editorVolumes.delete(name));
+    }
+    return filling;
+  }
+
+  private async fillEditorVolume(name: string, image: string, progress: (e: ProgressEvent) => void): Promise<string> {
+    await this.call(`create volume ${name}`, () =>
+      this.docker.createVolume({ Name: name, Labels: { [LABEL_MANAGED]: 'true', [LABEL_EDITOR_IMAGE]: image } }),
+    );
+    progress({ fraction: 0.2, message: `copying the editor out of ${image} (once per editor image)` });
+    const copier = await this.call(`copy the editor out of ${image}`, () =>
+      this.docker.createContainer({
+        Image: image,
+        User: '0',
+        Entrypoint: ['sh', '-c', EDITOR_COPY_SCRIPT],
+        Cmd: [],
+        Labels: { [LABEL_MANAGED]: 'true' },
+        HostConfig: { Mounts: [{ Type: 'volume', Source: name, Target: '/target' }], NetworkMode: 'none' },
+      }),
+    );
+    try {
+      await this.call(`copy the editor out of ${image}`, () => copier.start());
+      const { StatusCode } = (await this.call(`copy the editor out of ${image}`, () => copier.wait())) as { StatusCode: number };
+      if (StatusCode !== 0) {
+        const raw = (await copier.logs({ stdout: true, stderr: true, tail: 10 }).catch(() => Buffer.alloc(0))) as unknown as Buffer;
+        const out = new CappedCollector(16_384);
+        await this.demux(Readable.from([raw]), out, out).catch(() => undefined);
+        throw new SwarmError('PROVIDER_ERROR', `editorMount.image: could not copy the editor out of ${image} (exit ${StatusCode}): ${out.text().trim() || '(no output)'}`, { field: 'editorMount.image' });
+      }
+    } finally {
+      await copier.remove({ force: true }).catch(() => undefined);
+    }
+    this.logger.info({ volume: name, image }, 'editor volume ready');
+    return name;
   }
 
   private async ensureNetwork(): Promise<void> {

@@ -19,6 +19,7 @@ import { SwarmError } from '../errors.js';
 import { AccessLinks } from '../gateway/access-links.js';
 import { Gateway } from '../gateway/gateway.js';
 import { SwarmController } from './swarm-controller.js';
+import { snapshotManagerFor } from '../snapshots/snapshot-manager.js';
 
 export interface CreateSwarmOptions {
   logger?: Logger;
@@ -143,6 +144,8 @@ export async function startSwarmServices(controller: SwarmController, logger: Lo
   const migrations = new MigrationManager({ controller, stateDir: config.stateDir, timeoutMs: config.migration.timeoutMs, logger });
   const settled = await migrations.recover();
   if (settled.length) logger.warn({ migrations: settled.map((m) => ({ id: m.id, status: m.status, reason: m.reason })) }, 'settled migrations left by a previous run');
+  // Snapshots past their retention (and copies a crash interrupted) go at start; list and create sweep too.
+  await snapshotManagerFor(controller, logger).sweep().catch((err: unknown) => logger.warn({ err: (err as Error).message }, 'snapshot sweep failed'));
   let health: HealthMonitor | undefined;
   // The failover writes its decisions to the health history, so it needs the monitor even when checks are off.
   const monitor = config.health.enabled || config.failover.enabled ? new HealthMonitor({ controller, stateDir: config.stateDir, config: config.health, migrations, logger }) : undefined;

@@ -49,6 +49,7 @@ import { WebhookDelivery } from '../audit/webhooks.js';
 import path from 'node:path';
 import { parseInput } from './parse-input.js';
 import { REPOSITORY_URL_METADATA, RepositoryRequestSchema, importClone, repositoryMetadata, withClonedRepository, type RepositoryRequest } from '../workspace/repository.js';
+import { applyDevContainer, readDevContainer, resolveExtensions, runPostStart, setUpDevContainer } from '../workspace/devcontainer.js';
 
 /** Validates a library caller's input the same way the MCP layer does, naming the first bad field. */
 export { parseInput };
@@ -444,10 +445,13 @@ export class SwarmController {
         ? await provider.startInstance(instanceId, options)
         : await provider.createInstance(current.config, { instanceId, ...options });
       crashPoint('start.after-provider');
+      // A dev container's postStartCommand: a failure is shown in the status reason, not fatal.
+      const postStart = observed.status === 'running' ? await runPostStart(provider, instanceId, current.config.metadata, { config: this.config.devcontainers, logger: this.logger }) : undefined;
+      const reason = [exists ? undefined : 're-created: its container had gone missing', postStart].filter(Boolean).join('; ') || undefined;
       const at = this.now();
       this.activity.touch(instanceId, 'start', at.getTime());
       const started = await this.registry.update(instanceId, (now) => ({
-        ...this.merge(now, observed, exists ? undefined : 're-created: its container had gone missing'),
+        ...this.merge(now, observed, reason),
         lastActivity: { at: at.toISOString(), source: 'start' },
         desiredState: 'running',
       }));
@@ -859,11 +863,19 @@ export class SwarmController {
     const within = (from: number, to: number) => report && ((e: ProgressEvent) => report({ fraction: from + e.fraction * (to - from), message: e.message }));
     const workDir = path.join(this.config.stateDir, 'clones');
     return withClonedRepository(repository, { config: limits, workDir, owner, logger: this.logger, ...(report ? { onProgress: report } : {}), ...(options.signal ? { signal: options.signal } : {}) }, async (clone) => {
-      const withRepository = { ...config, metadata: { ...config.metadata, ...repositoryMetadata(clone) } };
+      // Its dev container is read and checked before anything is made: a refusal leaves nothing behind.
+      const dev = await readDevContainer(clone.dir);
+      const devConfig = dev ? applyDevContainer(config, dev, { providerType: type, capabilities: provider.getCapabilities(), defaultImage: this.defaultImage(type) }) : config;
+      const extensions = dev ? await resolveExtensions(dev.extensions, this.config.devcontainers) : [];
+      const withRepository = { ...devConfig, metadata: { ...devConfig.metadata, ...repositoryMetadata(clone) } };
       const providerProgress = within(0.15, 0.8);
-      const populate = (id: string): Promise<void> =>
-        importClone(provider, id, clone, { maxBytes: limits.maxBytes * 2, deadline: Date.now() + limits.timeoutMs, logger: this.logger, ...(report ? { onProgress: report } : {}) });
-      const instance = await this.provision(type, provider, withRepository, this.newId(config.name), { ...options, ...(providerProgress ? { onProgress: providerProgress } : {}) }, undefined, owner, populate);
+      let postStartFailure: string | undefined;
+      const populate = async (id: string): Promise<void> => {
+        await importClone(provider, id, clone, { maxBytes: limits.maxBytes * 2, deadline: Date.now() + limits.timeoutMs, logger: this.logger, ...(report ? { onProgress: report } : {}) });
+        if (dev) postStartFailure = await setUpDevContainer(provider, id, dev, extensions, { config: this.config.devcontainers, logger: this.logger, ...(report ? { onProgress: report } : {}) });
+      };
+      let instance = await this.provision(type, provider, withRepository, this.newId(config.name), { ...options, ...(providerProgress ? { onProgress: providerProgress } : {}) }, undefined, owner, populate);
+      if (postStartFailure) instance = await this.locks.run(instance.id, () => this.registry.update(instance.id, { statusReason: postStartFailure }));
       return this.createResult(instance, true, false);
     });
   }

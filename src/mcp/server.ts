@@ -30,6 +30,7 @@ import { registerStopSwarmInstanceTool } from './tools/stop-swarm-instance.js';
 import { registerUpdateSwarmInstanceTool } from './tools/update-swarm-instance.js';
 import { registerTenancyTools } from './tools/tenancy-tools.js';
 import { registerPortTools } from './tools/port-tools.js';
+import { registerSnapshotTools } from './tools/snapshot-tools.js';
 
 export interface McpServerDeps {
   controller: SwarmController;
@@ -75,6 +76,11 @@ export const TOOL_OPERATIONS = {
   revoke_token: 'token.revoke',
   list_instance_ports: 'instance.ports',
   share_instance_port: 'instance.share-port',
+  create_snapshot: 'snapshot.create',
+  list_snapshots: 'snapshot.list',
+  delete_snapshot: 'snapshot.delete',
+  restore_snapshot: 'snapshot.restore',
+  fork_instance: 'instance.fork',
 } as const satisfies Record<string, Operation>;
 
 export const STATUS_RESOURCE_URI = 'swarm://status';
@@ -113,6 +119,7 @@ export function createMcpServer(deps: McpServerDeps): { server: McpServer; close
   registerMigrationTools(server, ctx);
   registerTenancyTools(server, ctx);
   registerPortTools(server, ctx);
+  registerSnapshotTools(server, ctx);
 
   server.registerResource(
     'swarm-status',

@@ -19,6 +19,8 @@ import type { AccessLink } from '../gateway/access-links.js';
 import { issuePortShare, listListeningPorts, type ListeningPort, type PortShareLink } from '../gateway/ports.js';
 import type { HealthCheck, HealthMonitor, HealthRecord, RecoveryAction } from '../health/health-monitor.js';
 import type { Migration, MigrationManager, MigrationPlan, MigrationStrategy } from '../migration/migration-manager.js';
+import { snapshotManagerFor, type ForkResult, type RestoreResult, type SnapshotManager } from '../snapshots/snapshot-manager.js';
+import { notFound as snapshotNotFound, type Snapshot } from '../snapshots/snapshot-store.js';
 import { OPERATIONS, type Operation, type PrincipalActor, type Scope } from './identity.js';
 import type { NewPrincipal, NewToken, Principal, TokenInfo } from './principals.js';
 import { limitsFor, ownerOf, usageOf, type QuotaLimits, type Usage } from './quotas.js';
@@ -27,6 +29,8 @@ export interface AuthorizedSwarmDeps {
   controller: SwarmController;
   health?: HealthMonitor;
   migrations?: MigrationManager;
+  /** Snapshots; the controller's own manager (made on first use) when absent. */
+  snapshots?: SnapshotManager;
 }
 
 export interface WhoAmI {
@@ -185,6 +189,63 @@ export class AuthorizedSwarm {
     });
   }
 
+  // ---- snapshots ----
+
+  /** A snapshot of an instance the caller sees, owned by the instance's owner and counted against that owner's limits. */
+  createSnapshot(instanceId: string, options: { name?: string; stopForSnapshot?: boolean } & Pick<OperationOptions, 'onProgress'> = {}): Promise<Snapshot> {
+    const { onProgress: _progress, ...request } = options;
+    return this.onInstance('snapshot.create', instanceId, request, () => this.snapshots.create(instanceId, options));
+  }
+
+  /** The caller's snapshots (every owner's with swarm:admin), optionally of one instance. */
+  listSnapshots(filter: { instanceId?: string } = {}): Promise<Snapshot[]> {
+    return this.run('snapshot.list', { request: filter }, async () => {
+      this.requireScope('snapshot.list');
+      return this.snapshots.list({ ...filter, ...(this.seesAll ? {} : { owner: this.actor.principalId }) });
+    });
+  }
+
+  deleteSnapshot(snapshotId: string): Promise<Snapshot> {
+    return this.onSnapshot('snapshot.delete', snapshotId, () => this.snapshots.delete(snapshotId));
+  }
+
+  /** Brings an instance the caller sees back to a snapshot the caller sees, verified file by file. */
+  restoreSnapshot(instanceId: string, snapshotId: string, options: Pick<OperationOptions, 'onProgress'> = {}): Promise<RestoreResult> {
+    return this.onInstance('snapshot.restore', instanceId, { snapshotId }, async () => {
+      await this.visibleSnapshot(snapshotId);
+      return this.snapshots.restore(instanceId, snapshotId, options);
+    });
+  }
+
+  /**
+   * A new instance owned by the caller with the files of a snapshot, or of an instance (a snapshot of it is
+   * taken first and kept), on the same provider or `providerType`.
+   */
+  forkInstance(request: { name: string; snapshotId?: string; instanceId?: string; providerType?: ProviderType }, options: OperationOptions = {}): Promise<ForkResult> {
+    return this.run('instance.fork', { request, subject: request?.snapshotId ?? request?.instanceId }, async (found) => {
+      const { name, snapshotId, instanceId, providerType } = request ?? {};
+      if ((snapshotId === undefined) === (instanceId === undefined)) throw invalidInput('snapshotId', 'exactly one of snapshotId and instanceId');
+      let from: Snapshot;
+      if (instanceId !== undefined) {
+        if (!this.canSee(instanceId)) {
+          if (InstanceIdSchema.safeParse(instanceId).success && this.controller.registry.get(instanceId)) found.denied = true;
+          throw new SwarmError('NOT_FOUND', `instance ${instanceId} does not exist`, { field: 'instanceId' });
+        }
+        this.requireScope('instance.fork');
+        from = await this.snapshots.create(instanceId, { name: `fork-of-${instanceId}`.slice(0, 63), ...(options.onProgress ? { onProgress: (e) => options.onProgress!({ fraction: e.fraction * 0.4, message: e.message }) } : {}) });
+      } else {
+        from = await this.visibleSnapshot(snapshotId!, found);
+        this.requireScope('instance.fork');
+      }
+      this.requireScope('instance.create');
+      const later = options.onProgress && instanceId !== undefined ? (e: { fraction: number; message: string }) => options.onProgress!({ fraction: 0.4 + e.fraction * 0.6, message: e.message }) : options.onProgress;
+      const result = await this.snapshots.fork({ name, snapshotId: from.id, owner: this.actor.principalId, ...(providerType ? { providerType } : {}), ...(later ? { onProgress: later } : {}), ...(options.signal ? { signal: options.signal } : {}) });
+      found.subject = result.instance.id;
+      found.owner = this.actor.principalId;
+      return result;
+    });
+  }
+
   // ---- identity, usage, audit ----
 
   /** The caller: principal, scopes in force, usage and limits. */
@@ -320,6 +381,29 @@ export class AuthorizedSwarm {
 
   private requireAdmin(operation: Operation): void {
     if (!this.seesAll) throw new SwarmError('FORBIDDEN', `${operation} for another principal needs the swarm:admin scope`, { details: { missingScope: 'swarm:admin' } });
+  }
+
+  private get snapshots(): SnapshotManager {
+    return this.deps.snapshots ?? snapshotManagerFor(this.controller);
+  }
+
+  /** The snapshot, or NOT_FOUND with the message of a missing one when it is someone else's. */
+  private async visibleSnapshot(snapshotId: string, found?: Found): Promise<Snapshot> {
+    const snapshot = await this.snapshots.get(snapshotId);
+    if (found) found.owner = snapshot.owner;
+    if (!this.seesAll && snapshot.owner !== this.actor.principalId) {
+      if (found) found.denied = true;
+      throw snapshotNotFound(snapshotId);
+    }
+    return snapshot;
+  }
+
+  private onSnapshot<T>(operation: Operation, snapshotId: string, work: () => Promise<T>): Promise<T> {
+    return this.run(operation, { subject: snapshotId }, async (found) => {
+      await this.visibleSnapshot(snapshotId, found);
+      this.requireScope(operation);
+      return work();
+    });
   }
 
   private requireHealth(): HealthMonitor {

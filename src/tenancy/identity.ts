@@ -83,6 +83,7 @@ export const OPERATIONS = {
   'migration.plan': { scope: 'swarm:read', readOnly: true },
   'audit.list': { scope: 'swarm:read', readOnly: true },
   'instance.ports': { scope: 'swarm:read', readOnly: true },
+  'snapshot.list': { scope: 'swarm:read', readOnly: true },
   'instance.create': { scope: 'swarm:write' },
   'instance.start': { scope: 'swarm:write' },
   'instance.stop': { scope: 'swarm:write' },
@@ -94,6 +95,11 @@ export const OPERATIONS = {
   'instance.recover': { scope: 'swarm:write' },
   // A share link opens one forwarded port (not the editor) to anyone holding it, until it expires.
   'instance.share-port': { scope: 'swarm:write' },
+  // A snapshot copies a workspace's files; restore and fork write them into one: the trust of changing it.
+  'snapshot.create': { scope: 'swarm:write' },
+  'snapshot.delete': { scope: 'swarm:write' },
+  'snapshot.restore': { scope: 'swarm:write' },
+  'instance.fork': { scope: 'swarm:write' },
   'migration.start': { scope: 'swarm:write' },
   'migration.cancel': { scope: 'swarm:write' },
   'instance.exec': { scope: 'swarm:exec' },

@@ -52,6 +52,8 @@ import { waitUntil } from '../../src/timing/wait-until.js';
 import { TEST_IMAGE, cleanUp, docker, httpStatus, makeStateDir, testConfig } from '../helpers/docker.js';
 import { figure, median, percentile, spread, time, type Figure } from './figures.js';
 import { awsBurstFigures, awsEvacuationFigures } from './aws-figures.js';
+import { REPOSITORY_FIGURE, repositoryFigures } from './repository-figures.js';
+import { SNAPSHOT_FIGURES, snapshotFigures } from './snapshot-figures.js';
 import { TENANCY_FIG, auditThroughputFigures, limiterFreshAddressFigure, mcpAuthorizationFigures } from './tenancy-figures.js';
 import { flyFigures, healthSweepFigure, migrationFigures } from './provider-figures.js';
 import type { HttpJob, HttpResult, Job, JobResult, WsJob, WsResult } from './load-worker.js';
@@ -98,6 +100,8 @@ function groups(count: number): Group[] {
     { key: 'tenancy-audit', names: [TENANCY_FIG.audit], docker: false, run: (o) => auditThroughputFigures(Math.min(o.runs, 3)) },
     { key: 'tenancy-limiter', names: [TENANCY_FIG.limiterFresh], docker: false, run: (o) => limiterFreshAddressFigure(o.runs).then((f) => [f]) },
     { key: 'aws', names: ['aws-asg burst: 100 concurrent creates to a running editor (emulator, 2 s boot, 20 per host)'], docker: true, run: () => awsBurstFigures() },
+    { key: 'repository', names: [REPOSITORY_FIGURE], docker: true, run: (o) => repositoryFigures(Math.min(o.runs, 5)) },
+    { key: 'snapshot', names: [SNAPSHOT_FIGURES.snapshot, SNAPSHOT_FIGURES.fork], docker: true, run: (o) => snapshotFigures(Math.min(o.runs, 5)) },
     { key: 'aws-evacuate', names: ['aws-asg: two 50 MiB workspaces moved off a host being terminated (lifecycle hook, emulator)'], docker: true, run: (o) => awsEvacuationFigures(Math.min(o.runs, 3)) },
   ];
 }

@@ -18,6 +18,7 @@ const TOOLS = [
   'create_swarm_instance', 'delete_swarm_instance', 'execute_command', 'get_instance_access_link', 'get_instance_logs',
   'get_swarm_instance', 'get_swarm_status', 'keep_instance_alive', 'list_swarm_instances', 'start_swarm_instance',
   'stop_swarm_instance', 'update_swarm_instance', 'list_instance_ports', 'share_instance_port',
+  'create_snapshot', 'list_snapshots', 'delete_snapshot', 'restore_snapshot', 'fork_instance',
   'whoami', 'list_audit_events', 'list_principals', 'add_principal', 'update_principal', 'create_token', 'list_tokens', 'revoke_token',
 ];
 

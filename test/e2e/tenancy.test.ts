@@ -287,8 +287,10 @@ describe('tenancy end to end: principals over MCP HTTP, the gateway in Chromium,
 
   it("refuses every instance tool on another member's workspace exactly as on a missing one, and changes nothing", async () => {
     const [alice, bob, vera] = [caller('alice'), caller('bob'), caller('vera')];
-    const onInstance = tools.filter((t) => requires(t, 'instanceId'));
-    const filteringByInstance = tools.filter((t) => 'instanceId' in props(t) && !requires(t, 'instanceId'));
+    // fork_instance's optional instanceId is the source to copy, not a filter: it acts on that instance.
+    const actsOn = (t: Tool): boolean => requires(t, 'instanceId') || t.name === 'fork_instance';
+    const onInstance = tools.filter(actsOn);
+    const filteringByInstance = tools.filter((t) => 'instanceId' in props(t) && !actsOn(t));
     const onMigration = tools.filter((t) => requires(t, 'migrationId'));
     // The enumeration found the tools it is meant to (a guard against an empty sweep passing).
     expect(onInstance.map((t) => t.name)).toEqual(expect.arrayContaining(['get_swarm_instance', 'stop_swarm_instance', 'delete_swarm_instance', 'execute_command', 'get_instance_access_link']));

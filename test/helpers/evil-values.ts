@@ -211,6 +211,8 @@ export function firstViolation(schema: JsonSchema, value: unknown, path: Propert
   }
   if (value !== null && typeof value === 'object' && !Array.isArray(value)) {
     const record = value as Record<string, unknown>;
+    // parseInput refuses an own "__proto__" key before anything else (zod would drop it silently).
+    if (Object.hasOwn(record, '__proto__')) return [...path, '__proto__'];
     const props = schema.properties ?? {};
     for (const key of Object.keys(props)) {
       if (Object.hasOwn(record, key)) {

@@ -81,17 +81,20 @@ export interface GitServer {
   close(): Promise<void>;
 }
 
-/** `git daemon` exporting every repository under `base` on 127.0.0.1, read-only (git://). */
-export async function serveGitDaemon(base: string): Promise<GitServer> {
+/**
+ * `git daemon` exporting every repository under `base`, read-only (git://), on 127.0.0.1 or on `address`
+ * (e.g. a Docker network's gateway, which the containers on it can reach too).
+ */
+export async function serveGitDaemon(base: string, address = '127.0.0.1'): Promise<GitServer> {
   const port = await freePort();
-  const daemon: ChildProcess = spawn('git', ['daemon', '--export-all', '--reuseaddr', `--base-path=${base}`, `--port=${port}`, '--listen=127.0.0.1', base], {
+  const daemon: ChildProcess = spawn('git', ['daemon', '--export-all', '--reuseaddr', `--base-path=${base}`, `--port=${port}`, `--listen=${address}`, base], {
     env: GIT_ENV,
     stdio: 'ignore',
   });
   await waitUntil(
     () =>
       new Promise<true | undefined>((resolve) => {
-        const socket = net.connect(port, '127.0.0.1', () => {
+        const socket = net.connect(port, address, () => {
           socket.destroy();
           resolve(true);
         });
@@ -100,7 +103,7 @@ export async function serveGitDaemon(base: string): Promise<GitServer> {
     { timeoutMs: 10_000, intervalMs: 50, what: `git daemon on port ${port}` },
   );
   return {
-    url: (name) => `git://127.0.0.1:${port}/${name}`,
+    url: (name) => `git://${address}:${port}/${name}`,
     close: async () => {
       if (daemon.exitCode === null) {
         const exited = new Promise((resolve) => daemon.once('exit', resolve));
