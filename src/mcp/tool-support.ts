@@ -2,8 +2,7 @@
  * What every tool handler shares: the instance output shape, progress reporting through the request's
  * progress token, and turning errors into messages that carry their stable code.
  */
-import type { RequestHandlerExtra } from '@modelcontextprotocol/sdk/shared/protocol.js';
-import type { CallToolResult, ServerNotification, ServerRequest } from '@modelcontextprotocol/sdk/types.js';
+import type { CallToolResult, ServerContext } from '@modelcontextprotocol/server';
 import { z } from 'zod';
 import { InstanceIdSchema, VSCodeInstanceSchema, type ProgressEvent, type VSCodeInstance } from '../../providers/provider.js';
 import type { SwarmController } from '../controller/swarm-controller.js';
@@ -13,7 +12,8 @@ import type { MigrationManager } from '../migration/migration-manager.js';
 import { SwarmError, asSwarmError } from '../errors.js';
 import type { Logger } from '../logger.js';
 
-export type ToolExtra = RequestHandlerExtra<ServerRequest, ServerNotification>;
+/** What the SDK hands a tool handler beside its arguments: the request (its _meta, signal) and a way to notify about it. */
+export type ToolExtra = ServerContext;
 
 export interface ToolContext {
   controller: SwarmController;
@@ -43,15 +43,15 @@ export const instanceIdInput = InstanceIdSchema.describe('The instance id, as re
 
 /** A progress callback that sends MCP progress notifications when the caller asked for them. */
 export function progressFor(extra: ToolExtra): ((event: ProgressEvent) => void) | undefined {
-  const progressToken = extra._meta?.progressToken;
+  const progressToken = extra.mcpReq._meta?.progressToken;
   if (progressToken === undefined) return undefined;
   let last = -1;
   return (event) => {
     const progress = Math.round(Math.min(1, Math.max(0, event.fraction)) * 100);
     if (progress <= last) return; // progress must increase
     last = progress;
-    void extra
-      .sendNotification({ method: 'notifications/progress', params: { progressToken, progress, total: 100, message: event.message } })
+    void extra.mcpReq
+      .notify({ method: 'notifications/progress', params: { progressToken, progress, total: 100, message: event.message } })
       .catch(() => undefined);
   };
 }

@@ -1,4 +1,4 @@
-import type { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
+import type { McpServer } from '@modelcontextprotocol/server';
 import { z } from 'zod';
 import { CreateRequestSchema } from '../../controller/swarm-controller.js';
 import { AccessLinkSchema, InstanceOutputSchema, describeInstance, progressFor, runTool, type ToolContext } from '../tool-support.js';
@@ -17,7 +17,7 @@ export function registerCreateSwarmInstanceTool(server: McpServer, ctx: ToolCont
     (args, extra) =>
       runTool(ctx, 'create_swarm_instance', async () => {
         const onProgress = progressFor(extra);
-        const result = await ctx.swarm.createInstance(args, { ...(onProgress ? { onProgress } : {}), signal: extra.signal });
+        const result = await ctx.swarm.createInstance(args, { ...(onProgress ? { onProgress } : {}), signal: extra.mcpReq.signal });
         const verb = result.created ? (result.fromWarmPool ? 'Created (from the warm buffer)' : 'Created') : 'Already exists';
         const open = result.access ? `\nOpen it: ${result.access.accessUrl} (one-time link, valid until ${result.access.expiresAt})` : '';
         return { text: `${verb}: ${describeInstance(result.instance)}${open}`, structured: { ...result } };

@@ -1,7 +1,7 @@
 /**
  * The migration tools share their schemas, so they live together: plan, start, cancel, status, list.
  */
-import type { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
+import type { McpServer } from '@modelcontextprotocol/server';
 import { z } from 'zod';
 import { ProviderTypeSchema } from '../../../providers/provider.js';
 import { MIGRATION_STATUSES, MIGRATION_STEPS, MIGRATION_STRATEGIES, MigrationSchema } from '../../migration/migration-manager.js';

@@ -1,4 +1,4 @@
-import type { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
+import type { McpServer } from '@modelcontextprotocol/server';
 import { InstanceOutputSchema, describeInstance, instanceIdInput, progressFor, runTool, type ToolContext } from '../tool-support.js';
 
 export function registerStartSwarmInstanceTool(server: McpServer, ctx: ToolContext): void {
@@ -15,7 +15,7 @@ export function registerStartSwarmInstanceTool(server: McpServer, ctx: ToolConte
     ({ instanceId }, extra) =>
       runTool(ctx, 'start_swarm_instance', async () => {
         const onProgress = progressFor(extra);
-        const instance = await ctx.swarm.startInstance(instanceId, { ...(onProgress ? { onProgress } : {}), signal: extra.signal });
+        const instance = await ctx.swarm.startInstance(instanceId, { ...(onProgress ? { onProgress } : {}), signal: extra.mcpReq.signal });
         return { text: `Started: ${describeInstance(instance)}`, structured: { instance } };
       }),
   );

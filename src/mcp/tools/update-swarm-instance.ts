@@ -1,4 +1,4 @@
-import type { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
+import type { McpServer } from '@modelcontextprotocol/server';
 import { z } from 'zod';
 import { InstanceConfigPatchSchema } from '../../../providers/provider.js';
 import { InstanceOutputSchema, describeInstance, instanceIdInput, progressFor, runTool, type ToolContext } from '../tool-support.js';
