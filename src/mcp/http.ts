@@ -111,7 +111,7 @@ export async function startMcpHttp(options: McpHttpOptions): Promise<{ url: stri
       if (missing) {
         res.setHeader('WWW-Authenticate', bearerChallenge({ ...(resource ? { resourceMetadataUrl: resource.metadataUrl } : {}), error: 'insufficient_scope', scope: missing.scope, description: `${missing.tool} needs ${missing.scope}` }));
         await recordDenial(controller, { action: missing.operation, reason: `${missing.tool} needs the ${missing.scope} scope`, actor, code: 'FORBIDDEN', ...(missing.instanceId ? { subject: missing.instanceId } : {}) });
-        return reply(res, 403, `FORBIDDEN: ${missing.tool} needs the ${missing.scope} scope, which this credential does not carry`);
+        return reply(res, 403, `FORBIDDEN: ${missing.tool} needs the ${missing.scope} scope, which this credential does not carry`, (body as { id?: unknown }).id);
       }
       // The principal rides to the factory as the SDK's pass-through authInfo (never read from headers by the SDK).
       const auth: AuthInfo = { token: '', clientId: actor.credentialId ?? actor.principalId, scopes: [...actor.scopes], extra: { actor } };
@@ -212,9 +212,10 @@ export function allowList(bindHost: string, port: number, extraHosts: readonly s
   };
 }
 
-function reply(res: http.ServerResponse, status: number, message: string): void {
+/** A refusal at the door, as JSON-RPC; with the request's id once the body was read (2026-07-28 forbids id null then). */
+function reply(res: http.ServerResponse, status: number, message: string, id: unknown = null): void {
   res.writeHead(status, { 'Content-Type': 'application/json' });
-  res.end(JSON.stringify({ jsonrpc: '2.0', error: { code: -32000, message }, id: null }));
+  res.end(JSON.stringify({ jsonrpc: '2.0', error: { code: -32000, message }, id: typeof id === 'string' || typeof id === 'number' ? id : null }));
 }
 
 async function readJson(req: http.IncomingMessage): Promise<unknown> {

@@ -76,6 +76,30 @@ export async function runTool<T extends Record<string, unknown>>(
   }
 }
 
+/** What a long operation gets from the request: progress (when the caller asked for it) and cancellation. */
+export interface LongOperationOptions {
+  onProgress?: (event: ProgressEvent) => void;
+  signal: AbortSignal;
+}
+
+/**
+ * THE seam for MCP Tasks: every long operation (create on a cold provider, start, update, recover, migration)
+ * runs through here. The Tasks extension (`io.modelcontextprotocol/tasks`) would let a client that
+ * declares it get a task back and poll it; @modelcontextprotocol/server 2.4.0 does not publish that
+ * extension (it exports only ext/skills), and the protocol is not hand-rolled here. So today the operation
+ * runs within the request, reporting progress and honouring cancellation; when the SDK publishes the
+ * extension, this is the one place that returns a task instead for clients that support it.
+ */
+export function runLongTool<T extends Record<string, unknown>>(
+  ctx: ToolContext,
+  tool: string,
+  extra: ToolExtra,
+  work: (options: LongOperationOptions) => Promise<{ text: string; structured: T }>,
+): Promise<CallToolResult> {
+  const onProgress = progressFor(extra);
+  return runTool(ctx, tool, () => work({ ...(onProgress ? { onProgress } : {}), signal: extra.mcpReq.signal }));
+}
+
 /** One line a person can read about an instance. */
 export function describeInstance(i: VSCodeInstance): string {
   const where = i.url ? ` at ${i.url}` : i.endpoint ? ` at ${i.endpoint.url}` : '';
