@@ -8,7 +8,7 @@
  * otherwise through a controller started for this one command (one-shot, AuthorizedSwarm). Both print
  * the same JSON and the same errors.
  */
-import { StdioServerTransport } from '@modelcontextprotocol/sdk/server/stdio.js';
+import { serveStdio } from '@modelcontextprotocol/server/stdio';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
@@ -252,16 +252,16 @@ async function serve(services: SwarmServices, logger: Logger): Promise<number> {
     delete process.env.VSCODE_SWARM_TOKEN; // nothing started from here inherits it
   }
   logger.info({ principal: actor.principalId, role: actor.role, credential: actor.credentialId }, 'serving MCP as');
-  const { server } = createMcpServer({ controller: services.controller, actor, logger, migrations: services.migrations, ...(services.health ? { health: services.health } : {}) });
-  const transport = new StdioServerTransport();
-  await server.connect(transport);
+  // The SDK picks the revision from the client's opening (2026-07-28, or the 2025-11-25 initialize) and pins one server to it.
+  const stdio = serveStdio(() => createMcpServer({ controller: services.controller, actor, logger, migrations: services.migrations, ...(services.health ? { health: services.health } : {}) }).server, {
+    onerror: (err) => logger.warn({ err: err.message }, 'MCP stdio'),
+  });
   logger.info({ version: PACKAGE_VERSION }, 'MCP server ready on stdio');
   return untilShutdown(logger, async () => {
-    await server.close().catch(() => undefined);
+    await stdio.close().catch(() => undefined);
     await services.close();
   }, (shutdown) => {
-    process.stdin.once('end', () => shutdown('stdin closed'));
-    transport.onclose = () => shutdown('transport closed');
+    process.stdin.once('end', () => shutdown('stdin closed')); // serveStdio owns the transport; stdin's end is the client leaving
   });
 }
 

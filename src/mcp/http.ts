@@ -1,6 +1,9 @@
 /**
- * MCP over Streamable HTTP, stateless: each POST gets a fresh server and transport over the one
- * controller, acting as the principal its bearer credential names, so nothing is kept between requests.
+ * MCP over Streamable HTTP, stateless: each POST gets a fresh server over the one controller, acting as
+ * the principal its bearer credential names, so nothing is kept between requests. The v2 SDK's
+ * `createMcpHandler` serves both revisions from that one factory: 2026-07-28 (every request carries its
+ * version and capabilities; server/discover; Mcp-Method/Mcp-Name headers checked against the body) and,
+ * for a request without the 2026 envelope, 2025-11-25 statelessly.
  * Credentials: a principal's API token, the local admin's `<stateDir>/mcp-http.token` (mode 0600), or,
  * with `oauth` configured, a JWT access token from that issuer, whose RFC 9728 protected-resource
  * metadata is served here and named in every challenge.
@@ -14,7 +17,8 @@
  * before any tool runs. Both are audit events. A JWT that cannot be checked because the issuer's keys
  * cannot be fetched gets 503 with Retry-After instead (the client did nothing wrong), also audited.
  */
-import { StreamableHTTPServerTransport } from '@modelcontextprotocol/sdk/server/streamableHttp.js';
+import { toNodeHandler } from '@modelcontextprotocol/node';
+import { createMcpHandler, type AuthInfo } from '@modelcontextprotocol/server';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { SwarmController } from '../controller/swarm-controller.js';
@@ -56,6 +60,19 @@ export async function startMcpHttp(options: McpHttpOptions): Promise<{ url: stri
   let authenticator = new Authenticator(controller.principals);
   let resource: { url: string; metadataUrl: string; paths: Set<string>; document: string } | undefined; // with oauth, once listening
   let jwt: JwtVerifier | undefined;
+  // One SDK handler for both revisions; each request's server is made for the principal checked below.
+  const mcpHandler = createMcpHandler(
+    ({ authInfo }) =>
+      createMcpServer({
+        controller,
+        actor: actorOf(authInfo),
+        logger,
+        ...(options.health ? { health: options.health } : {}),
+        ...(options.migrations ? { migrations: options.migrations } : {}),
+      }).server,
+    { legacy: 'stateless', maxRequestBodySize: MAX_BODY_BYTES, onerror: (err) => logger.debug({ err: err.message }, 'MCP request rejected or failed') },
+  );
+  const serveMcp = toNodeHandler(mcpHandler, { maxRequestBodySize: MAX_BODY_BYTES, onerror: (err) => logger.error({ err: err.message }, 'MCP HTTP request failed') });
   const server = http.createServer((req, res) => {
     void (async () => {
       const url = new URL(req.url ?? '/', 'http://mcp.invalid');
@@ -95,22 +112,11 @@ export async function startMcpHttp(options: McpHttpOptions): Promise<{ url: stri
       if (missing) {
         res.setHeader('WWW-Authenticate', bearerChallenge({ ...(resource ? { resourceMetadataUrl: resource.metadataUrl } : {}), error: 'insufficient_scope', scope: missing.scope, description: `${missing.tool} needs ${missing.scope}` }));
         await recordDenial(controller, { action: missing.operation, reason: `${missing.tool} needs the ${missing.scope} scope`, actor, code: 'FORBIDDEN', ...(missing.instanceId ? { subject: missing.instanceId } : {}) });
-        return reply(res, 403, `FORBIDDEN: ${missing.tool} needs the ${missing.scope} scope, which this credential does not carry`);
+        return reply(res, 403, `FORBIDDEN: ${missing.tool} needs the ${missing.scope} scope, which this credential does not carry`, (body as { id?: unknown }).id);
       }
-      const { server: mcp } = createMcpServer({
-        controller,
-        actor,
-        logger,
-        ...(options.health ? { health: options.health } : {}),
-        ...(options.migrations ? { migrations: options.migrations } : {}),
-      });
-      const transport = new StreamableHTTPServerTransport({ sessionIdGenerator: undefined });
-      res.on('close', () => {
-        void transport.close();
-        void mcp.close();
-      });
-      await mcp.connect(transport);
-      await transport.handleRequest(req, res, body);
+      // The principal rides to the factory as the SDK's pass-through authInfo (never read from headers by the SDK).
+      const auth: AuthInfo = { token: '', clientId: actor.credentialId ?? actor.principalId, scopes: [...actor.scopes], extra: { actor } };
+      await serveMcp(Object.assign(req, { auth }), res, body);
     })().catch((err) => {
       logger.error({ err: (err as Error).message }, 'MCP HTTP request failed');
       if (!res.headersSent) reply(res, 500, 'internal error');
@@ -140,9 +146,18 @@ export async function startMcpHttp(options: McpHttpOptions): Promise<{ url: stri
     close: () =>
       new Promise<void>((resolve) => {
         jwt?.close?.();
+        void mcpHandler.close();
+        server.closeAllConnections(); // open subscriptions/listen streams would hold close() forever
         server.close(() => resolve());
       }),
   };
+}
+
+/** The principal src/mcp/http.ts authenticated for this request; a request reaching the SDK without one is a bug here. */
+function actorOf(authInfo: AuthInfo | undefined): PrincipalActor {
+  const actor = (authInfo?.extra as { actor?: PrincipalActor } | undefined)?.actor;
+  if (!actor) throw new Error('MCP HTTP: a request reached the server without an authenticated principal');
+  return actor;
 }
 
 /** For a `tools/call` whose tool needs a scope the caller's credential lacks: which, so that it is refused up front. */
@@ -198,9 +213,10 @@ export function allowList(bindHost: string, port: number, extraHosts: readonly s
   };
 }
 
-function reply(res: http.ServerResponse, status: number, message: string): void {
+/** A refusal at the door, as JSON-RPC; with the request's id once the body was read (2026-07-28 forbids id null then). */
+function reply(res: http.ServerResponse, status: number, message: string, id: unknown = null): void {
   res.writeHead(status, { 'Content-Type': 'application/json' });
-  res.end(JSON.stringify({ jsonrpc: '2.0', error: { code: -32000, message }, id: null }));
+  res.end(JSON.stringify({ jsonrpc: '2.0', error: { code: -32000, message }, id: typeof id === 'string' || typeof id === 'number' ? id : null }));
 }
 
 async function readJson(req: http.IncomingMessage): Promise<unknown> {

@@ -1,8 +1,11 @@
 /**
- * The MCP server: every tool and resource over one SwarmController. Transport-agnostic; the CLI connects
- * it to stdio, tests to an in-memory pair.
+ * The MCP server: every tool and resource over one SwarmController. Transport-agnostic; the CLI serves
+ * it on stdio, src/mcp/http.ts on Streamable HTTP, tests on an in-memory pair. Built on the v2 SDK
+ * (`@modelcontextprotocol/server`), one instance per connection (stdio) or per request (HTTP): the SDK
+ * speaks 2026-07-28 (no initialize; version and capabilities in every request's _meta; server/discover;
+ * resultType; cache hints) and answers 2025-11-25 clients from the same instance.
  */
-import { McpServer, ResourceTemplate } from '@modelcontextprotocol/sdk/server/mcp.js';
+import { McpServer, ResourceTemplate, type CacheHint } from '@modelcontextprotocol/server';
 import { z } from 'zod';
 import { parseInput, type SwarmController } from '../controller/swarm-controller.js';
 import { asSwarmError } from '../errors.js';
@@ -86,13 +89,31 @@ export const TOOL_OPERATIONS = {
 export const STATUS_RESOURCE_URI = 'swarm://status';
 export const INSTANCE_RESOURCE_TEMPLATE = 'swarm://instances/{instanceId}';
 
+/**
+ * Cache hints for the 2026-07-28 list results (`ttlMs`/`cacheScope`); 2025-11-25 answers carry none.
+ * The tool and template lists depend only on the build and the configuration (execute_command is listed
+ * when exec is enabled), never on state, so a client may keep them a while; `private`, because a
+ * deployment may one day list tools by principal and a shared cache must not hand one principal's list
+ * to another. Resource contents and the instance list change with every workspace: not cacheable.
+ */
+export const CACHE_HINTS = {
+  'tools/list': { ttlMs: 300_000, cacheScope: 'private' },
+  'resources/templates/list': { ttlMs: 300_000, cacheScope: 'private' },
+  'server/discover': { ttlMs: 300_000, cacheScope: 'private' },
+  'resources/list': { ttlMs: 0, cacheScope: 'private' },
+  'resources/read': { ttlMs: 0, cacheScope: 'private' },
+} as const satisfies Record<string, CacheHint>;
+
 export function createMcpServer(deps: McpServerDeps): { server: McpServer; close: () => Promise<void> } {
   const logger = (deps.logger ?? silentLogger()).child({ component: 'mcp' });
   const { controller } = deps;
   const server = new McpServer(
     { name: 'vscode-swarm', title: 'vscode-swarm', version: PACKAGE_VERSION },
     {
-      capabilities: { logging: {} },
+      // listChanged: false, truthfully: the tool list is fixed for a server's life, and no notification is sent
+      // when workspaces come and go (the SDK would otherwise declare true and 2026 listeners would wait in vain).
+      capabilities: { logging: {}, tools: { listChanged: false }, resources: { listChanged: false } },
+      cacheHints: CACHE_HINTS,
       instructions:
         'Manages VS Code (code-server) workspaces on demand. Create one with create_swarm_instance (names are unique; asking twice returns the same workspace) and give the person its access.accessUrl; get_instance_access_link issues a new link. Workspaces stop after their idle timeout: use keep_instance_alive while you work elsewhere and will be back.',
     },
@@ -159,7 +180,7 @@ function checkArgumentsLikeTheController(server: McpServer, logger: Logger, swar
     return register(name, { ...config, inputSchema: strictInput(config.inputSchema) }, cb);
   };
   const sdk = server as unknown as { validateToolInput?: (tool: { inputSchema?: z.ZodType }, args: unknown, toolName: string) => Promise<unknown> };
-  if (typeof sdk.validateToolInput !== 'function') throw new Error('@modelcontextprotocol/sdk: McpServer.validateToolInput is gone; update src/mcp/server.ts');
+  if (typeof sdk.validateToolInput !== 'function') throw new Error('@modelcontextprotocol/server: McpServer.validateToolInput is gone; update src/mcp/server.ts');
   sdk.validateToolInput = async (tool, args, toolName) => {
     if (!tool.inputSchema) return undefined;
     try {

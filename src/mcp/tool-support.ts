@@ -2,8 +2,7 @@
  * What every tool handler shares: the instance output shape, progress reporting through the request's
  * progress token, and turning errors into messages that carry their stable code.
  */
-import type { RequestHandlerExtra } from '@modelcontextprotocol/sdk/shared/protocol.js';
-import type { CallToolResult, ServerNotification, ServerRequest } from '@modelcontextprotocol/sdk/types.js';
+import type { CallToolResult, ServerContext } from '@modelcontextprotocol/server';
 import { z } from 'zod';
 import { InstanceIdSchema, VSCodeInstanceSchema, type ProgressEvent, type VSCodeInstance } from '../../providers/provider.js';
 import type { SwarmController } from '../controller/swarm-controller.js';
@@ -13,7 +12,8 @@ import type { MigrationManager } from '../migration/migration-manager.js';
 import { SwarmError, asSwarmError } from '../errors.js';
 import type { Logger } from '../logger.js';
 
-export type ToolExtra = RequestHandlerExtra<ServerRequest, ServerNotification>;
+/** What the SDK hands a tool handler beside its arguments: the request (its _meta, signal) and a way to notify about it. */
+export type ToolExtra = ServerContext;
 
 export interface ToolContext {
   controller: SwarmController;
@@ -43,15 +43,15 @@ export const instanceIdInput = InstanceIdSchema.describe('The instance id, as re
 
 /** A progress callback that sends MCP progress notifications when the caller asked for them. */
 export function progressFor(extra: ToolExtra): ((event: ProgressEvent) => void) | undefined {
-  const progressToken = extra._meta?.progressToken;
+  const progressToken = extra.mcpReq._meta?.progressToken;
   if (progressToken === undefined) return undefined;
   let last = -1;
   return (event) => {
     const progress = Math.round(Math.min(1, Math.max(0, event.fraction)) * 100);
     if (progress <= last) return; // progress must increase
     last = progress;
-    void extra
-      .sendNotification({ method: 'notifications/progress', params: { progressToken, progress, total: 100, message: event.message } })
+    void extra.mcpReq
+      .notify({ method: 'notifications/progress', params: { progressToken, progress, total: 100, message: event.message } })
       .catch(() => undefined);
   };
 }
@@ -74,6 +74,30 @@ export async function runTool<T extends Record<string, unknown>>(
     else ctx.logger.info({ tool, code: error.code, message: error.message }, 'tool refused');
     return { isError: true, content: [{ type: 'text', text: `${error.code}: ${error.message}` }] };
   }
+}
+
+/** What a long operation gets from the request: progress (when the caller asked for it) and cancellation. */
+export interface LongOperationOptions {
+  onProgress?: (event: ProgressEvent) => void;
+  signal: AbortSignal;
+}
+
+/**
+ * THE seam for MCP Tasks: every long operation (create on a cold provider, start, update, recover, migration)
+ * runs through here. The Tasks extension (`io.modelcontextprotocol/tasks`) would let a client that
+ * declares it get a task back and poll it; @modelcontextprotocol/server 2.4.0 does not publish that
+ * extension (it exports only ext/skills), and the protocol is not hand-rolled here. So today the operation
+ * runs within the request, reporting progress and honouring cancellation; when the SDK publishes the
+ * extension, this is the one place that returns a task instead for clients that support it.
+ */
+export function runLongTool<T extends Record<string, unknown>>(
+  ctx: ToolContext,
+  tool: string,
+  extra: ToolExtra,
+  work: (options: LongOperationOptions) => Promise<{ text: string; structured: T }>,
+): Promise<CallToolResult> {
+  const onProgress = progressFor(extra);
+  return runTool(ctx, tool, () => work({ ...(onProgress ? { onProgress } : {}), signal: extra.mcpReq.signal }));
 }
 
 /** One line a person can read about an instance. */

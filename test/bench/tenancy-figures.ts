@@ -94,7 +94,8 @@ function directServer(controller: SwarmController): McpServer {
   return server;
 }
 
-async function connect(label: string, server: McpServer): Promise<McpSide> {
+/** A v1 server (directServer) or the v2 one (createMcpServer): both take an in-memory transport. */
+async function connect(label: string, server: { connect(transport: InMemoryTransport): Promise<void>; close(): Promise<void> }): Promise<McpSide> {
   const [clientSide, serverSide] = InMemoryTransport.createLinkedPair();
   await server.connect(serverSide);
   const client = new Client({ name: `bench-${label}`, version: '1.0.0' });

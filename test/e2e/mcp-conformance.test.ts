@@ -5,8 +5,8 @@
  * (0.1.16) and the 2026-07-28 suite (0.2.0-alpha with --spec-version 2026-07-28), every server scenario.
  *
  * What it proves: every scenario passes except those listed in test/conformance/expected-failures.<rev>.yaml
- * (`server:` cannot apply here; `pending-v2:` fails only because the v1 SDK cannot speak 2026-07-28), each
- * with its reason; a listed scenario or check that starts passing fails the test too, so the lists stay
+ * (`server:` cannot apply here, with its reason; `pending-v2:`, what failed only while the server was on
+ * the v1 SDK, must stay empty); a listed scenario or check that starts passing fails the test too, so the lists stay
  * honest; DNS-rebinding protection (Host/Origin) holds on both wires. The suite's own verdict (its exit
  * code with the baseline) and this file's reading of its checks.json must agree. No workspace is created.
  */
@@ -71,6 +71,8 @@ describe('MCP conformance suite against the HTTP server', () => {
       const whole = new Set(entries.filter((e) => !e.includes(':')));
       expect(entries.filter((e) => e.includes(':') && whole.has(scenarioOf(e))), `${revision}: listed whole and per check`).toEqual([]);
       for (const e of [...lists.server, ...lists.pendingV2]) expect(e.reason.length, `${revision} ${e.entry}: reason`).toBeGreaterThan(20);
+      // The server is on the v2 SDK: nothing may fail any more merely for want of the 2026-07-28 revision.
+      expect(lists.pendingV2.map((e) => e.entry), `${revision}: pending-v2 entries (the v2 SDK speaks both revisions)`).toEqual([]);
     }
     // The 0.1.16 suite reads scenario names only; per-check entries are a 0.2.0 feature.
     expect(allEntries(expectations.get('2025-11-25')!).filter((e) => e.includes(':'))).toEqual([]);

@@ -1,4 +1,4 @@
-import type { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
+import type { McpServer } from '@modelcontextprotocol/server';
 import { z } from 'zod';
 import { HealthCheckSchema } from '../../health/health-monitor.js';
 import { instanceIdInput, runTool, type ToolContext } from '../tool-support.js';

@@ -1,7 +1,7 @@
-import type { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
+import type { McpServer } from '@modelcontextprotocol/server';
 import { z } from 'zod';
 import { CreateRequestSchema } from '../../controller/swarm-controller.js';
-import { AccessLinkSchema, InstanceOutputSchema, describeInstance, progressFor, runTool, type ToolContext } from '../tool-support.js';
+import { AccessLinkSchema, InstanceOutputSchema, describeInstance, runLongTool, type ToolContext } from '../tool-support.js';
 
 export function registerCreateSwarmInstanceTool(server: McpServer, ctx: ToolContext): void {
   server.registerTool(
@@ -15,9 +15,8 @@ export function registerCreateSwarmInstanceTool(server: McpServer, ctx: ToolCont
       annotations: { readOnlyHint: false, destructiveHint: false, idempotentHint: true, openWorldHint: false },
     },
     (args, extra) =>
-      runTool(ctx, 'create_swarm_instance', async () => {
-        const onProgress = progressFor(extra);
-        const result = await ctx.swarm.createInstance(args, { ...(onProgress ? { onProgress } : {}), signal: extra.signal });
+      runLongTool(ctx, 'create_swarm_instance', extra, async (options) => {
+        const result = await ctx.swarm.createInstance(args, options);
         const verb = result.created ? (result.fromWarmPool ? 'Created (from the warm buffer)' : 'Created') : 'Already exists';
         const open = result.access ? `\nOpen it: ${result.access.accessUrl} (one-time link, valid until ${result.access.expiresAt})` : '';
         return { text: `${verb}: ${describeInstance(result.instance)}${open}`, structured: { ...result } };

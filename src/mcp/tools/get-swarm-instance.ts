@@ -1,4 +1,4 @@
-import type { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
+import type { McpServer } from '@modelcontextprotocol/server';
 import { InstanceOutputSchema, describeInstance, instanceIdInput, runTool, type ToolContext } from '../tool-support.js';
 
 export function registerGetSwarmInstanceTool(server: McpServer, ctx: ToolContext): void {

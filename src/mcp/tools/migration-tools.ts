@@ -1,11 +1,11 @@
 /**
  * The migration tools share their schemas, so they live together: plan, start, cancel, status, list.
  */
-import type { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
+import type { McpServer } from '@modelcontextprotocol/server';
 import { z } from 'zod';
 import { ProviderTypeSchema } from '../../../providers/provider.js';
 import { MIGRATION_STATUSES, MIGRATION_STEPS, MIGRATION_STRATEGIES, MigrationSchema } from '../../migration/migration-manager.js';
-import { instanceIdInput, progressFor, requireMigrations, runTool, type ToolContext } from '../tool-support.js';
+import { instanceIdInput, requireMigrations, runLongTool, runTool, type ToolContext } from '../tool-support.js';
 
 const strategyInput = z.enum(MIGRATION_STRATEGIES).optional().describe('stop-and-recreate (default: files final before copying) or create-then-stop (shorter downtime)');
 const migrationIdInput = z.string().describe('The migration id, as returned by start_migration');
@@ -59,11 +59,10 @@ export function registerMigrationTools(server: McpServer, ctx: ToolContext): voi
       annotations: { readOnlyHint: false, destructiveHint: true, idempotentHint: false, openWorldHint: false },
     },
     ({ instanceId, target, strategy, timeoutMs, wait }, extra) =>
-      runTool(ctx, 'start_migration', async () => {
+      runLongTool(ctx, 'start_migration', extra, async ({ onProgress: progress }) => {
         const manager = requireMigrations(ctx); // progress polls below read it directly: already authorized, not audited
         const { migration, wait: done } = await ctx.swarm.startMigration(instanceId, target, { ...(strategy ? { strategy } : {}), ...(timeoutMs ? { timeoutMs } : {}) });
         if (wait === false) return { text: `Migration ${migration.id} started.`, structured: { migration } };
-        const progress = progressFor(extra);
         let timer: NodeJS.Timeout | undefined;
         if (progress) {
           timer = setInterval(() => {

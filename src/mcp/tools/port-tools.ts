@@ -3,7 +3,7 @@
  * (`<port>--<id>.<baseDomain>`, for whoever may open the workspace), and a share link that opens one
  * port, not the editor, to anyone holding it until it expires. See src/gateway/ports.ts.
  */
-import type { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
+import type { McpServer } from '@modelcontextprotocol/server';
 import { z } from 'zod';
 import { DEFAULT_SHARE_MINUTES, EDITOR_PORT, MAX_SHARE_MINUTES } from '../../gateway/ports.js';
 import { instanceIdInput, runTool, type ToolContext } from '../tool-support.js';

@@ -1,7 +1,7 @@
-import type { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
+import type { McpServer } from '@modelcontextprotocol/server';
 import { z } from 'zod';
 import { HealthCheckSchema, RECOVERY_ACTIONS } from '../../health/health-monitor.js';
-import { instanceIdInput, runTool, type ToolContext } from '../tool-support.js';
+import { instanceIdInput, runLongTool, type ToolContext } from '../tool-support.js';
 
 export function registerRecoverInstanceTool(server: McpServer, ctx: ToolContext): void {
   server.registerTool(
@@ -14,8 +14,8 @@ export function registerRecoverInstanceTool(server: McpServer, ctx: ToolContext)
       outputSchema: { check: HealthCheckSchema },
       annotations: { readOnlyHint: false, destructiveHint: true, idempotentHint: false, openWorldHint: false },
     },
-    ({ instanceId, action }) =>
-      runTool(ctx, 'recover_instance', async () => {
+    ({ instanceId, action }, extra) =>
+      runLongTool(ctx, 'recover_instance', extra, async () => {
         const check = await ctx.swarm.recoverInstance(instanceId, action);
         return { text: `${instanceId}: ${check.action ?? 'nothing done'} (finding before: ${check.status}, ${check.reason})`, structured: { check } };
       }),

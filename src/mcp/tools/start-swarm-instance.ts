@@ -1,5 +1,5 @@
-import type { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
-import { InstanceOutputSchema, describeInstance, instanceIdInput, progressFor, runTool, type ToolContext } from '../tool-support.js';
+import type { McpServer } from '@modelcontextprotocol/server';
+import { InstanceOutputSchema, describeInstance, instanceIdInput, runLongTool, type ToolContext } from '../tool-support.js';
 
 export function registerStartSwarmInstanceTool(server: McpServer, ctx: ToolContext): void {
   server.registerTool(
@@ -13,9 +13,8 @@ export function registerStartSwarmInstanceTool(server: McpServer, ctx: ToolConte
       annotations: { readOnlyHint: false, destructiveHint: false, idempotentHint: true, openWorldHint: false },
     },
     ({ instanceId }, extra) =>
-      runTool(ctx, 'start_swarm_instance', async () => {
-        const onProgress = progressFor(extra);
-        const instance = await ctx.swarm.startInstance(instanceId, { ...(onProgress ? { onProgress } : {}), signal: extra.signal });
+      runLongTool(ctx, 'start_swarm_instance', extra, async (options) => {
+        const instance = await ctx.swarm.startInstance(instanceId, options);
         return { text: `Started: ${describeInstance(instance)}`, structured: { instance } };
       }),
   );

@@ -4,7 +4,7 @@
  * that bad input reads the same whether it runs in one-shot mode or against a running controller), so they
  * live together. Every call goes through `ctx.swarm`, which authorizes it and records it.
  */
-import type { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
+import type { McpServer } from '@modelcontextprotocol/server';
 import { z } from 'zod';
 import { PROVIDER_TYPES } from '../../../providers/provider.js';
 import { AUDIT_DOORS, MAX_QUERY_LIMIT, type AuditEvent, type AuditQuery } from '../../audit/audit-log.js';

@@ -1,7 +1,7 @@
-import type { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
+import type { McpServer } from '@modelcontextprotocol/server';
 import { z } from 'zod';
 import { InstanceConfigPatchSchema } from '../../../providers/provider.js';
-import { InstanceOutputSchema, describeInstance, instanceIdInput, progressFor, runTool, type ToolContext } from '../tool-support.js';
+import { InstanceOutputSchema, describeInstance, instanceIdInput, runLongTool, type ToolContext } from '../tool-support.js';
 
 export function registerUpdateSwarmInstanceTool(server: McpServer, ctx: ToolContext): void {
   server.registerTool(
@@ -15,8 +15,7 @@ export function registerUpdateSwarmInstanceTool(server: McpServer, ctx: ToolCont
       annotations: { readOnlyHint: false, destructiveHint: true, idempotentHint: true, openWorldHint: false },
     },
     ({ instanceId, ...patch }, extra) =>
-      runTool(ctx, 'update_swarm_instance', async () => {
-        const onProgress = progressFor(extra);
+      runLongTool(ctx, 'update_swarm_instance', extra, async ({ onProgress }) => {
         const { updateMode, ...instance } = await ctx.swarm.updateInstance(instanceId, patch, onProgress ? { onProgress } : {});
         return { text: `Updated (${updateMode}): ${describeInstance(instance)}`, structured: { instance, updateMode } };
       }),
