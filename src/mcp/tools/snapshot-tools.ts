@@ -3,11 +3,11 @@
  * (a new workspace from a snapshot or from a workspace). Every call goes through `ctx.swarm`, which
  * authorizes it and records it; the work is in src/snapshots/.
  */
-import type { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
+import type { McpServer } from '@modelcontextprotocol/server';
 import { z } from 'zod';
 import { InstanceNameSchema, ProviderTypeSchema } from '../../../providers/provider.js';
 import { SnapshotSchema, type Snapshot } from '../../snapshots/snapshot-store.js';
-import { AccessLinkSchema, InstanceOutputSchema, describeInstance, instanceIdInput, progressFor, runTool, type ToolContext } from '../tool-support.js';
+import { AccessLinkSchema, InstanceOutputSchema, describeInstance, instanceIdInput, runLongTool, runTool, type ToolContext } from '../tool-support.js';
 
 /**
  * Loose on purpose: a malformed id is refused by the snapshot layer after the instance a call names has
@@ -35,8 +35,7 @@ export function registerSnapshotTools(server: McpServer, ctx: ToolContext): void
       annotations: { readOnlyHint: false, destructiveHint: false, idempotentHint: false, openWorldHint: false },
     },
     ({ instanceId, name, stopForSnapshot }, extra) =>
-      runTool(ctx, 'create_snapshot', async () => {
-        const onProgress = progressFor(extra);
+      runLongTool(ctx, 'create_snapshot', extra, async ({ onProgress }) => {
         const snapshot = await ctx.swarm.createSnapshot(instanceId, { ...(name ? { name } : {}), ...(stopForSnapshot !== undefined ? { stopForSnapshot } : {}), ...(onProgress ? { onProgress } : {}) });
         return { text: `Snapshot taken: ${describeSnapshot(snapshot)}`, structured: { snapshot } };
       }),
@@ -85,8 +84,7 @@ export function registerSnapshotTools(server: McpServer, ctx: ToolContext): void
       annotations: { readOnlyHint: false, destructiveHint: true, idempotentHint: true, openWorldHint: false },
     },
     ({ instanceId, snapshotId }, extra) =>
-      runTool(ctx, 'restore_snapshot', async () => {
-        const onProgress = progressFor(extra);
+      runLongTool(ctx, 'restore_snapshot', extra, async ({ onProgress }) => {
         const result = await ctx.swarm.restoreSnapshot(instanceId, snapshotId, onProgress ? { onProgress } : {});
         return { text: `Restored ${result.instanceId} to ${result.snapshotId}: ${result.files} files verified by SHA-256.`, structured: { ...result } };
       }),
@@ -108,12 +106,8 @@ export function registerSnapshotTools(server: McpServer, ctx: ToolContext): void
       annotations: { readOnlyHint: false, destructiveHint: false, idempotentHint: false, openWorldHint: false },
     },
     ({ name, snapshotId, instanceId, providerType }, extra) =>
-      runTool(ctx, 'fork_instance', async () => {
-        const onProgress = progressFor(extra);
-        const result = await ctx.swarm.forkInstance(
-          { name, ...(snapshotId ? { snapshotId } : {}), ...(instanceId ? { instanceId } : {}), ...(providerType ? { providerType } : {}) },
-          { ...(onProgress ? { onProgress } : {}), signal: extra.signal },
-        );
+      runLongTool(ctx, 'fork_instance', extra, async (options) => {
+        const result = await ctx.swarm.forkInstance({ name, ...(snapshotId ? { snapshotId } : {}), ...(instanceId ? { instanceId } : {}), ...(providerType ? { providerType } : {}) }, options);
         const open = result.access ? `\nOpen it: ${result.access.accessUrl} (one-time link, valid until ${result.access.expiresAt})` : '';
         return { text: `Forked from ${result.snapshotId} (${result.files} files verified): ${describeInstance(result.instance)}${open}`, structured: { ...result } };
       }),
