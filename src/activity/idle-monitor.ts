@@ -58,6 +58,8 @@ export class IdleMonitor {
 
   private async runSweep(): Promise<SweepReport> {
     const { controller } = this.options;
+    // With a shared store only the leading controller stops idle instances (see Leadership).
+    if (!controller.leads) return { checked: 0, stopped: [] };
     const candidates = controller.registry.list({ status: 'running' }).filter((i) => !i.warmPool);
     const report: SweepReport = { checked: candidates.length, stopped: [] };
     let next = 0;
@@ -88,7 +90,7 @@ export class IdleMonitor {
     if (timeoutMinutes > 0 && leaseUntil <= now && idleMs > timeoutMinutes * 60_000) {
       const reason = `idle: no editor heartbeat, gateway traffic or lease for ${formatMinutes(idleMs)} (timeout ${timeoutMinutes} min; last sign: ${newest.source} at ${new Date(newest.at).toISOString()})`;
       try {
-        await controller.stopInstance(instance.id, { reason, by: 'idle' });
+        await controller.fenced(() => controller.stopInstance(instance.id, { reason, by: 'idle' }));
         report.stopped.push({ instanceId: instance.id, reason });
         this.logger.info({ instanceId: instance.id, reason }, 'stopped an idle instance');
         await controller.recordSystemEvent('idle', 'instance.idle-stop', { subject: instance.id, reason });

@@ -10,6 +10,7 @@ import { ProviderFactory, type Provider, type ProviderType } from '../../provide
 import type { SwarmConfig } from '../config.js';
 import { silentLogger, type Logger } from '../logger.js';
 import { instanceStoreFor } from '../store/index.js';
+import { leadershipFor, type Leadership } from '../store/postgres/leadership.js';
 import { ActivityTracker } from '../activity/activity-tracker.js';
 import { IdleMonitor } from '../activity/idle-monitor.js';
 import { HealthMonitor } from '../health/health-monitor.js';
@@ -115,6 +116,8 @@ export interface SwarmServices {
   /** Provider failover, when `failover.enabled`. */
   failover?: ProviderFailover;
   migrations: MigrationManager;
+  /** Who runs the work that must run once: always this controller with the JSON store; the lease holder with PostgreSQL. */
+  leadership: Leadership;
   /** Stops the monitors and the gateway, then closes the controller. */
   close: () => Promise<void>;
 }
@@ -122,16 +125,31 @@ export interface SwarmServices {
 /**
  * Initialises the controller and starts what runs beside it: the gateway (when enabled), the idle
  * monitor, the health monitor and the provider failover. The MCP server (stdio) and `up` both run on this.
+ *
+ * With a PostgreSQL store several controllers share the swarm: reconcile, the monitors, the failover and
+ * the warm refill act only on the one holding the swarm's lease (see Leadership), which also reconciles
+ * on taking the lead and every health interval after, settling what a dead controller left.
  */
 export async function startSwarmServices(controller: SwarmController, logger: Logger = silentLogger()): Promise<SwarmServices> {
   const { config } = controller;
-  await controller.initialize();
+  const leadership = leadershipFor(config, logger);
+  // Set before initialize: its reconcile runs only if this controller leads, and it does not lead yet.
+  controller.useLeadership(leadership);
+  try {
+    await controller.initialize();
+    await leadership.start();
+  } catch (err) {
+    await leadership.stop().catch(() => undefined);
+    throw err;
+  }
+  if (leadership.shared) leadership.whileLeader(config.health.intervalMs, () => controller.reconcileAll());
   let gateway: Gateway | undefined;
   if (controller.access) {
     gateway = new Gateway({ controller, access: controller.access, activity: controller.activity, config: config.gateway, logger });
     try {
       await gateway.listen();
     } catch (err) {
+      await leadership.stop();
       await controller.close();
       throw new SwarmError('CONFLICT', `gateway: cannot listen on ${config.gateway.host}:${config.gateway.port} (${(err as Error).message}); set gateway.port or VSCODE_SWARM_GATEWAY_PORT`, { cause: err });
     }
@@ -165,7 +183,9 @@ export async function startSwarmServices(controller: SwarmController, logger: Lo
     ...(health ? { health } : {}),
     ...(failover ? { failover } : {}),
     migrations,
+    leadership,
     close: async () => {
+      await leadership.stop();
       await failover?.stop();
       await health?.stop();
       await idle?.stop();

@@ -4,6 +4,7 @@
  * so that asking twice for the same workspace yields one.
  */
 import { randomBytes } from 'node:crypto';
+import { isDeepStrictEqual } from 'node:util';
 import { z } from 'zod';
 import {
   EnvSchema,
@@ -36,6 +37,7 @@ import { crashPoint } from '../crash/crash-points.js';
 import { SwarmError, asSwarmError, invalidInput, isSwarmError } from '../errors.js';
 import { silentLogger, type Logger } from '../logger.js';
 import type { InstanceStore } from '../store/instance-store.js';
+import type { Leadership } from '../store/postgres/leadership.js';
 import { ActivityTracker } from '../activity/activity-tracker.js';
 import type { AccessLink, AccessLinks } from '../gateway/access-links.js';
 import { WarmPool, type WarmSpec, type WarmStatus } from '../warm/warm-pool.js';
@@ -165,6 +167,16 @@ export const WARM_METADATA_KEY = 'vscode-swarm/warm-pool';
 /** The status reason of an instance whose container a recovery is re-creating (status `starting`). */
 const RECREATING = 're-creating: ';
 
+/**
+ * With a shared store, how long past its last write an operation in a transitional status (creating,
+ * re-creating, stopping, deleting) may belong to another controller still working on it: reconcile leaves
+ * it alone until then, and settles it as interrupted only after. Added to the longest a create may take.
+ */
+const IN_FLIGHT_MARGIN_MS = 60_000;
+const TRANSITIONAL: ReadonlySet<string> = new Set(['creating', 'starting', 'stopping', 'deleting']);
+/** How far apart the clocks of controllers sharing a store may be, for comparing a record's updatedAt with this one's. */
+const CLOCK_SKEW_MS = 5_000;
+
 /** How long after a failed provider initialisation the next use tries again. */
 const PROVIDER_RETRY_MS = 5_000;
 const MAX_COMMAND_LENGTH = 65_536;
@@ -196,6 +208,8 @@ export class SwarmController {
   readonly logger: Logger;
   /** Delivers the audit trail to the configured webhooks, from a cursor into the log. */
   private readonly webhooks?: WebhookDelivery;
+  /** Who does the work that must run once among controllers sharing the store (see useLeadership). */
+  private leadership?: Leadership;
 
   constructor(deps: SwarmControllerDeps) {
     this.config = deps.config;
@@ -223,6 +237,7 @@ export class SwarmController {
         registry: this.registry,
         createMember: (spec) => this.createWarmMember(spec),
         deleteMember: (id) => this.deleteInstance(id).then(() => this.recordSystemEvent('warm', 'warm.remove', { subject: id })),
+        mayAct: () => this.leads,
         logger: this.logger,
       },
     );
@@ -249,27 +264,85 @@ export class SwarmController {
   }
 
   /**
+   * Shares the work that must run once with the other controllers of a shared store: reconcile, the warm
+   * refill (and the monitors started beside the controller) act only while `leadership` leads. Without it
+   * (the JSON store, or a controller made on its own) this controller always leads. Set before initialize().
+   */
+  useLeadership(leadership: Leadership): void {
+    this.leadership = leadership;
+  }
+
+  /** True while this controller may run the work that must run once (always, without a shared leadership). */
+  get leads(): boolean {
+    return this.leadership?.isLeader ?? true;
+  }
+
+  /**
+   * True when other controllers may share the store (PostgreSQL), so a record may be another controller's
+   * work in flight; from the leadership, or the configuration for a controller made without one (a CLI command).
+   */
+  private get sharedStore(): boolean {
+    return this.leadership?.shared ?? Boolean(this.config.store?.databaseUrl);
+  }
+
+  /** Runs `work` once the shared store confirmed this controller still leads (CONFLICT, `work` not run, otherwise); at once without a shared leadership. */
+  fenced<T>(work: () => Promise<T>): Promise<T> {
+    return this.leadership ? this.leadership.fenced(work) : work();
+  }
+
+  /** The leader's periodic duty with a shared store: reconcile every ready provider (settling what a dead controller left), then refill the warm buffers. */
+  async reconcileAll(): Promise<ReconcileReport[]> {
+    const reports: ReconcileReport[] = [];
+    for (const type of this.slots.keys()) {
+      if (!this.leads) break;
+      await this.reconcile(type).then(
+        (report) => reports.push(report),
+        (err: unknown) => this.logger.warn({ provider: type, err: asSwarmError(err).message }, 'reconcile failed; tried again at the next pass'),
+      );
+    }
+    void this.warm.refill();
+    return reports;
+  }
+
+  /**
    * Brings the registry in line with what a provider reports: instances nobody knows about are adopted,
    * registered ones that vanished are marked with the reason, interrupted operations are settled.
+   *
+   * With a shared store only the leader reconciles (another controller's reconcile returns an empty
+   * report), and a record in a transitional status written recently may be another controller's operation
+   * in flight: it is left alone until it is older than the longest that operation may take.
    */
   async reconcile(type: ProviderType): Promise<ReconcileReport> {
-    const provider = await this.provider(type);
     const report: ReconcileReport = { provider: type, adopted: [], markedMissing: [], removed: [], updated: [] };
+    if (!this.leads) return report;
+    const provider = await this.provider(type);
+    const listedAt = this.now().getTime();
     const seen = new Map((await provider.listInstances()).map((i) => [i.id, i]));
+    // With a shared store, what changed around the listing is judged at the next pass, not against an older view.
+    const settled = (record: Readonly<VSCodeInstance>): boolean => !this.inFlightElsewhere(record) && !this.writtenSince(record, listedAt);
     for (const [id, observed] of seen) {
+      if (!this.leads) break; // lost the lead mid-pass: the new leader reconciles
       if (this.locks.isLocked(id)) continue; // an operation in flight owns it and will record the outcome
       const owner = this.registry.get(id);
       // A migration owns instances that exist on two providers at once; it settles them itself.
       if (owner && (owner.status === 'migrating' || owner.providerType !== type)) continue;
+      if (owner && !settled(owner)) continue;
       await this.locks.run(id, async () => {
         const known = this.registry.get(id);
         if (!known) {
           // Warm membership is deliberately not restored from the label: a member claimed by a user keeps
           // its creation labels, and handing that workspace to someone else would leak its files.
-          await this.registry.register({
-            ...observed,
-            statusReason: `adopted: found on ${type} without a registry record${observed.statusReason ? `; ${observed.statusReason}` : ''}`,
-          });
+          const adopted = await this.registry
+            .register({
+              ...observed,
+              statusReason: `adopted: found on ${type} without a registry record${observed.statusReason ? `; ${observed.statusReason}` : ''}`,
+            })
+            .catch((err: unknown) => {
+              // With a shared store the record may exist already: another controller's, not heard here yet.
+              if (this.sharedStore && isSwarmError(err, 'CONFLICT')) return undefined;
+              throw err;
+            });
+          if (!adopted) return;
           report.adopted.push(id);
           this.logger.info({ instanceId: id, provider: type }, 'adopted an unregistered instance');
         } else if (known.status === 'deleting') {
@@ -293,10 +366,11 @@ export class SwarmController {
       });
     }
     for (const known of this.registry.list({ providerType: type })) {
+      if (!this.leads) break;
       if (seen.has(known.id) || this.locks.isLocked(known.id) || known.status === 'migrating') continue;
       await this.locks.run(known.id, async () => {
         const current = this.registry.get(known.id); // as it is now that we hold the lock
-        if (!current || current.providerType !== type || current.status === 'migrating') return;
+        if (!current || current.providerType !== type || current.status === 'migrating' || !settled(current)) return;
         if (current.status === 'deleting') {
           // The container went first; the workspace volume may still be there. The user asked for it to go.
           await this.finishDelete(provider, current);
@@ -1018,6 +1092,38 @@ export class SwarmController {
     };
   }
 
+  /**
+   * With a shared store: true for a record in a transitional status written so recently that another
+   * controller may still be working on it (its create waits for the editor, its delete for the provider).
+   */
+  private inFlightElsewhere(record: Readonly<VSCodeInstance>): boolean {
+    if (!this.sharedStore || !TRANSITIONAL.has(record.status)) return false;
+    const written = Date.parse(record.updatedAt);
+    return !Number.isFinite(written) || this.now().getTime() - written < this.inFlightGraceMs();
+  }
+
+  /**
+   * With a shared store: true for a record written after (or just before, allowing for clock skew between
+   * machines) the provider was listed, by another controller: the listing cannot speak for it.
+   */
+  private writtenSince(record: Readonly<VSCodeInstance>, listedAt: number): boolean {
+    if (!this.sharedStore) return false;
+    const written = Date.parse(record.updatedAt);
+    return !Number.isFinite(written) || written > listedAt - CLOCK_SKEW_MS;
+  }
+
+  /** The longest an operation of another controller may take between two writes of its record, plus a margin. */
+  private inFlightGraceMs(): number {
+    const { docker, fly } = this.config.providers;
+    const aws = this.config.providers['aws-asg'];
+    const longest = Math.max(
+      docker.enabled ? docker.readinessTimeoutMs : 0,
+      fly.enabled ? fly.readinessTimeoutMs : 0,
+      aws.enabled ? aws.hostWaitTimeoutMs + aws.agentCreateTimeoutMs : 0,
+    );
+    return longest + IN_FLIGHT_MARGIN_MS;
+  }
+
   private differs(known: VSCodeInstance, observed: VSCodeInstance): boolean {
     return (
       known.status !== observed.status ||
@@ -1025,8 +1131,8 @@ export class SwarmController {
       known.config.image !== observed.config.image ||
       known.config.resources.cpu !== observed.config.resources.cpu ||
       known.config.resources.memoryMb !== observed.config.resources.memoryMb ||
-      (observed.config.env !== undefined && JSON.stringify(observed.config.env) !== JSON.stringify(known.config.env ?? {})) ||
-      JSON.stringify(known.providerRef) !== JSON.stringify(observed.providerRef)
+      (observed.config.env !== undefined && !sameJson(observed.config.env, known.config.env ?? {})) ||
+      !sameJson(known.providerRef, observed.providerRef)
     );
   }
 
@@ -1097,4 +1203,9 @@ function checkResources(resources: { cpu: number; memoryMb: number }, caps: Prov
   if (resources.memoryMb < minMemoryMb || resources.memoryMb > maxMemoryMb) {
     throw invalidInput('resources.memoryMb', `between ${minMemoryMb} and ${maxMemoryMb} MiB on ${type}`, resources.memoryMb);
   }
+}
+
+/** Equal as stored JSON: key order and undefined properties aside (PostgreSQL's jsonb keeps neither). */
+function sameJson(a: unknown, b: unknown): boolean {
+  return isDeepStrictEqual(JSON.parse(JSON.stringify(a ?? null)), JSON.parse(JSON.stringify(b ?? null)));
 }

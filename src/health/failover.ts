@@ -114,6 +114,8 @@ export class ProviderFailover {
     const { controller, config } = this.options;
     const to = config.to!;
     const decisions: FailoverDecision[] = [];
+    // With a shared store only the leading controller fails over (see Leadership).
+    if (!controller.leads) return decisions;
     for (const type of this.watched()) {
       const status = await controller.probeProvider(type);
       const outage = this.outages.get(type);
@@ -143,8 +145,12 @@ export class ProviderFailover {
         continue;
       }
       for (const instance of due) {
-        outage.decided.add(instance.id);
-        decisions.push(await this.decide(instance, type, outage));
+        // Fenced: a controller that lost the lead mid-pass moves nothing (the pass fails and is logged).
+        const decision = await controller.fenced(async () => {
+          outage.decided.add(instance.id);
+          return this.decide(instance, type, outage);
+        });
+        decisions.push(decision);
       }
     }
     return decisions;

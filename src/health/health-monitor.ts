@@ -121,6 +121,8 @@ export class HealthMonitor {
   sweep(): Promise<HealthCheck[]> {
     this.sweeping ??= (async () => {
       const { controller, config } = this.options;
+      // With a shared store only the leading controller sweeps (see Leadership).
+      if (!controller.leads) return [];
       // Given up on and still failed: left alone until someone starts it again.
       const due = controller.registry.list().filter((i) => shouldRun(i) && !(this.records.get(i.id)?.gaveUp && i.status === 'failed'));
       const results: HealthCheck[] = [];
@@ -257,6 +259,14 @@ export class HealthMonitor {
 
   private async recover(instanceId: string, record: HealthRecord, why: string, forced?: RecoveryAction, now = false): Promise<string> {
     const { controller, config } = this.options;
+    if (!now) {
+      // A repair the schedule decided is fenced: a controller that lost the lead (paused, cut off) writes and repairs nothing.
+      const refused = await controller.fenced(async () => undefined).then(() => undefined, (err: unknown) => asSwarmError(err));
+      if (refused) {
+        this.logger.warn({ instanceId, err: refused.message }, 'repair refused: this controller does not lead the swarm');
+        return `refused: ${refused.message}`;
+      }
+    }
     if (record.recoveryAttempts >= config.maxAttempts && !now) {
       const reason = `health: gave up after ${record.recoveryAttempts} recovery attempts; last finding: ${why}`;
       record.gaveUp = true;

@@ -27,6 +27,8 @@ export interface WarmPoolDeps {
   createMember: (spec: WarmSpec) => Promise<void>;
   /** Removes a member that is surplus or broken. */
   deleteMember: (instanceId: string) => Promise<void>;
+  /** False while this controller must not refill (another controller leads a shared store); default always. */
+  mayAct?: () => boolean;
   logger?: Logger;
 }
 
@@ -80,7 +82,7 @@ export class WarmPool {
 
   /** Brings every buffer to its size in the background; concurrent calls coalesce. */
   refill(): Promise<void> {
-    if (this.closed || !this.enabled) return Promise.resolve();
+    if (this.closed || !this.enabled || !(this.deps.mayAct?.() ?? true)) return Promise.resolve();
     if (this.refilling) {
       this.again = true;
       return this.refilling;

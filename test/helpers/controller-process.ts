@@ -1,0 +1,99 @@
+/**
+ * A controller as a separate process, for tests where several controllers share one PostgreSQL and one is
+ * killed (SIGKILL) or paused (SIGSTOP) like a real machine would be: `node dist/src/cli.js up` (so the
+ * tests need `npm run build` first, as `npm test` does) with its own state directory and config file, every
+ * port chosen by the system, and MCP over HTTP as the door the test talks through.
+ *
+ * Its log (pino JSON on stderr; `up` takes its level from VSCODE_SWARM_LOG_LEVEL, set to info) is kept, so a test can tell which controller did what.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { promises as fs } from 'node:fs';
+import path from 'node:path';
+import { Client } from '@modelcontextprotocol/sdk/client/index.js';
+import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
+import type { SwarmConfigInput } from '../../src/config.js';
+import { waitUntil } from '../../src/timing/wait-until.js';
+import { REPO_ROOT } from './mcp.js';
+
+export interface ControllerProcess {
+  label: string;
+  pid: number;
+  child: ChildProcess;
+  stateDir: string;
+  /** An MCP client connected to its HTTP endpoint with its bearer token. */
+  mcp: Client;
+  /** Its log lines so far, parsed (pino JSON); lines that are not JSON are kept as `{ msg }`. */
+  logs(): Record<string, unknown>[];
+  /** Sends a signal (SIGKILL, SIGSTOP, SIGCONT). */
+  signal(signal: NodeJS.Signals): void;
+  /** Ends it (SIGTERM, then SIGKILL if it lingers) and closes the client. */
+  stop(): Promise<void>;
+}
+
+/** Starts `up` with `config` (written to a file in `stateDir`) and waits until it says it is up. */
+export async function startControllerProcess(label: string, stateDir: string, config: SwarmConfigInput): Promise<ControllerProcess> {
+  const file = path.join(stateDir, 'config.json');
+  await fs.writeFile(
+    file,
+    JSON.stringify({
+      ...config,
+      stateDir,
+      gateway: { port: 0, ...config.gateway },
+      mcpHttp: { port: 0, ...config.mcpHttp },
+      dashboard: { port: 0, ...config.dashboard },
+    }),
+  );
+  const env: NodeJS.ProcessEnv = { PATH: process.env.PATH, HOME: process.env.HOME, VSCODE_SWARM_CONFIG: file, VSCODE_SWARM_LOG_LEVEL: 'info' };
+  if (process.env.DOCKER_HOST) env.DOCKER_HOST = process.env.DOCKER_HOST;
+  const child = spawn(process.execPath, ['dist/src/cli.js', 'up'], { cwd: REPO_ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  child.stdout!.on('data', (d: Buffer) => (stdout += d.toString()));
+  child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  try {
+    await waitUntil(
+      async () => {
+        if (child.exitCode !== null) throw new Error(`controller ${label} exited with ${child.exitCode}: ${stderr.slice(-2000)}`);
+        return /Press Ctrl\+C/.test(stdout) ? true : undefined;
+      },
+      { timeoutMs: 60_000, intervalMs: 100, what: `controller ${label} up` },
+    );
+  } catch (err) {
+    child.kill('SIGKILL');
+    throw err;
+  }
+  const [, url, token] = /MCP \(HTTP\):\s+(\S+)\s+header\s+Authorization: Bearer (\S+)/.exec(stdout)!;
+  const mcp = new Client({ name: `leadership-${label}`, version: '1.0.0' });
+  await mcp.connect(new StreamableHTTPClientTransport(new URL(url!), { requestInit: { headers: { Authorization: `Bearer ${token}` } } }));
+  return {
+    label,
+    pid: child.pid!,
+    child,
+    stateDir,
+    mcp,
+    logs: () =>
+      stderr
+        .split('\n')
+        .filter((line) => line.trim())
+        .map((line) => {
+          try {
+            return JSON.parse(line) as Record<string, unknown>;
+          } catch {
+            return { msg: line };
+          }
+        }),
+    signal: (signal) => {
+      if (child.exitCode === null && child.signalCode === null) child.kill(signal);
+    },
+    async stop() {
+      await mcp.close().catch(() => undefined);
+      if (child.exitCode !== null || child.signalCode !== null) return;
+      child.kill('SIGCONT');
+      child.kill('SIGTERM');
+      const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
+      await exited;
+      clearTimeout(timer);
+    },
+  };
+}
