@@ -15,7 +15,7 @@ import { startMcpHttp } from '../../src/mcp/http.js';
 import { TOOL_OPERATIONS } from '../../src/mcp/server.js';
 import { PrincipalStore } from '../../src/tenancy/principals.js';
 import { TEST_IMAGE, cleanUp, makeStateDir, testConfig } from '../helpers/docker.js';
-import { REPO_ROOT, mcpServerEntry } from '../helpers/mcp.js';
+import { mcpJsonLaunch } from '../helpers/mcp.js';
 
 const PREFIX = 'e2e-mcpv2';
 const REVISION = '2026-07-28';
@@ -74,21 +74,8 @@ describe('the v2 SDK client at 2026-07-28', () => {
     let stderr = '';
 
     beforeAll(async () => {
-      const entry = mcpServerEntry();
       const transport = new StdioClientTransport({
-        command: entry.command === 'node' ? process.execPath : entry.command,
-        args: entry.args,
-        cwd: REPO_ROOT,
-        env: {
-          PATH: process.env.PATH ?? '',
-          HOME: process.env.HOME ?? '/root',
-          ...entry.env,
-          VSCODE_SWARM_STATE_DIR: stateDir,
-          VSCODE_SWARM_DOCKER_IMAGE: TEST_IMAGE,
-          VSCODE_SWARM_DOCKER_PULL: '0',
-          VSCODE_SWARM_GATEWAY_PORT: '0',
-          VSCODE_SWARM_TOKEN: memberToken,
-        },
+        ...mcpJsonLaunch({ VSCODE_SWARM_STATE_DIR: stateDir, VSCODE_SWARM_TOKEN: memberToken }),
         stderr: 'pipe',
       });
       transport.stderr?.on('data', (chunk: Buffer) => (stderr += chunk.toString()));

@@ -32,10 +32,10 @@ export interface LaunchedServer {
   close: () => Promise<void>;
 }
 
-/** Starts the server from mcp.json with extra environment (state folder, test image, ...). */
-export async function launchFromMcpJson(env: Record<string, string>, options: { connectTimeoutMs?: number } = {}): Promise<LaunchedServer> {
+/** How a client launches the server from mcp.json (for either SDK's stdio transport), with extra environment. */
+export function mcpJsonLaunch(env: Record<string, string>): { command: string; args: string[]; cwd: string; env: Record<string, string> } {
   const entry = mcpServerEntry();
-  const transport = new StdioClientTransport({
+  return {
     command: entry.command === 'node' ? process.execPath : entry.command,
     args: entry.args,
     cwd: REPO_ROOT,
@@ -48,8 +48,12 @@ export async function launchFromMcpJson(env: Record<string, string>, options: { 
       VSCODE_SWARM_GATEWAY_PORT: '0',
       ...env,
     },
-    stderr: 'pipe',
-  });
+  };
+}
+
+/** Starts the server from mcp.json with extra environment (state folder, test image, ...). */
+export async function launchFromMcpJson(env: Record<string, string>, options: { connectTimeoutMs?: number } = {}): Promise<LaunchedServer> {
+  const transport = new StdioClientTransport({ ...mcpJsonLaunch(env), stderr: 'pipe' });
   let stderr = '';
   transport.stderr?.on('data', (chunk: Buffer) => {
     stderr += chunk.toString();
