@@ -104,7 +104,12 @@ describe('two controllers on one PostgreSQL', () => {
   it('list on one what the other created, once the change is announced', async () => {
     const { instance, created } = await a.createInstance({ name: `${PREFIX}-one` });
     expect(created).toBe(true);
-    const seen = await waitUntil(async () => b.registry.get(instance.id), { timeoutMs: 10_000, what: 'the create announced to B' });
+    // B's cache follows A's writes by their announcements, in order: first the `creating` record, then the
+    // `running` one. A's create has returned, so both are committed; B sees the last within the NOTIFY delay.
+    const seen = await waitUntil(async () => (b.registry.get(instance.id)?.status === 'running' ? b.registry.get(instance.id) : undefined), {
+      timeoutMs: 10_000,
+      what: 'the finished create announced to B',
+    });
     expect(seen.name).toBe(`${PREFIX}-one`);
     const listed = await b.listInstances({ namePattern: `${PREFIX}-one` });
     expect(listed.map((i) => [i.id, i.status])).toEqual([[instance.id, 'running']]);
