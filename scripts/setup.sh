@@ -6,7 +6,7 @@
 #   bash scripts/setup.sh                  # deps + engine + editor image
 #   bash scripts/setup.sh --for-tests      # and what the tests use: Debian's chromium (browser tests) and
 #                                          # busybox-static (the light stand-in image, tests/helpers/standin-image.ts)
-#                                          # and postgresql (the store tests) when missing
+#                                          # and postgresql (the store tests) when missing; git always
 #   SKIP_EDITOR_IMAGE=1 bash scripts/setup.sh
 set -euo pipefail
 exec 1>&2
@@ -67,6 +67,12 @@ if [ -z "${SKIP_EDITOR_IMAGE:-}" ]; then
     fi
   fi
 fi
+# git: the controller clones repositories into new workspaces with it (create from a repository); the
+# tests also serve repositories with its `git daemon` and `git http-backend` (both in Debian's git).
+if ! command -v git >/dev/null 2>&1 || [ ! -x "$(git --exec-path 2>/dev/null)/git-http-backend" ]; then
+  log "installing Debian's git"
+  apt_install git
+fi
 # 4. What the tests use besides: Debian's chromium, driven by playwright-core, for the browser tests; and
 #    a statically linked busybox, the whole root filesystem of the light stand-in image (the dynamic
 #    `busybox` package's binary cannot run in an image without a libc, so only busybox-static will do;
@@ -80,8 +86,9 @@ if [ "$for_tests" = 1 ]; then
     log "installing Debian's busybox-static"
     apt_install busybox-static
   fi
-  # PostgreSQL for the store tests (test/helpers/postgres.ts starts a throw-away cluster from these binaries).
-  if ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
+  # PostgreSQL for the store tests: test/helpers/postgres.ts runs initdb and pg_ctl from
+  # /usr/lib/postgresql/<version>/bin as the `postgres` user (the server refuses root).
+  if ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || ! compgen -G '/usr/lib/postgresql/*/bin/pg_ctl' >/dev/null || ! id postgres >/dev/null 2>&1; then
     log "installing Debian's postgresql"
     apt_install postgresql
   fi
