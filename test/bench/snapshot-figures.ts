@@ -4,9 +4,8 @@
  * done by hand with the provider: export to a file; create an instance and import that file into it.
  * Docker, the light stand-in image, alternating, medians.
  */
-import { createWriteStream } from 'node:fs';
+import { createReadStream, createWriteStream } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
-import { createReadStream } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
