@@ -328,8 +328,23 @@ export interface Provider {
    * authenticating proxy in front of the editor (an AWS host agent's). Never shown to users.
    */
   editorRequestHeaders?(instance: VSCodeInstance): Record<string, string>;
+  /**
+   * Told which controller may run the provider's own work that must run once (scale-in, replacing hosts,
+   * evacuations) when several controllers share one store; without a call the provider acts alone.
+   */
+  useLeadership?(leadership: ProviderLeadership): void;
   /** Releases connections and timers. */
   close?(): Promise<void>;
+}
+
+/**
+ * The part of the controller's leadership a provider needs (src/store/postgres/leadership.ts): whether
+ * this controller leads now, and `fenced` to have the store confirm it still does right before a
+ * destructive call (CONFLICT, and the call not made, otherwise).
+ */
+export interface ProviderLeadership {
+  readonly isLeader: boolean;
+  fenced<T>(work: () => Promise<T>): Promise<T>;
 }
 
 /**

@@ -82,6 +82,7 @@ import type {
   LogOptions,
   Provider,
   ProviderCapabilities,
+  ProviderLeadership,
   StartOptions,
   UpdateMode,
   UpdateOptions,
@@ -256,6 +257,8 @@ export class AwsAsgProvider implements Provider {
   private loop?: NodeJS.Timeout;
   private looping?: Promise<void>;
   private closed = false;
+  /** Set when several controllers share the store: only the leader scales in, replaces or evacuates hosts. */
+  private leadership?: ProviderLeadership;
   private readonly capabilities: ProviderCapabilities;
   /** AWS calls this provider made (attempts counted by the SDK are not included). */
   readonly awsCalls: Record<string, number> = {};
@@ -344,6 +347,20 @@ export class AwsAsgProvider implements Provider {
     clearInterval(this.loop);
     this.loop = setInterval(() => void this.tick(), this.o.reconcileIntervalMs);
     this.loop.unref();
+  }
+
+  useLeadership(leadership: ProviderLeadership): void {
+    this.leadership = leadership;
+  }
+
+  /** True while this controller may make the group's once-only decisions (always, when it is alone). */
+  private leads(): boolean {
+    return this.leadership?.isLeader ?? true;
+  }
+
+  /** A destructive group call, made only once the store confirmed this controller still leads. */
+  private fenced<T>(work: () => Promise<T>): Promise<T> {
+    return this.leadership ? this.leadership.fenced(work) : work();
   }
 
   async close(): Promise<void> {
@@ -1045,13 +1062,21 @@ export class AwsAsgProvider implements Provider {
       });
   }
 
+  /**
+   * Every controller refreshes its view of the hosts, protects the busy ones and raises the desired capacity
+   * for its own waiting creates (SetDesiredCapacity only ever raises it). What must run once — evacuating,
+   * replacing silent hosts, releasing protection and scaling in — runs on the leader alone, so two
+   * controllers sharing a store never move the same workspace twice or terminate a host the other placed on.
+   */
   private async reconcile(): Promise<void> {
     await this.refreshHosts(Math.min(this.o.hostCacheTtlMs, this.o.reconcileIntervalMs / 2));
-    this.startEvacuations();
-    await this.replaceSilentHosts();
+    if (this.leads()) {
+      this.startEvacuations();
+      await this.replaceSilentHosts();
+    }
     await this.syncProtection();
     await this.maybeScaleOut();
-    await this.scaleIn();
+    if (this.leads()) await this.scaleIn();
   }
 
   private scheduleProtection(): void {
@@ -1075,7 +1100,8 @@ export class AwsAsgProvider implements Provider {
     if (this.closed || !this.asg) return;
     const live = [...this.hosts.values()].filter((h) => h.lifecycle === 'InService' && h.reachable && !h.retiring);
     const protect = live.filter((h) => !h.protected && h.used + h.inflight.size > 0);
-    const release = live.filter((h) => h.protected && h.used + h.inflight.size === 0 && h.inflight.size === 0);
+    // Releasing is the leader's: a follower's view of a host may miss another controller's create in flight.
+    const release = this.leads() ? live.filter((h) => h.protected && h.used + h.inflight.size === 0) : [];
     for (const [flag, hosts] of [[true, protect], [false, release]] as const) {
       for (let i = 0; i < hosts.length; i += 50) {
         const batch = hosts.slice(i, i + 50);
@@ -1111,7 +1137,7 @@ export class AwsAsgProvider implements Provider {
     for (const host of silent) {
       try {
         this.count('TerminateInstanceInAutoScalingGroup');
-        await this.asg!.send(new TerminateInstanceInAutoScalingGroupCommand({ InstanceId: host.id, ShouldDecrementDesiredCapacity: false }));
+        await this.fenced(() => this.asg!.send(new TerminateInstanceInAutoScalingGroupCommand({ InstanceId: host.id, ShouldDecrementDesiredCapacity: false })));
         host.lifecycle = 'Terminating';
         host.reachable = false;
         this.logger.warn(
@@ -1151,7 +1177,7 @@ export class AwsAsgProvider implements Provider {
           continue;
         }
         this.count('TerminateInstanceInAutoScalingGroup');
-        await this.asg!.send(new TerminateInstanceInAutoScalingGroupCommand({ InstanceId: victim.id, ShouldDecrementDesiredCapacity: true }));
+        await this.fenced(() => this.asg!.send(new TerminateInstanceInAutoScalingGroupCommand({ InstanceId: victim.id, ShouldDecrementDesiredCapacity: true })));
         g.desired -= 1;
         this.desiredChangedAt = this.now();
         victim.lifecycle = 'Terminating';
@@ -1202,13 +1228,19 @@ export class AwsAsgProvider implements Provider {
     try {
       for (;;) {
         if (this.closed) return;
+        if (!this.leads()) {
+          // The heartbeats stop with this pass; the new leader finds the host still waiting and takes over.
+          this.logger.warn({ hostId: host.id, moved }, 'no longer leading: the evacuation of this host is left to the new leader');
+          return;
+        }
         const left = await host.client!.list();
         if (left.length === 0) break;
         failures.clear();
         for (const instance of left) {
           if (this.closed) return;
           try {
-            await this.moveOff(host, instance, deadline);
+            // Confirmed with the store before each move: a leader that was paused must not move what the new one moves.
+            await this.fenced(() => this.moveOff(host, instance, deadline));
             moved++;
           } catch (err) {
             const why = asSwarmError(err).message;
@@ -1236,7 +1268,7 @@ export class AwsAsgProvider implements Provider {
     } finally {
       action.stop();
     }
-    const completed = await action.complete('CONTINUE');
+    const completed = await this.fenced(() => action.complete('CONTINUE'));
     this.logger.info({ hostId: host.id, moved, failed: failures.size, heartbeats: action.heartbeats, tookMs: this.now() - started, completed }, 'evacuation of a terminating host finished; lifecycle action completed');
   }
 

@@ -265,11 +265,14 @@ export class SwarmController {
 
   /**
    * Shares the work that must run once with the other controllers of a shared store: reconcile, the warm
-   * refill (and the monitors started beside the controller) act only while `leadership` leads. Without it
-   * (the JSON store, or a controller made on its own) this controller always leads. Set before initialize().
+   * refill (and the monitors started beside the controller) act only while `leadership` leads, and so do
+   * the providers' own background decisions (Provider.useLeadership: AWS scale-in, host replacement,
+   * evacuations). Without it (the JSON store, or a controller made on its own) this controller always
+   * leads. Set before initialize().
    */
   useLeadership(leadership: Leadership): void {
     this.leadership = leadership;
+    for (const slot of this.slots.values()) slot.provider.useLeadership?.(leadership);
   }
 
   /** True while this controller may run the work that must run once (always, without a shared leadership). */

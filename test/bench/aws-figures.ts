@@ -51,6 +51,8 @@ export interface AwsBurstRig {
   options: AwsBurstRigOptions;
   /** Docker containers the emulated hosts' agents made (by their swarm labels), terminated hosts included. */
   hostContainers(): Promise<Array<{ id: string; hostId: string; instanceId: string; state: string }>>;
+  /** One more provider on the same group, as a second controller would have (initialised; closed by close()). */
+  anotherProvider(extra?: Partial<AwsAsgProviderOptions>): Promise<AwsAsgProvider>;
   close(): Promise<void>;
 }
 
@@ -97,28 +99,31 @@ export async function startAwsBurstRig(options: AwsBurstRigOptions): Promise<Aws
       await Promise.all((Volumes ?? []).map((v) => docker.getVolume(v.Name).remove().catch(() => undefined)));
     }
   };
+  const providerOptions = (extra?: Partial<AwsAsgProviderOptions>): AwsAsgProviderOptions => ({
+    region: 'us-east-1',
+    groupName: options.group,
+    endpoint: emulator.url,
+    credentials,
+    agentPort: options.agentPort,
+    agentToken: TOKEN,
+    perHostCapacity: options.perHost,
+    bufferSlots: options.bufferSlots,
+    defaultImage: image,
+    hostCacheTtlMs: 2_000,
+    hostPollMs: 500,
+    reconcileIntervalMs: 500,
+    scaleInCooldownMs: options.scaleInCooldownMs,
+    hostWaitTimeoutMs: 120_000,
+    agentCreateTimeoutMs: 150_000,
+    ...options.provider,
+    ...extra,
+  });
   let provider: AwsAsgProvider | undefined;
+  const others: AwsAsgProvider[] = [];
   try {
     await emulator.waitForGroupStable(options.group, 30_000);
     if (options.faults) emulator.setFaults(options.faults);
-    provider = new AwsAsgProvider({
-      region: 'us-east-1',
-      groupName: options.group,
-      endpoint: emulator.url,
-      credentials,
-      agentPort: options.agentPort,
-      agentToken: TOKEN,
-      perHostCapacity: options.perHost,
-      bufferSlots: options.bufferSlots,
-      defaultImage: image,
-      hostCacheTtlMs: 2_000,
-      hostPollMs: 500,
-      reconcileIntervalMs: 500,
-      scaleInCooldownMs: options.scaleInCooldownMs,
-      hostWaitTimeoutMs: 120_000,
-      agentCreateTimeoutMs: 150_000,
-      ...options.provider,
-    });
+    provider = new AwsAsgProvider(providerOptions());
     await provider.initialize();
   } catch (err) {
     await provider?.close();
@@ -134,7 +139,14 @@ export async function startAwsBurstRig(options: AwsBurstRigOptions): Promise<Aws
     image,
     options,
     hostContainers,
+    anotherProvider: async (extra) => {
+      const another = new AwsAsgProvider(providerOptions(extra));
+      others.push(another);
+      await another.initialize();
+      return another;
+    },
     close: async () => {
+      for (const another of others) await another.close();
       await ready.close();
       await emulator.close();
       await removeLabelled();
