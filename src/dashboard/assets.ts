@@ -100,4 +100,5 @@ dl.facts { display: grid; grid-template-columns: max-content auto; gap: 0.2rem 1
 dl.facts dt { font-weight: 600; }
 form.login, form.create { display: flex; flex-direction: column; align-items: flex-start; gap: 0.6rem; max-width: 28rem; }
 svg.health-chart { max-width: 100%; height: auto; border: 1px solid #e0e0e0; }
+a.button { display: inline-block; padding: 0.45rem 0.9rem; border-radius: 4px; background: #263238; color: #eceff1; text-decoration: none; }
 `;

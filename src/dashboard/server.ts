@@ -9,14 +9,20 @@
  * - Host must be one of the dashboard's own names (dashboard.<baseDomain>, the loopback names and the
  *   bound address on the listening port, plus `dashboard.allowedHosts`), else 421: a page on a rebound DNS
  *   name cannot talk to it.
- * - Sign-in with an API token (or the local admin's credential file) checked by the Authenticator; failed
- *   attempts are audit events and limited per client. The session is a random id in an HttpOnly,
+ * - Sign-in with an API token (or the local admin's credential file) checked by the Authenticator, or,
+ *   with `dashboard.oauth` and `oauth` configured, through the OAuth issuer (./oauth-signin.ts: code flow
+ *   with PKCE, state and nonce; the access token then goes through the same Authenticator and verifier as
+ *   at /mcp, and is dropped). Failed attempts are audit events and limited per client. The session is a random id in an HttpOnly,
  *   SameSite=Strict, host-only cookie (no Domain: never sent to the `<id>.<baseDomain>` editors); the
  *   credential is not kept, and the session is re-checked against the principal store on every request.
  * - Every state-changing request is a POST carrying the session's CSRF token (form field `csrf` or header
- *   `X-CSRF-Token`, compared in constant time) from the dashboard's own origin (see sameOrigin); GET changes nothing.
- * - Every response carries a strict CSP (no inline script or style), nosniff, no referrer and no caching.
+ *   `X-CSRF-Token`, compared in constant time) from the dashboard's own origin (see sameOrigin); GET changes nothing, but for the OAuth
+ *   sign-in's two legs, which are GETs by the protocol (/oauth/start only remembers a pending flow;
+ *   /oauth/callback is bound to the browser that started it).
+ * - Every response carries a strict CSP (no inline script or style; forms go only to itself and, by Open's
+ *   redirect, to the editors' gateway), nosniff, no referrer and no caching.
  */
+import { readFile } from 'node:fs/promises';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { httpStatusOf } from '../../providers/aws-asg/agent/agent-protocol.js';
@@ -33,10 +39,12 @@ import type { MigrationManager } from '../migration/migration-manager.js';
 import { Authenticator } from '../tenancy/authenticate.js';
 import { AuthorizedSwarm } from '../tenancy/authorized-swarm.js';
 import type { PrincipalActor } from '../tenancy/identity.js';
+import { createJwtVerifier, type JwtVerifier, type VerifiedJwt } from '../tenancy/oauth.js';
 import { ownerOf } from '../tenancy/quotas.js';
 import { CLIENT_SCRIPT, STYLESHEET } from './assets.js';
+import { OAuthSignIn, PENDING_TTL_MS } from './oauth-signin.js';
 import { DashboardSessions, type DashboardSession } from './sessions.js';
-import { confirmDeletePage, errorPage, instanceView, listPage, loginPage, usageView, workspacePage, type ListView, type PageFrame } from './views.js';
+import { confirmDeletePage, continuePage, errorPage, instanceView, listPage, loginPage, usageView, workspacePage, type ListView, type PageFrame } from './views.js';
 import { readCappedBody } from '../streams/read-body.js';
 
 export interface DashboardOptions {
@@ -55,13 +63,27 @@ export interface Dashboard {
   /** Where a person opens it, e.g. http://127.0.0.1:8090/ */
   url: string;
   sessions: DashboardSessions;
+  /** The Content-Security-Policy every response carries. */
+  contentSecurityPolicy: string;
   /** Ends the live-update streams and stops listening. */
   close: () => Promise<void>;
 }
 
 export const SESSION_COOKIE = 'swarm_dashboard';
+/** Binds an OAuth sign-in's callback to the browser that started it; sent only to /oauth/callback. */
+export const OAUTH_COOKIE = 'swarm_dashboard_oauth';
+const OAUTH_CALLBACK_PATH = '/oauth/callback';
 export const CONTENT_SECURITY_POLICY =
   "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+/**
+ * The policy a dashboard serves: CONTENT_SECURITY_POLICY with `formTargets` added to form-action, since
+ * browsers hold a form's redirects to it too: Open is a POST answered by a redirect to the editor's
+ * one-time link on the gateway (`<scheme>://*.<baseDomain>[:port]`).
+ */
+export function contentSecurityPolicy(formTargets: readonly string[] = []): string {
+  return CONTENT_SECURITY_POLICY.replace("form-action 'self'", ["form-action 'self'", ...formTargets].join(' '));
+}
 
 const MAX_FORM_BYTES = 64 * 1024;
 const DEFAULT_POLL_MS = 2_000;
@@ -72,7 +94,6 @@ const HEALTH_HISTORY = 100;
 const ACTIONS = new Set(['open', 'start', 'stop', 'keep-alive', 'delete', 'create']);
 
 const SECURITY_HEADERS: Record<string, string> = {
-  'Content-Security-Policy': CONTENT_SECURITY_POLICY,
   'X-Content-Type-Options': 'nosniff',
   'Referrer-Policy': 'no-referrer',
   'X-Frame-Options': 'DENY',
@@ -97,6 +118,13 @@ export async function startDashboard(options: DashboardOptions): Promise<Dashboa
   const failures = new FailureLimiter(config.maxFailuresPerMinute);
   const streams = new Set<http.ServerResponse>();
   let allowed: { hosts: Set<string>; origins: Set<string> } | undefined; // known once listening (port 0)
+  const oauthIssuer = config.oauth && controller.config.oauth ? controller.config.oauth.issuer : undefined;
+  const clientSecret = config.oauth?.clientSecretFile ? await readClientSecret(config.oauth.clientSecretFile) : undefined;
+  let oauth: { flow: OAuthSignIn; verifier: JwtVerifier } | undefined; // made once listening (the redirect URL may name the port)
+  const signInPage = (message?: string): string => loginPage(message, oauthIssuer);
+  // The editors' origins, for Open's redirect: every instance's URL differs only in its first label.
+  const csp = contentSecurityPolicy(controller.access ? [controller.access.urlFor('*').replace(/\/$/, '')] : []);
+  const headers: Record<string, string> = { 'Content-Security-Policy': csp, ...SECURITY_HEADERS };
 
   const swarmFor = (actor: PrincipalActor): AuthorizedSwarm =>
     new AuthorizedSwarm({ controller, ...(options.health ? { health: options.health } : {}), ...(options.migrations ? { migrations: options.migrations } : {}) }, actor);
@@ -130,7 +158,7 @@ export async function startDashboard(options: DashboardOptions): Promise<Dashboa
   }
 
   async function handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
-    for (const [name, value] of Object.entries(SECURITY_HEADERS)) res.setHeader(name, value);
+    for (const [name, value] of Object.entries(headers)) res.setHeader(name, value);
     const host = (req.headers.host ?? '').toLowerCase();
     if (!allowed?.hosts.has(host)) return send(res, 421, 'text/plain; charset=utf-8', `Host ${JSON.stringify(req.headers.host ?? '')} is not this dashboard's (dashboard.allowedHosts)\n`);
     const url = new URL(req.url ?? '/', 'http://dashboard.invalid');
@@ -145,7 +173,9 @@ export async function startDashboard(options: DashboardOptions): Promise<Dashboa
       return page(res, 403, errorPage({ title: 'Refused' }, `Refused: a change must come from this dashboard's own page (Origin ${JSON.stringify(req.headers.origin ?? '(none)')}, Sec-Fetch-Site ${JSON.stringify(req.headers['sec-fetch-site'] ?? '(none)')})`));
     }
     if (url.pathname === '/login' && method === 'POST') return login(req, res);
-    if (url.pathname === '/login' && method === 'GET') return page(res, 200, loginPage());
+    if (url.pathname === '/login' && method === 'GET') return page(res, 200, signInPage());
+    if (url.pathname === '/oauth/start' && method === 'GET') return oauthStart(res);
+    if (url.pathname === OAUTH_CALLBACK_PATH && method === 'GET') return oauthCallback(req, res, url.searchParams);
 
     let me: SignedIn;
     const cookie = cookieOf(req, SESSION_COOKIE);
@@ -155,8 +185,8 @@ export async function startDashboard(options: DashboardOptions): Promise<Dashboa
       const reason = asSwarmError(err).message;
       if (cookie) res.setHeader('Set-Cookie', clearCookie());
       if (url.pathname === '/events') return send(res, 401, 'text/plain; charset=utf-8', `${reason}\n`);
-      if (!cookie && method === 'GET' && url.pathname === '/') return page(res, 200, loginPage());
-      return page(res, 401, loginPage(cookie ? `Signed out: ${reason}` : 'Sign in first.'));
+      if (!cookie && method === 'GET' && url.pathname === '/') return page(res, 200, signInPage());
+      return page(res, 401, signInPage(cookie ? `Signed out: ${reason}` : 'Sign in first.'));
     }
 
     if (method === 'POST') {
@@ -186,7 +216,7 @@ export async function startDashboard(options: DashboardOptions): Promise<Dashboa
     const wait = failures.retryAfter(address);
     if (wait > 0) {
       res.setHeader('Retry-After', String(wait));
-      return page(res, 429, loginPage(`Too many failed sign-ins; try again in ${wait} s.`));
+      return page(res, 429, signInPage(`Too many failed sign-ins; try again in ${wait} s.`));
     }
     const form = await readForm(req);
     const token = form?.get('token')?.trim() ?? '';
@@ -194,15 +224,65 @@ export async function startDashboard(options: DashboardOptions): Promise<Dashboa
     try {
       actor = await authenticator.authenticate(token, 'dashboard');
       const session = sessions.create(actor);
-      res.setHeader('Set-Cookie', `${SESSION_COOKIE}=${session.id}; Path=/; HttpOnly; SameSite=Strict; Max-Age=${Math.floor((session.expiresAt - session.createdAt) / 1000)}`);
+      res.setHeader('Set-Cookie', sessionCookie(session));
     } catch (err) {
       const reason = asSwarmError(err).message;
       failures.fail(address);
       await recordSignInDenial(controller, token ? reason : 'no credential', address);
-      return page(res, 401, loginPage(`Sign-in refused: ${reason}`));
+      return page(res, 401, signInPage(`Sign-in refused: ${reason}`));
     }
     logger.info({ principal: actor.principalId, credential: actor.credentialId }, 'signed in');
     return redirect(res, '/');
+  }
+
+  /** The OAuth sign-in's first leg: a pending flow, its browser-binding cookie, and off to the issuer. */
+  async function oauthStart(res: http.ServerResponse): Promise<void> {
+    if (!oauth) return page(res, 404, signInPage('Sign-in through an OAuth issuer is not configured here (dashboard.oauth).'));
+    try {
+      const { location, binding } = await oauth.flow.begin();
+      res.setHeader('Set-Cookie', oauthCookie(binding, Math.floor(PENDING_TTL_MS / 1000)));
+      return redirect(res, location);
+    } catch (err) {
+      const reason = asSwarmError(err).message;
+      logger.warn({ err: reason }, 'OAuth sign-in could not start');
+      return page(res, 503, signInPage(`Sign-in through ${oauthIssuer ?? 'the issuer'} is unavailable now: ${reason}`));
+    }
+  }
+
+  /**
+   * The OAuth sign-in's second leg: the flow checked and the code exchanged (./oauth-signin.ts), then the
+   * access token authenticated exactly as a bearer token at /mcp is (same verifier rules, same subject →
+   * principal mapping). A refusal is an audit event and counts against the client, like a bad token.
+   */
+  async function oauthCallback(req: http.IncomingMessage, res: http.ServerResponse, query: URLSearchParams): Promise<void> {
+    if (!oauth) return page(res, 404, signInPage('Sign-in through an OAuth issuer is not configured here (dashboard.oauth).'));
+    const address = req.socket.remoteAddress ?? '';
+    const wait = failures.retryAfter(address);
+    if (wait > 0) {
+      res.setHeader('Retry-After', String(wait));
+      return page(res, 429, signInPage(`Too many failed sign-ins; try again in ${wait} s.`));
+    }
+    const { flow, verifier } = oauth;
+    let actor: PrincipalActor;
+    try {
+      const accessToken = await flow.finish(query, cookieOf(req, OAUTH_COOKIE));
+      if (accessToken.split('.').length !== 3) throw new SwarmError('UNAUTHENTICATED', 'the issuer’s access token is not a JWT (RFC 9068), which is all this dashboard can verify');
+      let verified: VerifiedJwt | undefined;
+      const remembering: JwtVerifier = { verify: async (token) => (verified = await verifier.verify(token)) };
+      actor = await new Authenticator(controller.principals, remembering).authenticate(accessToken, 'dashboard');
+      const session = sessions.create(actor, { subject: verified!.subject });
+      res.setHeader('Set-Cookie', [sessionCookie(session), oauthCookie('', 0)]);
+    } catch (err) {
+      const refusal = asSwarmError(err);
+      const unavailable = (refusal.details as { unavailable?: unknown } | undefined)?.unavailable === true;
+      if (!unavailable) failures.fail(address);
+      await recordSignInDenial(controller, `OAuth sign-in through ${flow.issuer}: ${refusal.message}`, address);
+      res.setHeader('Set-Cookie', oauthCookie('', 0));
+      return page(res, unavailable ? 503 : 401, signInPage(`Sign-in refused: ${refusal.message}`));
+    }
+    logger.info({ principal: actor.principalId, credential: actor.credentialId, issuer: flow.issuer }, 'signed in through OAuth');
+    // A page of our own moves on to the list: a redirect chain that began at the issuer's site would not carry the SameSite=Strict cookie.
+    return page(res, 200, continuePage('/'));
   }
 
   async function listPageFor(res: http.ServerResponse, me: SignedIn): Promise<void> {
@@ -372,11 +452,26 @@ export async function startDashboard(options: DashboardOptions): Promise<Dashboa
   // Its own names over http are its origins too (allowList adds only the loopback ones).
   allowed = { hosts: base.hosts, origins: new Set([...base.origins, ...[...base.hosts].map((h) => `http://${h}`)]) };
   const shown = config.host === '0.0.0.0' || config.host === '::' ? '127.0.0.1' : config.host.includes(':') ? `[${config.host}]` : config.host;
+  const dashboardUrl = `http://${shown}:${port}/`;
+  if (config.oauth && controller.config.oauth) {
+    const publicUrl = config.oauth.publicUrl ?? dashboardUrl;
+    // The audience: the one configured for every door, else this dashboard's own address.
+    const resource = controller.config.oauth.resource ?? publicUrl;
+    const redirectUri = new URL(OAUTH_CALLBACK_PATH.slice(1), publicUrl.endsWith('/') ? publicUrl : `${publicUrl}/`).toString();
+    oauth = {
+      flow: new OAuthSignIn({ issuer: controller.config.oauth, client: config.oauth, redirectUri, resource, ...(clientSecret !== undefined ? { clientSecret } : {}), logger }),
+      verifier: createJwtVerifier(controller.config.oauth, { resource, logger }),
+    };
+    logger.info({ issuer: oauthIssuer, redirectUri, resource }, 'dashboard sign-in through OAuth');
+  }
   return {
-    url: `http://${shown}:${port}/`,
+    url: dashboardUrl,
     sessions,
+    contentSecurityPolicy: csp,
     close: () =>
       new Promise<void>((resolve) => {
+        oauth?.flow.close();
+        oauth?.verifier.close?.();
         for (const stream of streams) stream.end();
         streams.clear();
         server.close(() => resolve());
@@ -412,6 +507,27 @@ export function sameOrigin(req: http.IncomingMessage, origins: ReadonlySet<strin
   const origin = req.headers.origin;
   if (origin !== undefined && origin !== 'null') return origins.has(origin.toLowerCase());
   return origin === 'null' && req.headers['sec-fetch-site'] === 'same-origin';
+}
+
+function sessionCookie(session: DashboardSession): string {
+  return `${SESSION_COOKIE}=${session.id}; Path=/; HttpOnly; SameSite=Strict; Max-Age=${Math.floor((session.expiresAt - session.createdAt) / 1000)}`;
+}
+
+/** SameSite=Lax: the callback is a top-level navigation from the issuer's site, which a Strict cookie would not ride on. */
+function oauthCookie(value: string, maxAgeSeconds: number): string {
+  return `${OAUTH_COOKIE}=${value}; Path=${OAUTH_CALLBACK_PATH}; HttpOnly; SameSite=Lax; Max-Age=${maxAgeSeconds}`;
+}
+
+/** The dashboard's OAuth client secret, from the file `dashboard.oauth.clientSecretFile` names. */
+async function readClientSecret(file: string): Promise<string> {
+  let secret: string;
+  try {
+    secret = (await readFile(file, 'utf8')).trim();
+  } catch (err) {
+    throw invalidInput('dashboard.oauth.clientSecretFile', 'a readable file holding the client secret', `${file} (${(err as NodeJS.ErrnoException).code ?? 'unreadable'})`);
+  }
+  if (!secret) throw invalidInput('dashboard.oauth.clientSecretFile', 'a file holding the client secret', `${file} (empty)`);
+  return secret;
 }
 
 function clearCookie(): string {

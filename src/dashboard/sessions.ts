@@ -5,18 +5,23 @@
  * and a changed role narrows the scopes at once (the same rules as PrincipalStore.authenticate, re-read
  * from the store on every request; nothing is cached).
  *
+ * A session from an OAuth sign-in (credential id `jwt:<jti>`) keeps the token's subject instead: on every
+ * request the principal must still exist, be enabled, and still be the one that subject signs in as.
+ *
  * Each session carries its own CSRF token; every state-changing request must send it back.
  */
 import { randomBytes, timingSafeEqual } from 'node:crypto';
 import { SwarmError } from '../errors.js';
 import { effectiveScopes, type PrincipalActor, type Scope } from '../tenancy/identity.js';
-import { LOCAL_CREDENTIAL_ID, type PrincipalStore } from '../tenancy/principals.js';
+import { LOCAL_CREDENTIAL_ID, type PrincipalDirectory } from '../tenancy/principals.js';
 
 export interface DashboardSession {
   id: string;
   principalId: string;
-  /** The API token's id, or `local` for the local admin's credential file. */
+  /** The API token's id, `local` for the local admin's credential file, or `jwt:<jti>` for an OAuth sign-in. */
   credentialId: string;
+  /** The OAuth subject an OAuth sign-in's session stands for. */
+  subject?: string;
   /** The scopes the credential carried at sign-in; the role in force can only narrow them. */
   scopes: readonly Scope[];
   csrfToken: string;
@@ -27,7 +32,7 @@ export interface DashboardSession {
 }
 
 export interface DashboardSessionsOptions {
-  principals: PrincipalStore;
+  principals: PrincipalDirectory;
   ttlMs: number;
   /** Sessions kept at most; the oldest is dropped first. */
   maxSessions?: number;
@@ -44,10 +49,10 @@ export class DashboardSessions {
     this.now = options.now ?? Date.now;
   }
 
-  /** Starts a session for an actor the Authenticator accepted. */
-  create(actor: PrincipalActor): DashboardSession {
+  /** Starts a session for an actor the Authenticator accepted (with the token's subject, for an OAuth sign-in). */
+  create(actor: PrincipalActor, oauth?: { subject: string }): DashboardSession {
     if (!actor.credentialId) throw new SwarmError('INTERNAL', 'a dashboard session needs the id of the credential it signed in with');
-    if (actor.credentialId.startsWith('jwt:')) throw new SwarmError('UNAUTHENTICATED', 'OAuth sign-in to the dashboard is not supported yet; sign in with an API token');
+    if (isOAuth(actor.credentialId) && !oauth?.subject) throw new SwarmError('UNAUTHENTICATED', 'a dashboard session from an OAuth sign-in needs the token’s subject, to re-check it on every request');
     const max = this.options.maxSessions ?? DEFAULT_MAX_SESSIONS;
     const at = this.now();
     for (const [id, old] of this.sessions) if (old.expiresAt <= at) this.sessions.delete(id);
@@ -56,6 +61,7 @@ export class DashboardSessions {
       id: randomBytes(32).toString('base64url'),
       principalId: actor.principalId,
       credentialId: actor.credentialId,
+      ...(isOAuth(actor.credentialId) ? { subject: oauth!.subject } : {}),
       scopes: [...actor.scopes],
       csrfToken: randomBytes(32).toString('base64url'),
       createdAt: at,
@@ -102,7 +108,9 @@ export class DashboardSessions {
     const { principals } = this.options;
     const principal = principals.getPrincipal(session.principalId);
     if (!principal || principal.disabled) throw new SwarmError('UNAUTHENTICATED', `principal ${session.principalId} is disabled`);
-    if (session.credentialId !== LOCAL_CREDENTIAL_ID) {
+    if (isOAuth(session.credentialId)) {
+      if (principals.principalForSubject(session.subject ?? '')?.id !== principal.id) throw new SwarmError('UNAUTHENTICATED', `the OAuth subject no longer signs in as principal ${principal.id}`);
+    } else if (session.credentialId !== LOCAL_CREDENTIAL_ID) {
       const token = principals.getToken(session.credentialId);
       if (!token || token.principalId !== principal.id) throw new SwarmError('UNAUTHENTICATED', `token ${session.credentialId} no longer exists`);
       if (token.revokedAt) throw new SwarmError('UNAUTHENTICATED', `token ${token.id} was revoked`);
@@ -117,4 +125,8 @@ export class DashboardSessions {
       door: 'dashboard',
     };
   }
+}
+
+function isOAuth(credentialId: string): boolean {
+  return credentialId.startsWith('jwt:');
 }

@@ -112,15 +112,31 @@ export function postForm(action: string, csrf: string, fields: Record<string, st
 
 // ---- pages ----
 
-export function loginPage(message?: string): string {
+/** The sign-in page: the API token form, and with `oauthIssuer` a "Sign in with <issuer>" link first. */
+export function loginPage(message?: string, oauthIssuer?: string): string {
+  const oauth = oauthIssuer ? `<p class="oauth"><a class="button" href="/oauth/start">Sign in with ${escapeHtml(oauthIssuer)}</a></p>\n<p class="hint">Or with an API token:</p>\n` : '';
   return layout(
     { title: 'Sign in', ...(message ? { notice: { kind: 'error', text: message } } : {}) },
     `<h1>Sign in</h1>
-<form method="post" action="/login" class="login">
+${oauth}<form method="post" action="/login" class="login">
 <label>API token <input type="password" name="token" autocomplete="off" required></label>
 <p class="hint">A <code>vss_…</code> token (<code>vscode-swarm tokens create</code>), or the local administrator's credential in <code>&lt;stateDir&gt;/mcp-http.token</code>.</p>
 <button type="submit">Sign in</button></form>`,
   );
+}
+
+/**
+ * After an OAuth sign-in: a page of the dashboard's own that moves straight on to `to` (a meta refresh,
+ * which the CSP allows), so that the next request starts on this site and carries the SameSite=Strict
+ * session cookie, which a redirect chain begun at the issuer's site would not.
+ */
+export function continuePage(to: string): string {
+  const target = escapeHtml(to);
+  return `<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="0;url=${target}">
+<title>Signed in · vscode-swarm</title><link rel="stylesheet" href="/static/dashboard.css"></head>
+<body><header><span class="home">vscode-swarm</span></header><main><p class="notice ok" role="status">Signed in. <a href="${target}">Continue to your workspaces</a>.</p></main></body></html>
+`;
 }
 
 export interface ListPageInput {

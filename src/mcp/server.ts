@@ -34,6 +34,7 @@ import { registerUpdateSwarmInstanceTool } from './tools/update-swarm-instance.j
 import { registerTenancyTools } from './tools/tenancy-tools.js';
 import { registerPortTools } from './tools/port-tools.js';
 import { registerSnapshotTools } from './tools/snapshot-tools.js';
+import { registerWorkspaceApp } from './app/workspace-app.js';
 
 export interface McpServerDeps {
   controller: SwarmController;
@@ -161,6 +162,7 @@ export function createMcpServer(deps: McpServerDeps): { server: McpServer; close
       return { contents: [{ uri: uri.href, mimeType: 'application/json', text: JSON.stringify(instance, null, 2) }] };
     },
   );
+  registerWorkspaceApp(server); // ui://vscode-swarm/workspace.html, the MCP App of the tools that return one workspace
 
   return { server, close: () => server.close() };
 }

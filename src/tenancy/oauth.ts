@@ -244,6 +244,22 @@ export function discoveryUrls(issuer: string): string[] {
 }
 
 async function discoverJwksUri(issuer: string, fetchImpl: typeof fetch, closed: AbortSignal): Promise<string> {
+  const { url, metadata } = await discoverIssuerMetadata(issuer, fetchImpl, closed, keysUnavailable);
+  const jwksUri = metadata.jwks_uri;
+  if (typeof jwksUri !== 'string' || !isHttpUrl(jwksUri)) throw keysUnavailable(`${url}: the metadata has no http(s) jwks_uri`);
+  return jwksUri;
+}
+
+/**
+ * The issuer's metadata document (OpenID discovery, then RFC 8414; see discoveryUrls), which must name
+ * exactly that issuer. `fail` makes the error from a detail (each caller says what it was looking for).
+ */
+export async function discoverIssuerMetadata(
+  issuer: string,
+  fetchImpl: typeof fetch,
+  closed: AbortSignal,
+  fail: (detail: string) => SwarmError,
+): Promise<{ url: string; metadata: Record<string, unknown> }> {
   const failures: string[] = [];
   for (const url of discoveryUrls(issuer)) {
     let response: Response;
@@ -263,14 +279,14 @@ async function discoverJwksUri(issuer: string, fetchImpl: typeof fetch, closed: 
     try {
       metadata = await response.json();
     } catch {
-      throw keysUnavailable(`${url}: the metadata is not JSON`);
+      throw fail(`${url}: the metadata is not JSON`);
     }
-    const { issuer: named, jwks_uri: jwksUri } = (metadata ?? {}) as { issuer?: unknown; jwks_uri?: unknown };
-    if (named !== issuer) throw keysUnavailable(`${url}: the metadata names issuer ${shown(named)}, not ${JSON.stringify(issuer)}`);
-    if (typeof jwksUri !== 'string' || !isHttpUrl(jwksUri)) throw keysUnavailable(`${url}: the metadata has no http(s) jwks_uri`);
-    return jwksUri;
+    if (typeof metadata !== 'object' || metadata === null || Array.isArray(metadata)) throw fail(`${url}: the metadata is not a JSON object`);
+    const named = (metadata as { issuer?: unknown }).issuer;
+    if (named !== issuer) throw fail(`${url}: the metadata names issuer ${shown(named)}, not ${JSON.stringify(issuer)}`);
+    return { url, metadata: metadata as Record<string, unknown> };
   }
-  throw keysUnavailable(`no metadata found (${failures.join('; ')})`);
+  throw fail(`no metadata found (${failures.join('; ')})`);
 }
 
 function describeFailure(err: unknown): string {

@@ -1,10 +1,13 @@
 import type { McpServer } from '@modelcontextprotocol/server';
+import { registerAppTool } from '@modelcontextprotocol/ext-apps/server';
 import { z } from 'zod';
 import { CreateRequestSchema } from '../../controller/swarm-controller.js';
 import { AccessLinkSchema, InstanceOutputSchema, describeInstance, runLongTool, type ToolContext } from '../tool-support.js';
+import { WORKSPACE_APP_TOOL_META } from '../app/workspace-app.js';
 
 export function registerCreateSwarmInstanceTool(server: McpServer, ctx: ToolContext): void {
-  server.registerTool(
+  registerAppTool(
+    server,
     'create_swarm_instance',
     {
       title: 'Create a workspace',
@@ -13,6 +16,7 @@ export function registerCreateSwarmInstanceTool(server: McpServer, ctx: ToolCont
       inputSchema: CreateRequestSchema.shape,
       outputSchema: { instance: InstanceOutputSchema, created: z.boolean(), fromWarmPool: z.boolean(), access: AccessLinkSchema.optional() },
       annotations: { readOnlyHint: false, destructiveHint: false, idempotentHint: true, openWorldHint: false },
+      _meta: WORKSPACE_APP_TOOL_META, // clients that render MCP Apps show the workspace with an Open button
     },
     (args, extra) =>
       runLongTool(ctx, 'create_swarm_instance', extra, async (options) => {

@@ -1,8 +1,11 @@
 import type { McpServer } from '@modelcontextprotocol/server';
+import { registerAppTool } from '@modelcontextprotocol/ext-apps/server';
 import { InstanceOutputSchema, describeInstance, instanceIdInput, runTool, type ToolContext } from '../tool-support.js';
+import { WORKSPACE_APP_TOOL_META } from '../app/workspace-app.js';
 
 export function registerGetSwarmInstanceTool(server: McpServer, ctx: ToolContext): void {
-  server.registerTool(
+  registerAppTool(
+    server,
     'get_swarm_instance',
     {
       title: 'Get a workspace',
@@ -10,6 +13,7 @@ export function registerGetSwarmInstanceTool(server: McpServer, ctx: ToolContext
       inputSchema: { instanceId: instanceIdInput },
       outputSchema: { instance: InstanceOutputSchema },
       annotations: { readOnlyHint: true, openWorldHint: false },
+      _meta: WORKSPACE_APP_TOOL_META, // clients that render MCP Apps show the workspace with an Open button
     },
     ({ instanceId }) =>
       runTool(ctx, 'get_swarm_instance', async () => {

@@ -1,8 +1,11 @@
 import type { McpServer } from '@modelcontextprotocol/server';
+import { registerAppTool } from '@modelcontextprotocol/ext-apps/server';
 import { InstanceOutputSchema, describeInstance, instanceIdInput, runLongTool, type ToolContext } from '../tool-support.js';
+import { WORKSPACE_APP_TOOL_META } from '../app/workspace-app.js';
 
 export function registerStartSwarmInstanceTool(server: McpServer, ctx: ToolContext): void {
-  server.registerTool(
+  registerAppTool(
+    server,
     'start_swarm_instance',
     {
       title: 'Start a workspace',
@@ -11,6 +14,7 @@ export function registerStartSwarmInstanceTool(server: McpServer, ctx: ToolConte
       inputSchema: { instanceId: instanceIdInput },
       outputSchema: { instance: InstanceOutputSchema },
       annotations: { readOnlyHint: false, destructiveHint: false, idempotentHint: true, openWorldHint: false },
+      _meta: WORKSPACE_APP_TOOL_META, // clients that render MCP Apps show the workspace with an Open button
     },
     ({ instanceId }, extra) =>
       runLongTool(ctx, 'start_swarm_instance', extra, async (options) => {

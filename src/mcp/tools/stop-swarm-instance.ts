@@ -1,9 +1,12 @@
 import type { McpServer } from '@modelcontextprotocol/server';
+import { registerAppTool } from '@modelcontextprotocol/ext-apps/server';
 import { z } from 'zod';
 import { InstanceOutputSchema, describeInstance, instanceIdInput, runTool, type ToolContext } from '../tool-support.js';
+import { WORKSPACE_APP_TOOL_META } from '../app/workspace-app.js';
 
 export function registerStopSwarmInstanceTool(server: McpServer, ctx: ToolContext): void {
-  server.registerTool(
+  registerAppTool(
+    server,
     'stop_swarm_instance',
     {
       title: 'Stop a workspace',
@@ -12,6 +15,7 @@ export function registerStopSwarmInstanceTool(server: McpServer, ctx: ToolContex
       inputSchema: { instanceId: instanceIdInput, force: z.boolean().optional().describe('Kill instead of a graceful stop') },
       outputSchema: { instance: InstanceOutputSchema },
       annotations: { readOnlyHint: false, destructiveHint: true, idempotentHint: true, openWorldHint: false },
+      _meta: WORKSPACE_APP_TOOL_META, // clients that render MCP Apps show the workspace with an Open button
     },
     ({ instanceId, force }) =>
       runTool(ctx, 'stop_swarm_instance', async () => {

@@ -103,7 +103,9 @@ const AuditEventSchema = z.object({
   owner: z.string().optional(),
   code: z.string().optional(),
   reason: z.string().optional(),
-  request: z.unknown().optional(),
+  // Any JSON value (the log is JSON lines), each branch typed: a bare z.unknown() would be an untyped `{}` schema,
+  // which the MCP Inspector's --strict flags as unportable.
+  request: z.json().optional().describe('The request as recorded, secrets and env values redacted'),
 });
 
 // ---- text a person reads ----
