@@ -208,9 +208,44 @@ export const ProviderCapabilitiesSchema = z.object({
   maxInstancesPerUser: z.number().int().optional(),
   /** The editor can run from a mount in an image without it (InstanceConfig.editorMount): a dev container's image. */
   editorMount: z.boolean().optional(),
+  /**
+   * The provider keeps its own point-in-time copies of a workspace (takeNativeSnapshot /
+   * restoreNativeSnapshot): Fly volume snapshots. Snapshots take one besides the portable archive, and a
+   * fork on the same provider starts from it.
+   */
+  nativeSnapshots: z.boolean().optional(),
   resourceLimits: ResourceLimitsSchema,
 });
 export type ProviderCapabilities = z.infer<typeof ProviderCapabilitiesSchema>;
+
+/** A provider-native copy of an instance's workspace (a Fly volume snapshot), as the provider described it when it was taken. */
+export const NativeSnapshotRefSchema = z.object({
+  provider: ProviderTypeSchema,
+  /** The provider's id for it (Fly: `vs_...`). */
+  id: z.string().min(1).max(128),
+  /** The volume it is a copy of (Fly lists snapshots per volume). */
+  volumeId: z.string().max(128).optional(),
+  /** The provider's word for its state when last seen (Fly: `pending` while being taken, `created` once usable). */
+  status: z.string().max(64).optional(),
+  takenAt: z.string(),
+  /** When the provider drops it by itself (Fly keeps a volume snapshot for its `retention_days`). */
+  expiresAt: z.string().optional(),
+  digest: z.string().max(256).optional(),
+  size: z.number().int().min(0).optional(),
+});
+export type NativeSnapshotRef = z.infer<typeof NativeSnapshotRefSchema>;
+
+/** A workspace replaced by one made from a native snapshot, with the old one kept until the caller decides. */
+export interface NativeRestore {
+  /** The workspace (volume) the instance has now, made from the snapshot. */
+  volumeId: string;
+  /** The one it had, kept until commit or rollback. */
+  previousVolumeId: string;
+  /** Keeps the new workspace and deletes the old one. */
+  commit(): Promise<void>;
+  /** Puts the old workspace back and deletes the new one. */
+  rollback(): Promise<void>;
+}
 
 export interface ProgressEvent {
   /** 0..1 of the whole operation. */
@@ -321,6 +356,18 @@ export interface Provider {
    * unread would hold its source's connection open).
    */
   importWorkspace?(instanceId: string, archive: Readable): Promise<void>;
+  /**
+   * Takes a provider-native snapshot of the instance's workspace, where capabilities say nativeSnapshots;
+   * resolves once the provider has it, possibly still being taken (see NativeSnapshotRef.status).
+   */
+  takeNativeSnapshot?(instanceId: string): Promise<NativeSnapshotRef>;
+  /**
+   * Gives the instance a new workspace made from a native snapshot, keeping the one it had until the
+   * answer's commit or rollback; the instance is left running when it ran.
+   */
+  restoreNativeSnapshot?(instanceId: string, snapshot: NativeSnapshotRef): Promise<NativeRestore>;
+  /** Deletes a native snapshot, where the provider has a way to (Fly's Machines API has none: its snapshots expire). */
+  deleteNativeSnapshot?(snapshot: NativeSnapshotRef): Promise<void>;
   /** Current resource usage, where capabilities.stats says so. */
   getInstanceStats?(instanceId: string): Promise<InstanceStats>;
   /**

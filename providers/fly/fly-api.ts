@@ -52,6 +52,17 @@ export interface FlyVolume {
   created_at?: string;
 }
 
+/** A volume snapshot as GET /v1/apps/{app}/volumes/{id}/snapshots lists it. */
+export interface FlyVolumeSnapshot {
+  id: string;
+  size?: number;
+  digest?: string;
+  created_at?: string;
+  /** `pending` while being taken, `created` once a volume can be made from it. */
+  status?: string;
+  retention_days?: number;
+}
+
 export interface ExecResponse {
   exit_code?: number;
   exit_signal?: number;
@@ -251,6 +262,28 @@ export class FlyApi {
       () => this.client.Volume.createVolume({ app_name: this.app, name, region, size_gb: sizeGb, encrypted: true } as Parameters<FlyClient['Volume']['createVolume']>[0]),
       'rate-limit-only',
     )) as unknown as FlyVolume;
+  }
+
+  /** A new volume holding a copy of a volume snapshot (`snapshot_id`, which fly-admin's types lack). Not retried on 5xx, like createVolume. */
+  async createVolumeFromSnapshot(name: string, region: string, sizeGb: number, snapshotId: string): Promise<FlyVolume> {
+    return (await this.call(
+      `create volume ${name} from snapshot ${snapshotId}`,
+      () => this.raw('POST', `apps/${this.app}/volumes`, { name, region, size_gb: sizeGb, encrypted: true, snapshot_id: snapshotId }),
+      'rate-limit-only',
+    )) as FlyVolume;
+  }
+
+  async getVolume(volumeId: string): Promise<FlyVolume> {
+    return (await this.call(`get volume ${volumeId}`, () => this.raw('GET', `apps/${this.app}/volumes/${volumeId}`))) as FlyVolume;
+  }
+
+  async listVolumeSnapshots(volumeId: string): Promise<FlyVolumeSnapshot[]> {
+    return ((await this.call(`list snapshots of volume ${volumeId}`, () => this.raw('GET', `apps/${this.app}/volumes/${volumeId}/snapshots`))) ?? []) as FlyVolumeSnapshot[];
+  }
+
+  /** Schedules an on-demand snapshot; the API answers without it (the caller finds it in the list). Not retried on 5xx: it may have been taken. */
+  async createVolumeSnapshot(volumeId: string): Promise<void> {
+    await this.call(`snapshot volume ${volumeId}`, () => this.raw('POST', `apps/${this.app}/volumes/${volumeId}/snapshots`), 'rate-limit-only');
   }
 
   async deleteVolume(volumeId: string): Promise<void> {

@@ -13,6 +13,12 @@
  * organisation, or on a host with a WireGuard peer (`fly wireguard create`). The app gets no public IP
  * from this provider and must never be given one: the editor runs with `--auth none` behind the
  * gateway.
+ *
+ * Native snapshots: a workspace volume can be snapshotted on demand (POST .../volumes/{id}/snapshots,
+ * which answers without the snapshot: it is the new entry in the volume's list) and a new volume made from
+ * a snapshot (`snapshot_id` on create). A restore from one makes that new volume, remounts the Machine on
+ * it and keeps the old volume until the caller commits or rolls back. The Machines API has no call that
+ * deletes a snapshot: Fly drops it after the volume's `snapshot_retention` days.
  */
 import { randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
@@ -30,6 +36,8 @@ import type {
   InstanceConfigPatch,
   InstanceFilter,
   InstanceLogs,
+  NativeRestore,
+  NativeSnapshotRef,
   Provider,
   ProviderCapabilities,
   ProgressEvent,
@@ -39,7 +47,7 @@ import type {
   VSCodeInstance,
 } from '../provider.js';
 import { applyInstanceFilter } from '../provider.js';
-import { DEFAULT_API_URL, FlyApi, httpStatusOf, type FlyVolume, type RetryOptions } from './fly-api.js';
+import { DEFAULT_API_URL, FlyApi, httpStatusOf, type FlyVolume, type FlyVolumeSnapshot, type RetryOptions } from './fly-api.js';
 import {
   EDITOR_PORT,
   FLY_ACTIVE_STATES,
@@ -99,6 +107,8 @@ export interface FlyProviderOptions {
   stopTimeoutSeconds?: number;
   /** Size of each new workspace volume. */
   volumeSizeGb?: number;
+  /** How long a native snapshot may take to show up in its volume's list, and to become usable for a restore; default 10 minutes. */
+  nativeSnapshotTimeoutMs?: number;
   /** Backoff on 429/5xx; defaults suit the real API. */
   retry?: RetryOptions;
   logger?: Logger;
@@ -131,8 +141,9 @@ export class FlyProvider implements Provider {
     this.capabilities = {
       // Every config change (guest included) makes a new Machine version and restarts it.
       liveResize: false,
-      // Fly snapshots volumes daily, but restoring them is not wired here.
-      snapshots: false,
+      // Volume snapshots, taken on demand and restored into a new volume (see the file comment).
+      snapshots: true,
+      nativeSnapshots: true,
       workspaceTransfer: true,
       persistentWorkspace: true,
       maxWorkspaceMb: (options.volumeSizeGb ?? 1) * 1024,
@@ -441,8 +452,100 @@ export class FlyProvider implements Provider {
     });
   }
 
+  /** Snapshots the instance's workspace volume and answers the snapshot, which may still be `pending`. */
+  async takeNativeSnapshot(instanceId: string): Promise<NativeSnapshotRef> {
+    const api = this.requireApi();
+    const volumeId = await this.workspaceVolumeId(instanceId);
+    const before = new Set((await api.listVolumeSnapshots(volumeId)).map((snap) => snap.id));
+    await api.createVolumeSnapshot(volumeId);
+    // The create call answers without the snapshot: it is the entry that was not in the list before.
+    const taken = await waitUntil(async () => (await api.listVolumeSnapshots(volumeId)).find((snap) => !before.has(snap.id)), {
+      timeoutMs: this.nativeTimeoutMs(),
+      intervalMs: 250,
+      what: `fly: the snapshot of volume ${volumeId} (instance ${instanceId}) in the volume's list`,
+    });
+    this.logger.info({ instanceId, volume: volumeId, snapshot: taken.id, status: taken.status }, 'volume snapshot taken');
+    return nativeRef(taken, volumeId);
+  }
+
+  /**
+   * Makes a new volume from the snapshot (once it is usable), remounts the instance's Machine on it and
+   * keeps the old volume until commit (deletes it) or rollback (remounts it, deletes the new one).
+   */
+  async restoreNativeSnapshot(instanceId: string, snapshot: NativeSnapshotRef): Promise<NativeRestore> {
+    const api = this.requireApi();
+    if (snapshot.provider !== 'fly') throw new SwarmError('INVALID_INPUT', `snapshot.provider: expected a fly volume snapshot (got ${snapshot.provider})`, { field: 'snapshot' });
+    const machine = await this.requireMachine(instanceId);
+    const previousVolumeId = this.view(machine).providerRef.volume;
+    if (!previousVolumeId) throw new SwarmError('PROVIDER_ERROR', `fly: machine ${machine.id} of ${instanceId} mounts no workspace volume`);
+    if (snapshot.volumeId) await this.awaitSnapshotUsable(snapshot.volumeId, snapshot.id);
+    const previous = await api.getVolume(previousVolumeId);
+    const region = previous.region ?? machine.region ?? this.region;
+    const created = await api.createVolumeFromSnapshot(volumeName(instanceId, this.options.swarmId), region, previous.size_gb ?? this.options.volumeSizeGb ?? 1, snapshot.id);
+    this.logger.info({ instanceId, volume: created.id, snapshot: snapshot.id }, 'volume made from a snapshot');
+    try {
+      await this.remount(instanceId, created.id);
+    } catch (err) {
+      await this.remount(instanceId, previousVolumeId).catch((e) => this.logger.warn({ instanceId, err: (e as Error).message }, 'could not remount the previous volume'));
+      await this.deleteVolumeSoon(created.id).catch((e) => this.logger.warn({ instanceId, volume: created.id, err: (e as Error).message }, 'clean-up: could not destroy volume'));
+      throw asSwarmError(err, 'PROVIDER_ERROR', `fly: restore snapshot ${snapshot.id} into ${instanceId}`);
+    }
+    return {
+      volumeId: created.id,
+      previousVolumeId,
+      commit: () => this.deleteVolumeSoon(previousVolumeId),
+      rollback: async () => {
+        await this.remount(instanceId, previousVolumeId);
+        await this.deleteVolumeSoon(created.id);
+      },
+    };
+  }
+
   async close(): Promise<void> {
     this.api = undefined;
+  }
+
+  /** The volume the instance's Machine mounts at the workspace (which, after a restore, is not the first one made under its name). */
+  private async workspaceVolumeId(instanceId: string): Promise<string> {
+    const volume = this.view(await this.requireMachine(instanceId)).providerRef.volume ?? (await this.findVolume(instanceId))?.id;
+    if (!volume) throw new SwarmError('PROVIDER_ERROR', `fly: instance ${instanceId} has no workspace volume`);
+    return volume;
+  }
+
+  /** Waits until Fly can make a volume from the snapshot (`created`); a snapshot whose volume is gone is left to the create call to judge. */
+  private async awaitSnapshotUsable(volumeId: string, snapshotId: string): Promise<void> {
+    const api = this.requireApi();
+    await waitUntil(
+      async () => {
+        let listed: FlyVolumeSnapshot[];
+        try {
+          listed = await api.listVolumeSnapshots(volumeId);
+        } catch (err) {
+          if (err instanceof SwarmError && err.code === 'NOT_FOUND') return true;
+          throw err;
+        }
+        const found = listed.find((snap) => snap.id === snapshotId);
+        if (!found) throw new SwarmError('NOT_FOUND', `fly: snapshot ${snapshotId} of volume ${volumeId} no longer exists (expired?)`);
+        if (found.status === 'failed') throw new SwarmError('PROVIDER_ERROR', `fly: snapshot ${snapshotId} of volume ${volumeId} failed`);
+        return found.status === undefined || found.status === 'created' ? true : undefined;
+      },
+      { timeoutMs: this.nativeTimeoutMs(), intervalMs: 250, what: `fly: snapshot ${snapshotId} of volume ${volumeId} becoming usable` },
+    );
+  }
+
+  /** Mounts another volume at the workspace: a new Machine version, started again when it ran. */
+  private async remount(instanceId: string, volumeId: string): Promise<void> {
+    const api = this.requireApi();
+    const machine = await this.requireMachine(instanceId);
+    const wasRunning = FLY_ACTIVE_STATES.has(machine.state);
+    const mounts = [...(machine.config?.mounts ?? []).filter((m) => m.path !== WORKSPACE_PATH), { volume: volumeId, path: WORKSPACE_PATH }];
+    const updated = await api.updateMachine(machine.id, { ...(machine.config ?? {}), mounts }, !wasRunning);
+    if (wasRunning) await this.awaitStarted(updated, () => undefined, 0.5);
+    else await this.waitForState(updated, 'stopped', this.options.readinessTimeoutMs ?? 90_000);
+  }
+
+  private nativeTimeoutMs(): number {
+    return this.options.nativeSnapshotTimeoutMs ?? 600_000;
   }
 
   /** Runs a command that must succeed, returning its whole stdout. */
@@ -683,6 +786,21 @@ export class FlyProvider implements Provider {
     if (!this.api) throw new SwarmError('PROVIDER_UNAVAILABLE', 'fly: the provider is not initialised (call initialize first)');
     return this.api;
   }
+}
+
+/** The shared description of a Fly volume snapshot; its expiry follows from `retention_days`. */
+function nativeRef(snap: FlyVolumeSnapshot, volumeId: string): NativeSnapshotRef {
+  const takenAt = snap.created_at ?? new Date().toISOString();
+  return {
+    provider: 'fly',
+    id: snap.id,
+    volumeId,
+    ...(snap.status ? { status: snap.status } : {}),
+    takenAt,
+    ...(snap.retention_days ? { expiresAt: new Date(Date.parse(takenAt) + snap.retention_days * 86_400_000).toISOString() } : {}),
+    ...(snap.digest ? { digest: snap.digest } : {}),
+    ...(typeof snap.size === 'number' ? { size: snap.size } : {}),
+  };
 }
 
 /** Keeps at most `limit` bytes of UTF-8 text. */

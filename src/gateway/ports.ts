@@ -31,6 +31,7 @@ import { INSTANCE_ID_PATTERN } from '../../providers/provider.js';
 import type { SwarmController } from '../controller/swarm-controller.js';
 import { SwarmError, asSwarmError, invalidInput } from '../errors.js';
 import type { Logger } from '../logger.js';
+import { forwardedPortsOf } from '../workspace/devcontainer.js';
 import { TOKEN_PARAM, type AccessLinks } from './access-links.js';
 import type { TokenClaims } from './access-tokens.js';
 import { deny, readCookies, sameOrigin, type Admission } from './gateway.js';
@@ -126,18 +127,23 @@ export function issuePortShare(access: AccessLinks, instance: Readonly<VSCodeIns
 
 export interface ListeningPort {
   port: number;
-  /** The local addresses it listens on, as the kernel reports them ("0.0.0.0", "::", "127.0.0.1"). */
+  /** The local addresses it listens on, as the kernel reports them ("0.0.0.0", "::", "127.0.0.1"); none when it does not listen. */
   addresses: string[];
   /** Whether code-server's port proxy can reach it: it listens on every address or on 127.0.0.1. */
   reachable: boolean;
+  /** Whether anything listens on it now (a declared port may not, yet). */
+  listening: boolean;
+  /** Whether the workspace's dev container declares it (`forwardPorts`, recorded at create). */
+  declared: boolean;
   /** Its forwarded address, where the gateway is on. */
   url?: string;
 }
 
 /**
- * The TCP ports listening inside a running workspace, the editor's own left out: read from /proc/net/tcp
- * and /proc/net/tcp6 through the provider's exec (the images have no netstat). The command is fixed, so
- * this does not depend on execute_command being turned on.
+ * The TCP ports listening inside a running workspace, the editor's own left out, and the ports its dev
+ * container declares (`forwardPorts`), listening or not: read from /proc/net/tcp and /proc/net/tcp6
+ * through the provider's exec (the images have no netstat). The command is fixed, so this does not depend
+ * on execute_command being turned on.
  */
 export async function listListeningPorts(controller: SwarmController, instanceId: string): Promise<ListeningPort[]> {
   const instance = controller.registry.require(instanceId);
@@ -147,11 +153,23 @@ export async function listListeningPorts(controller: SwarmController, instanceId
   if (result.timedOut || result.exitCode !== 0) {
     throw new SwarmError('PROVIDER_ERROR', `instance ${instanceId}: reading /proc/net/tcp failed (${result.timedOut ? 'timed out' : `exit ${result.exitCode ?? 'unknown'}`})`);
   }
-  return listeningPorts(result.stdout).map((p) => ({ ...p, ...(controller.access ? { url: controller.access.urlFor(portHostLabel({ instanceId, port: p.port })) } : {}) }));
+  const ports = withDeclaredPorts(listeningPorts(result.stdout), forwardedPortsOf(instance.config.metadata));
+  return ports.map((p) => ({ ...p, ...(controller.access ? { url: controller.access.urlFor(portHostLabel({ instanceId, port: p.port })) } : {}) }));
+}
+
+/**
+ * The listening ports with the declared ones merged in, by port: a declared port that listens is marked
+ * declared; one that does not is added as not listening (and not reachable). The editor's own is never shown.
+ */
+export function withDeclaredPorts(listening: Omit<ListeningPort, 'url' | 'listening' | 'declared'>[], declared: readonly number[]): Omit<ListeningPort, 'url'>[] {
+  const wanted = new Set(declared.filter((p) => p !== EDITOR_PORT));
+  const found = listening.map((p) => ({ ...p, listening: true, declared: wanted.has(p.port) }));
+  const absent = [...wanted].filter((port) => !found.some((p) => p.port === port)).map((port) => ({ port, addresses: [], reachable: false, listening: false, declared: true }));
+  return [...found, ...absent].sort((a, b) => a.port - b.port);
 }
 
 /** The LISTEN sockets in /proc/net/tcp{,6} text, by port, the editor's own left out. */
-export function listeningPorts(procText: string): Omit<ListeningPort, 'url'>[] {
+export function listeningPorts(procText: string): Omit<ListeningPort, 'url' | 'listening' | 'declared'>[] {
   const byPort = new Map<number, Set<string>>();
   for (const line of procText.split('\n')) {
     const fields = line.trim().split(/\s+/);

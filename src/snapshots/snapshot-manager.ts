@@ -10,16 +10,26 @@
  *   and started again (`stopped`): every file as it was at the stop. It needs a provider that exports a
  *   stopped instance (Docker does; Fly exports through exec, so it must run and a stop is refused there).
  * - restore: the snapshot's archive is first checked against its manifest (a damaged archive is refused
- *   before anything changes), the workspace folder is emptied through the provider's exec (importWorkspace
- *   replaces files of the same name but leaves others), the archive is imported, and the workspace is
- *   exported again and compared: every file byte for byte as in the snapshot and none besides, else
- *   PROVIDER_ERROR naming the files. A stopped instance is started for it and stopped again after.
+ *   before anything changes), the workspace as it is now is copied aside (a safety archive with its
+ *   manifest, in a temp folder of the store), the workspace folder is emptied through the provider's exec
+ *   (importWorkspace replaces files of the same name but leaves others), the archive is imported, and the
+ *   workspace is exported again and compared: every file byte for byte as in the snapshot and none
+ *   besides. When any of that fails part-way, the workspace is filled again from the safety archive and
+ *   verified the same way, and the error says it was put back; if even that fails, the safety archive is
+ *   kept as a snapshot of its own, named in the error. A stopped instance is started for it and stopped
+ *   again after.
  * - fork: a new instance made through controller.createInstance (quotas apply), filled the same way as a
  *   restore and verified; on any failure the new instance is deleted.
  *
- * Provider-native snapshots (Fly volume snapshots) are not used: every provider goes through the same tar.
+ * Provider-native snapshots (capabilities.nativeSnapshots: Fly volume snapshots): create also takes one
+ * (inside the stop window with stopForSnapshot) and records it in the snapshot's `native`; failing to take
+ * it is logged and leaves the archive snapshot as it is. A fork on the same provider starts from it (a new
+ * volume from the snapshot) and is then verified against the manifest like any fork; when the native copy
+ * differs (a live snapshot's two copies are taken moments apart) or cannot be used, the fork is filled from
+ * the archive instead. Deleting a snapshot, or its expiry, deletes the native one where the provider can;
+ * Fly cannot (no such call in the Machines API), so there it goes at its own retention (`native.expiresAt`).
  */
-import type { ProgressEvent, Provider, ProviderType, VSCodeInstance } from '../../providers/provider.js';
+import type { NativeSnapshotRef, ProgressEvent, Provider, ProviderType, VSCodeInstance } from '../../providers/provider.js';
 import type { CreateResult, SwarmController } from '../controller/swarm-controller.js';
 import { KeyedMutex } from '../controller/keyed-mutex.js';
 import { SwarmError, asSwarmError, invalidInput } from '../errors.js';
@@ -68,6 +78,16 @@ export interface ForkRequest {
 export interface ForkResult extends CreateResult {
   snapshotId: string;
   files: number;
+  /** Where the fork's files came from: the provider's native snapshot, or the archive. Verified by the manifest either way. */
+  via: 'native' | 'archive';
+}
+
+/** Files to fill a workspace with: an archive on disk and the manifest it must produce. */
+interface FillSource {
+  archive: string;
+  manifest: Manifest;
+  /** Names it in messages: "snapshot snap-…", "the copy taken before the restore". */
+  what: string;
 }
 
 export class SnapshotManager {
@@ -89,7 +109,7 @@ export class SnapshotManager {
 
   /** Removes expired snapshots and leftovers of interrupted copies; runs at start and on every list and create. */
   async sweep(): Promise<string[]> {
-    const removed = await this.store.sweep();
+    const removed = await this.store.sweep((record) => this.dropNative(record));
     if (removed.length) this.logger.info({ snapshots: removed }, 'expired snapshots deleted');
     return removed;
   }
@@ -112,6 +132,7 @@ export class SnapshotManager {
       if (instance.status !== 'running' && instance.status !== 'stopped') throw new SwarmError('CONFLICT', `instance ${instanceId} is ${instance.status}; a snapshot needs it running or stopped`);
       const id = this.store.newId();
       const building = await this.store.begin(id);
+      let native: NativeSnapshotRef | undefined;
       try {
         if (stop) {
           report({ fraction: 0.05, message: `stopping ${instanceId} for a consistent copy` });
@@ -121,6 +142,7 @@ export class SnapshotManager {
         try {
           report({ fraction: 0.1, message: `copying the workspace of ${instanceId}` });
           spooled = await spoolArchive(await provider.exportWorkspace!(instanceId), building.archive, this.limits(`the workspace of ${instanceId}`));
+          native = await this.takeNative(provider, instanceId, report);
         } finally {
           if (stop) {
             report({ fraction: 0.85, message: `starting ${instanceId} again` });
@@ -139,18 +161,20 @@ export class SnapshotManager {
           image: instance.config.image,
           resources: instance.config.resources,
           consistency: stop || instance.status === 'stopped' ? 'stopped' : 'live',
+          ...(native ? { native } : {}),
         };
         // The quota is checked again with the size known, together with the commit: two creates at once cannot both take the last room.
         await this.locks.run(`owner:${owner}`, async () => {
           this.checkRoom(owner, await this.store.list(), spooled.bytes);
           await building.commit(record, spooled.manifest);
         });
-        report({ fraction: 1, message: `snapshot ${id}: ${record.files} files, ${record.bytes} bytes` });
-        this.logger.info({ snapshotId: id, instanceId, files: record.files, bytes: record.bytes, consistency: record.consistency }, 'snapshot taken');
+        report({ fraction: 1, message: `snapshot ${id}: ${record.files} files, ${record.bytes} bytes${native ? `, with ${instance.providerType} snapshot ${native.id}` : ''}` });
+        this.logger.info({ snapshotId: id, instanceId, files: record.files, bytes: record.bytes, consistency: record.consistency, native: native?.id }, 'snapshot taken');
         await controller.recordSystemEvent('snapshots', 'snapshot.taken', { subject: instanceId, reason: `${id}: ${record.files} files, ${record.bytes} bytes (${record.consistency})` });
         return record;
       } catch (err) {
         await building.discard().catch(() => undefined);
+        if (native) await this.dropNative({ id, instanceId, native }).catch(() => undefined);
         throw err;
       }
     });
@@ -170,6 +194,7 @@ export class SnapshotManager {
     const snapshot = await this.store.get(snapshotId);
     await this.store.remove(snapshotId);
     this.logger.info({ snapshotId }, 'snapshot deleted');
+    await this.dropNative(snapshot);
     return snapshot;
   }
 
@@ -195,7 +220,7 @@ export class SnapshotManager {
         await controller.startInstance(instanceId);
       }
       try {
-        await this.fill(provider, instanceId, snapshot, manifest, (e) => report({ fraction: 0.2 + e.fraction * 0.75, message: e.message }));
+        await this.restoreWithRollback(provider, instance, snapshot, manifest, (e) => report({ fraction: 0.2 + e.fraction * 0.75, message: e.message }));
       } finally {
         if (wasStopped) await controller.stopInstance(instanceId, { reason: `stopped again after restoring snapshot ${snapshotId}` }).catch((err: unknown) => this.logger.warn({ instanceId, err: (err as Error).message }, 'could not stop the instance again after a restore'));
       }
@@ -229,32 +254,154 @@ export class SnapshotManager {
     );
     if (!created.created) throw new SwarmError('CONFLICT', `name: ${request.owner} already has a workspace named ${request.name} (${created.instance.id}); a fork needs a new name`, { field: 'name' });
     const id = created.instance.id;
+    const source = this.archiveOf(snapshot, manifest);
+    // Not one the provider has dropped by now (Fly keeps them for days, the archive may be kept longer).
+    const live = snapshot.native && (!snapshot.native.expiresAt || Date.parse(snapshot.native.expiresAt) > this.now());
+    const native = sameProvider && live && provider.getCapabilities().nativeSnapshots && provider.restoreNativeSnapshot ? snapshot.native : undefined;
+    let via: ForkResult['via'] = 'archive';
     try {
-      await this.locks.run(`instance:${id}`, () => this.fill(provider, id, snapshot, manifest, (e) => report({ fraction: 0.5 + e.fraction * 0.5, message: e.message })));
+      await this.locks.run(`instance:${id}`, async () => {
+        const fillReport = (e: ProgressEvent): void => report({ fraction: 0.5 + e.fraction * 0.5, message: e.message });
+        if (native && (await this.fromNative(provider, id, snapshot, native, manifest, fillReport))) via = 'native';
+        else await this.fill(provider, id, source, fillReport);
+      });
     } catch (err) {
       await controller.deleteInstance(id).catch((cleanup: unknown) => this.logger.error({ instanceId: id, err: (cleanup as Error).message }, 'could not delete a failed fork; reconcile will retry'));
       throw asSwarmError(err, 'PROVIDER_ERROR');
     }
-    this.logger.info({ instanceId: id, snapshotId: snapshot.id, provider: type }, 'instance forked from a snapshot');
-    return { ...created, instance: await controller.getInstance(id), snapshotId: snapshot.id, files: snapshot.files };
+    this.logger.info({ instanceId: id, snapshotId: snapshot.id, provider: type, via }, 'instance forked from a snapshot');
+    return { ...created, instance: await controller.getInstance(id), snapshotId: snapshot.id, files: snapshot.files, via };
   }
 
   // ---- internals ----
 
   /** Empties the workspace, imports the archive, exports again and compares: every file, and nothing else. */
-  private async fill(provider: Provider, instanceId: string, snapshot: Snapshot, manifest: Manifest, report: (event: ProgressEvent) => void): Promise<void> {
+  private async fill(provider: Provider, instanceId: string, source: FillSource, report: (event: ProgressEvent) => void): Promise<void> {
     report({ fraction: 0, message: `emptying the workspace of ${instanceId}` });
     const cleared = await provider.executeCommand(instanceId, CLEAR_WORKSPACE, { timeoutMs: this.config.timeoutMs, maxOutputBytes: 4_096 });
     if (cleared.exitCode !== 0) {
       throw new SwarmError('PROVIDER_ERROR', `could not empty the workspace of ${instanceId} before the import (exit ${cleared.exitCode}${cleared.timedOut ? ', timed out' : ''}): ${cleared.stderr.trim().slice(0, 300)}`);
     }
-    report({ fraction: 0.2, message: `importing ${snapshot.files} files` });
-    await provider.importWorkspace!(instanceId, openSpooled({ file: this.store.archivePath(snapshot.id) }));
+    report({ fraction: 0.2, message: `importing ${Object.keys(source.manifest).length} files` });
+    await provider.importWorkspace!(instanceId, openSpooled({ file: source.archive }));
     report({ fraction: 0.7, message: 'verifying every file by SHA-256' });
-    const actual = await manifestOf(await provider.exportWorkspace!(instanceId), this.limits(`the workspace of ${instanceId}`));
-    const problems = [...manifestDifferences(manifest, actual), ...extraFiles(manifest, actual)];
+    await this.verify(provider, instanceId, source, 'after the import');
+  }
+
+  /** Exports the workspace and compares it with the manifest: PROVIDER_ERROR naming the files that differ. */
+  private async verify(provider: Provider, instanceId: string, source: Pick<FillSource, 'manifest' | 'what'>, when: string): Promise<void> {
+    const problems = await this.differences(provider, instanceId, source.manifest);
     if (problems.length) {
-      throw new SwarmError('PROVIDER_ERROR', `the workspace of ${instanceId} does not match snapshot ${snapshot.id} after the import: ${summarize(problems)}`, { details: { files: problems.slice(0, 20) } });
+      throw new SwarmError('PROVIDER_ERROR', `the workspace of ${instanceId} does not match ${source.what} ${when}: ${summarize(problems)}`, { details: { files: problems.slice(0, 20) } });
+    }
+  }
+
+  private async differences(provider: Provider, instanceId: string, manifest: Manifest): Promise<string[]> {
+    const actual = await manifestOf(await provider.exportWorkspace!(instanceId), this.limits(`the workspace of ${instanceId}`));
+    return [...manifestDifferences(manifest, actual), ...extraFiles(manifest, actual)];
+  }
+
+  private archiveOf(snapshot: Snapshot, manifest: Manifest): FillSource {
+    return { archive: this.store.archivePath(snapshot.id), manifest, what: `snapshot ${snapshot.id}` };
+  }
+
+  /**
+   * Restores with a way back: the workspace as it is is copied aside first; when the fill fails part-way
+   * the copy is put back (and verified), and the error says so. If putting it back fails too, the copy is
+   * kept as a snapshot of its own and the error names it.
+   */
+  private async restoreWithRollback(provider: Provider, instance: Readonly<VSCodeInstance>, snapshot: Snapshot, manifest: Manifest, report: (event: ProgressEvent) => void): Promise<void> {
+    const instanceId = instance.id;
+    const safetyId = this.store.newId();
+    const safety = await this.store.begin(safetyId);
+    try {
+      report({ fraction: 0, message: `copying the workspace of ${instanceId} aside, to put it back if the restore fails` });
+      const before = await spoolArchive(await provider.exportWorkspace!(instanceId), safety.archive, this.limits(`the workspace of ${instanceId}`));
+      try {
+        await this.fill(provider, instanceId, this.archiveOf(snapshot, manifest), (e) => report({ fraction: 0.3 + e.fraction * 0.7, message: e.message }));
+      } catch (err) {
+        const failure = asSwarmError(err, 'PROVIDER_ERROR');
+        const reason = `restoring snapshot ${snapshot.id} into ${instanceId} failed: ${failure.message}`;
+        this.logger.warn({ instanceId, snapshotId: snapshot.id, err: failure.message }, 'restore failed; putting the workspace back');
+        report({ fraction: 0.9, message: `the restore failed; putting the workspace of ${instanceId} back as it was` });
+        const files = Object.keys(before.manifest).length;
+        try {
+          await this.fill(provider, instanceId, { archive: safety.archive, manifest: before.manifest, what: 'the copy taken before the restore' }, () => undefined);
+        } catch (rollbackErr) {
+          const kept = await this.keepSafety(instance, safetyId, safety, before).catch(() => undefined);
+          throw new SwarmError(failure.code, `${reason}; putting the workspace back failed too (${(rollbackErr as Error).message})${kept ? `; its files as they were before the restore are kept as snapshot ${kept}` : ''}`, { cause: err, ...(failure.details ? { details: failure.details } : {}) });
+        }
+        this.logger.info({ instanceId, snapshotId: snapshot.id, files }, 'workspace put back after a failed restore');
+        throw new SwarmError(failure.code, `${reason}; the workspace was put back as it was before the restore (${files} files verified by SHA-256)`, { cause: err, ...(failure.details ? { details: failure.details } : {}) });
+      }
+    } finally {
+      await safety.discard().catch(() => undefined);
+    }
+  }
+
+  /** The safety copy of a restore that could not be undone, kept as a snapshot (outside the quota: it is the owner's files) so nothing is lost. */
+  private async keepSafety(instance: Readonly<VSCodeInstance>, id: string, safety: Awaited<ReturnType<SnapshotStore['begin']>>, before: { bytes: number; manifest: Manifest }): Promise<string> {
+    const createdAt = this.now();
+    await safety.commit({
+      id, instanceId: instance.id, instanceName: instance.name, owner: ownerOf(instance), name: 'before-failed-restore',
+      createdAt: new Date(createdAt).toISOString(), expiresAt: this.store.expiresAt(createdAt, this.config.retentionDays),
+      bytes: before.bytes, files: Object.keys(before.manifest).length, sourceProvider: instance.providerType,
+      image: instance.config.image, resources: instance.config.resources, consistency: 'live',
+    }, before.manifest);
+    return id;
+  }
+
+  /** Takes the provider's own snapshot too, where it has them; a failure is logged and leaves the archive snapshot without one. */
+  private async takeNative(provider: Provider, instanceId: string, report: (event: ProgressEvent) => void): Promise<NativeSnapshotRef | undefined> {
+    if (!provider.getCapabilities().nativeSnapshots || !provider.takeNativeSnapshot) return undefined;
+    report({ fraction: 0.6, message: `taking a ${provider.type} snapshot of ${instanceId}` });
+    try {
+      return await provider.takeNativeSnapshot(instanceId);
+    } catch (err) {
+      this.logger.warn({ instanceId, provider: provider.type, err: (err as Error).message }, 'native snapshot failed; the snapshot has the archive only');
+      return undefined;
+    }
+  }
+
+  /**
+   * Fills a fork from the native snapshot and verifies it by the manifest: true when it matched (the old,
+   * empty workspace is then deleted), false when the caller should fill from the archive instead.
+   */
+  private async fromNative(provider: Provider, instanceId: string, snapshot: Snapshot, native: NativeSnapshotRef, manifest: Manifest, report: (event: ProgressEvent) => void): Promise<boolean> {
+    report({ fraction: 0, message: `making the workspace of ${instanceId} from ${provider.type} snapshot ${native.id}` });
+    let restored;
+    try {
+      restored = await provider.restoreNativeSnapshot!(instanceId, native);
+    } catch (err) {
+      this.logger.warn({ instanceId, snapshotId: snapshot.id, native: native.id, err: (err as Error).message }, 'native snapshot not usable; filling from the archive');
+      return false;
+    }
+    report({ fraction: 0.6, message: 'verifying every file by SHA-256' });
+    const problems = await this.differences(provider, instanceId, manifest).catch((err: unknown) => [`cannot be read: ${(err as Error).message}`]);
+    // Either way the native volume stays: on a mismatch the archive is imported over it (CLEAR_WORKSPACE empties it first).
+    await restored.commit().catch((err: unknown) => this.logger.warn({ instanceId, volume: restored.previousVolumeId, err: (err as Error).message }, 'could not delete the workspace replaced by the native snapshot'));
+    if (problems.length) {
+      this.logger.info({ instanceId, snapshotId: snapshot.id, native: native.id, problems: problems.slice(0, 5) }, 'native snapshot differs from the archive; filling from the archive');
+      return false;
+    }
+    report({ fraction: 1, message: `${snapshot.files} files verified` });
+    return true;
+  }
+
+  /** Deletes a snapshot's native copy where the provider can; otherwise says when it goes by itself. */
+  private async dropNative(snapshot: Pick<Snapshot, 'id' | 'instanceId' | 'native'>): Promise<void> {
+    const native = snapshot.native;
+    if (!native) return;
+    try {
+      const provider = await this.options.controller.connectedProvider(native.provider);
+      if (provider.deleteNativeSnapshot) {
+        await provider.deleteNativeSnapshot(native);
+        this.logger.info({ snapshotId: snapshot.id, native: native.id }, 'native snapshot deleted');
+      } else {
+        this.logger.info({ snapshotId: snapshot.id, native: native.id, expiresAt: native.expiresAt }, `${native.provider} cannot delete its snapshots; it drops this one at the end of its own retention`);
+      }
+    } catch (err) {
+      this.logger.warn({ snapshotId: snapshot.id, native: native.id, err: (err as Error).message }, 'could not delete the native snapshot');
     }
   }
 

@@ -11,7 +11,7 @@ import { randomBytes } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { z } from 'zod';
-import { InstanceIdSchema, InstanceNameSchema, ProviderTypeSchema, ResourcesSchema } from '../../providers/provider.js';
+import { InstanceIdSchema, InstanceNameSchema, NativeSnapshotRefSchema, ProviderTypeSchema, ResourcesSchema } from '../../providers/provider.js';
 import { SwarmError, invalidInput } from '../errors.js';
 import { isTempFile, syncDirectory, writeJsonAtomic } from '../state/atomic-file.js';
 import { entryOf, manifestDifferences, manifestOf, openSpooled, type Manifest } from '../migration/workspace-archive.js';
@@ -58,6 +58,12 @@ export const SnapshotSchema = z.object({
   resources: ResourcesSchema,
   /** How consistent the copy is: `stopped` (the instance was stopped while it was copied) or `live` (copied while it ran). */
   consistency: z.enum(['stopped', 'live']),
+  /**
+   * The provider's own copy taken with it (a Fly volume snapshot), when the source provider has native
+   * snapshots: a fork on that provider starts from it. The archive and manifest stay the portable,
+   * verified copy.
+   */
+  native: NativeSnapshotRefSchema.optional(),
 });
 export type Snapshot = z.infer<typeof SnapshotSchema>;
 
@@ -144,8 +150,11 @@ export class SnapshotStore {
     return existed;
   }
 
-  /** Deletes expired snapshots and temp folders no copy in this process is writing; returns the expired ids. */
-  async sweep(): Promise<string[]> {
+  /**
+   * Deletes expired snapshots and temp folders no copy in this process is writing; returns the expired ids.
+   * `onExpired` sees each expired record after its folder went (to delete what it refers to elsewhere).
+   */
+  async sweep(onExpired?: (record: Snapshot) => Promise<void>): Promise<string[]> {
     const names = await fs.readdir(this.dir).catch(() => [] as string[]);
     const removed: string[] = [];
     for (const name of names) {
@@ -158,6 +167,7 @@ export class SnapshotStore {
       if (record && this.expired(record)) {
         await this.remove(name);
         removed.push(name);
+        await onExpired?.(record);
       }
     }
     return removed;

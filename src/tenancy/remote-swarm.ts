@@ -7,10 +7,12 @@
  * ("CODE: message") becomes a SwarmError with that code, and the door's refusals (401 without a valid
  * credential, 403 insufficient_scope) become UNAUTHENTICATED and FORBIDDEN. Progress notifications are
  * passed to the caller's onProgress.
+ *
+ * The client is the v2 SDK's (`@modelcontextprotocol/client`), pinned to protocol revision 2026-07-28: no
+ * initialize, `server/discover` on connect (which is where a bad credential is first refused), and every
+ * request carrying its version. The controller is this same package, so it always speaks that revision.
  */
-import { Client } from '@modelcontextprotocol/sdk/client/index.js';
-import { StreamableHTTPClientTransport, StreamableHTTPError } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
-import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
+import { Client, InsufficientScopeError, SdkError, SdkErrorCode, SdkHttpError, StreamableHTTPClientTransport, type CallToolResult } from '@modelcontextprotocol/client';
 import type { InstanceConfigPatch, InstanceLogs, UpdateMode, VSCodeInstance } from '../../providers/provider.js';
 import type { AuditEvent, AuditQuery } from '../audit/audit-log.js';
 import type { CreateRequest, CreateResult, ListFilter, OperationOptions } from '../controller/swarm-controller.js';
@@ -20,7 +22,9 @@ import type { TOOL_OPERATIONS } from '../mcp/server.js';
 import { PACKAGE_VERSION } from '../version.js';
 import type { WhoAmI } from './authorized-swarm.js';
 import type { NewPrincipal, Principal, TokenInfo } from './principals.js';
-import type { DeleteResult, PrincipalChange, SwarmApi, SwarmStatusView, TokenRequest } from './swarm-api.js';
+import type { ForkResult, RestoreResult } from '../snapshots/snapshot-manager.js';
+import type { Snapshot } from '../snapshots/snapshot-store.js';
+import type { DeleteResult, ForkRequest, PrincipalChange, SnapshotRequest, SwarmApi, SwarmStatusView, TokenRequest } from './swarm-api.js';
 
 export interface RemoteSwarmOptions {
   /** The controller's MCP endpoint, e.g. http://127.0.0.1:7081/mcp */
@@ -34,6 +38,8 @@ export interface RemoteSwarmOptions {
 type ToolName = keyof typeof TOOL_OPERATIONS;
 
 const DEFAULT_TIMEOUT_MS = 30 * 60_000;
+/** The MCP revision the CLI speaks to its controller. */
+const PROTOCOL_REVISION = '2026-07-28';
 
 export class RemoteSwarm implements SwarmApi {
   private constructor(
@@ -42,10 +48,10 @@ export class RemoteSwarm implements SwarmApi {
     private readonly timeoutMs: number,
   ) {}
 
-  /** Connects (the MCP handshake, which also checks the credential). */
+  /** Connects (`server/discover`, which also checks the credential). */
   static async connect(options: RemoteSwarmOptions): Promise<RemoteSwarm> {
     const transport = new StreamableHTTPClientTransport(new URL(options.url), { requestInit: { headers: { Authorization: `Bearer ${options.credential}` } } });
-    const client = new Client({ name: 'vscode-swarm-cli', version: PACKAGE_VERSION });
+    const client = new Client({ name: 'vscode-swarm-cli', version: PACKAGE_VERSION }, { versionNegotiation: { mode: { pin: PROTOCOL_REVISION } } });
     try {
       await client.connect(transport);
     } catch (err) {
@@ -106,6 +112,29 @@ export class RemoteSwarm implements SwarmApi {
     return (await this.call<{ instance: VSCodeInstance }>('keep_instance_alive', { instanceId, minutes, ...(holder !== undefined ? { holder } : {}) })).instance;
   }
 
+  // ---- snapshots ----
+
+  async createSnapshot(instanceId: string, options: SnapshotRequest = {}): Promise<Snapshot> {
+    const { onProgress, ...args } = options;
+    return (await this.call<{ snapshot: Snapshot }>('create_snapshot', { instanceId, ...args }, onProgress ? { onProgress } : {})).snapshot;
+  }
+
+  async listSnapshots(filter: { instanceId?: string } = {}): Promise<Snapshot[]> {
+    return (await this.call<{ snapshots: Snapshot[] }>('list_snapshots', { ...filter })).snapshots;
+  }
+
+  async deleteSnapshot(snapshotId: string): Promise<Snapshot> {
+    return (await this.call<{ snapshot: Snapshot }>('delete_snapshot', { snapshotId })).snapshot;
+  }
+
+  async restoreSnapshot(instanceId: string, snapshotId: string, options: Pick<OperationOptions, 'onProgress'> = {}): Promise<RestoreResult> {
+    return this.call<RestoreResult>('restore_snapshot', { instanceId, snapshotId }, options);
+  }
+
+  async forkInstance(request: ForkRequest, options: OperationOptions = {}): Promise<ForkResult> {
+    return this.call<ForkResult>('fork_instance', { ...request }, options);
+  }
+
   // ---- identity, principals, tokens, audit ----
 
   async whoami(): Promise<WhoAmI> {
@@ -149,14 +178,16 @@ export class RemoteSwarm implements SwarmApi {
     const { onProgress, signal } = options;
     let result: CallToolResult;
     try {
-      result = (await this.client.callTool({ name: tool, arguments: withoutUndefined(args) }, undefined, {
+      result = (await this.client.callTool({ name: tool, arguments: withoutUndefined(args) }, {
         timeout: this.timeoutMs,
         resetTimeoutOnProgress: true,
         ...(signal ? { signal } : {}),
         ...(onProgress ? { onprogress: (p) => onProgress({ fraction: p.total ? p.progress / p.total : 0, message: p.message ?? '' }) } : {}),
       })) as CallToolResult;
     } catch (err) {
-      throw remoteError(err, this.url);
+      // The SDK wraps an abort's reason in a REQUEST_TIMEOUT error; the caller's own reason is what it said.
+      if (signal?.aborted) throw remoteError(signal.reason, this.url);
+      throw remoteError(err, this.url, tool);
     }
     const text = (result.content ?? []).map((c) => (c.type === 'text' ? c.text : '')).join('\n');
     if (result.isError) throw errorFromText(text);
@@ -173,27 +204,37 @@ export function errorFromText(text: string, fallback: ErrorCode = 'INTERNAL'): S
 }
 
 /** A failure of the call itself (HTTP refusal, unreachable controller, timeout) as a SwarmError. */
-function remoteError(err: unknown, url: string): SwarmError {
+function remoteError(err: unknown, url: string, tool?: ToolName): SwarmError {
   if (err instanceof SwarmError) return err;
-  if (err instanceof StreamableHTTPError) {
-    const message = doorMessage(err.message);
-    if (err.code === 401) return new SwarmError('UNAUTHENTICATED', message);
-    if (err.code === 403) return errorFromText(message, 'FORBIDDEN');
+  // The door's 403 insufficient_scope, read by the SDK from its WWW-Authenticate challenge (the step-up).
+  if (err instanceof InsufficientScopeError) {
+    return new SwarmError('FORBIDDEN', err.errorDescription ?? `${tool ?? 'this call'} needs the ${err.requiredScope ?? 'missing'} scope, which this credential does not carry`);
+  }
+  // Any other refusal at the door (on server/discover or on a call), with the door's body.
+  if (err instanceof SdkHttpError && typeof err.status === 'number') {
+    const body = (err.data as { text?: unknown } | undefined)?.text;
+    const message = doorMessage(typeof body === 'string' && body ? body : err.message);
+    if (err.status === 401) return new SwarmError('UNAUTHENTICATED', message);
+    if (err.status === 403) return errorFromText(message, 'FORBIDDEN');
     return errorFromText(message, 'INTERNAL');
   }
-  const error = err as Error & { code?: unknown; cause?: { code?: unknown; message?: unknown } };
-  if (error?.code === -32001) return new SwarmError('TIMEOUT', `the controller at ${url} did not answer in time: ${error.message}`);
-  const cause = error?.cause?.code ?? error?.cause?.message;
-  if (err instanceof TypeError || typeof cause === 'string') {
-    return new SwarmError('CONFLICT', `the controller that owns the state directory does not answer at ${url} (${typeof cause === 'string' ? cause : error.message}); wait for it, or stop it to work without it`, { cause: err });
+  if (err instanceof SdkError && err.code === SdkErrorCode.RequestTimeout) {
+    return new SwarmError('TIMEOUT', `the controller at ${url} did not answer in time: ${err.message}`);
   }
-  // A JSON-RPC error: "MCP error -32602: INVALID_INPUT: ..." keeps its code when it carries one.
+  // Not reachable: fetch's TypeError, on its own or as the cause of the connect probe's failure.
+  const error = err as Error & { code?: unknown; cause?: Error & { code?: unknown; cause?: { code?: unknown; message?: unknown } } };
+  const fetchFailure = err instanceof TypeError ? error : error?.cause instanceof TypeError ? error.cause : undefined;
+  if (fetchFailure) {
+    const cause = fetchFailure.cause?.code ?? fetchFailure.cause?.message;
+    return new SwarmError('CONFLICT', `the controller that owns the state directory does not answer at ${url} (${typeof cause === 'string' ? cause : fetchFailure.message}); wait for it, or stop it to work without it`, { cause: err });
+  }
+  // A JSON-RPC error (a ProtocolError; "MCP error -32602: " in older SDKs) keeps its code when it carries one.
   return errorFromText(String(error?.message ?? err).replace(/^MCP error -?\d+: /, ''));
 }
 
 /** The message inside the JSON-RPC error body a door answers with, or the text as it is. */
 function doorMessage(text: string): string {
-  const body = text.replace(/^Streamable HTTP error: Error POSTing to endpoint: /, '');
+  const body = text.replace(/^Error POSTing to endpoint: /, '');
   try {
     const parsed = JSON.parse(body) as { error?: { message?: unknown } };
     if (typeof parsed.error?.message === 'string') return parsed.error.message;

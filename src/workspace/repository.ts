@@ -13,12 +13,21 @@
  * never in a URL, never written to disk), and git's own credential helpers are switched off so nothing
  * stores it. What the instance records is the URL without user info and the resolved commit SHA.
  *
+ * Egress: before git is run, the URL's host is resolved (DNS) and refused when any address it resolves to
+ * is loopback, private, link-local, shared (CGNAT) or otherwise not a public unicast address, unless
+ * `repositories.allowPrivateNetworks` is set: a caller must not use the controller to reach its own
+ * network. git is then pinned to the addresses that were resolved (curl's resolve list for http(s), a URL
+ * rewrite for git://) and, while private networks are refused, follows no redirect: a second lookup (DNS
+ * rebinding) or a redirect cannot lead it elsewhere.
+ *
  * Failures name the field: a malformed or refused URL (`repository.url`), a ref the remote does not have
  * (`repository.ref`), an unknown or refused credential (`repository.credential`). The temporary folder
  * goes whatever happens.
  */
 import { spawn } from 'node:child_process';
+import dns from 'node:dns';
 import { createReadStream, promises as fs } from 'node:fs';
+import { BlockList, isIP } from 'node:net';
 import path from 'node:path';
 import { PassThrough, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -83,6 +92,11 @@ export const RepositoriesConfigSchema = z
     credentials: z.record(z.string().regex(CREDENTIAL_NAME, 'expected a credential name of letters, digits, "_", "." and "-"'), CredentialSchema).default({}),
     /** Allow file:// URLs (a repository on the controller's own disk); off: a caller could read any repository there. */
     allowLocal: z.boolean().default(false),
+    /**
+     * Allow hosts that resolve to loopback, private, link-local or other non-public addresses (a git server
+     * on the controller's own network); off: a caller could reach services only the controller can see.
+     */
+    allowPrivateNetworks: z.boolean().default(false),
     /** Time a clone may take, from the first contact to the last file checked out. */
     timeoutMs: z.number().int().min(1_000).max(3_600_000).default(300_000),
     /** The most a clone (history fetched plus working tree) may weigh on the controller's disk. */
@@ -117,6 +131,8 @@ export interface CloneOptions {
   signal?: AbortSignal;
   /** Where credentials' tokenEnv are read; process.env by default. */
   env?: NodeJS.ProcessEnv;
+  /** Resolves the URL's host for the egress check; the system resolver (getaddrinfo) by default. */
+  lookup?: HostLookup;
 }
 
 /**
@@ -172,6 +188,71 @@ export function publicUrl(url: URL): string {
   return copy.href;
 }
 
+/** Where a clone may not go unless repositories.allowPrivateNetworks: every range that is not public unicast. */
+const NON_PUBLIC = ((): BlockList => {
+  const list = new BlockList();
+  const v4: [string, number][] = [
+    ['0.0.0.0', 8], ['10.0.0.0', 8], ['100.64.0.0', 10], ['127.0.0.0', 8], ['169.254.0.0', 16], ['172.16.0.0', 12], ['192.0.0.0', 24],
+    ['192.0.2.0', 24], ['192.88.99.0', 24], ['192.168.0.0', 16], ['198.18.0.0', 15], ['198.51.100.0', 24], ['203.0.113.0', 24], ['224.0.0.0', 3],
+  ];
+  const v6: [string, number][] = [
+    ['::', 96], ['64:ff9b::', 96], ['64:ff9b:1::', 48], ['100::', 64], ['2001::', 23], ['2001:db8::', 32], ['2002::', 16], ['fc00::', 7], ['fe80::', 10], ['fec0::', 10], ['ff00::', 8],
+  ];
+  for (const [net, bits] of v4) list.addSubnet(net, bits, 'ipv4');
+  for (const [net, bits] of v6) list.addSubnet(net, bits, 'ipv6');
+  return list;
+})();
+
+/** Whether an IP address is loopback, private, link-local, shared, reserved or multicast (IPv4-mapped IPv6 included). */
+export function isNonPublicAddress(address: string): boolean {
+  const family = isIP(address);
+  if (!family) throw new TypeError(`not an IP address: ${address}`);
+  return NON_PUBLIC.check(address, family === 4 ? 'ipv4' : 'ipv6');
+}
+
+export type HostLookup = (hostname: string) => Promise<string[]>;
+
+const systemLookup: HostLookup = async (hostname) => (await dns.promises.lookup(hostname, { all: true, verbatim: true })).map((a) => a.address);
+
+/**
+ * The addresses a network URL's host resolves to, refused (FORBIDDEN, naming repository.url and the
+ * setting that allows it) when one of them is not public and repositories.allowPrivateNetworks is off.
+ * Undefined for a file:// URL (no network).
+ */
+export async function checkEgress(url: URL, config: Pick<RepositoriesConfig, 'allowPrivateNetworks'>, lookup: HostLookup = systemLookup): Promise<string[] | undefined> {
+  if (url.protocol === 'file:') return undefined;
+  const shown = publicUrl(url);
+  const host = url.hostname.replace(/^\[(.*)\]$/, '$1');
+  let addresses: string[];
+  try {
+    addresses = isIP(host) ? [host] : await lookup(host);
+  } catch (err) {
+    throw new SwarmError('INVALID_INPUT', `repository.url: the host of ${shown} does not resolve (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`, { field: 'repository.url' });
+  }
+  if (!addresses.length) throw new SwarmError('INVALID_INPUT', `repository.url: the host of ${shown} resolves to no address`, { field: 'repository.url' });
+  const refused = config.allowPrivateNetworks ? [] : addresses.filter(isNonPublicAddress);
+  if (refused.length) {
+    throw new SwarmError(
+      'FORBIDDEN',
+      `repository.url: ${shown} resolves to ${refused.join(', ')}, a loopback, private or link-local address; clones may reach only public addresses unless repositories.allowPrivateNetworks is true in the controller's configuration`,
+      { field: 'repository.url', details: { setting: 'repositories.allowPrivateNetworks' } },
+    );
+  }
+  return addresses;
+}
+
+/** git options that make it use only the checked addresses of the URL's host (no second lookup). */
+function pinnedTo(url: URL, addresses: string[] | undefined): string[] {
+  if (!addresses || isIP(url.hostname.replace(/^\[(.*)\]$/, '$1'))) return [];
+  if (url.protocol === 'git:') {
+    const ip = isIP(addresses[0]!) === 6 ? `[${addresses[0]}]` : addresses[0]!;
+    const from = `git://${url.host}/`;
+    return ['-c', `url.git://${ip}:${url.port || '9418'}/.insteadOf=${from}`];
+  }
+  const port = url.port || (url.protocol === 'https:' ? '443' : '80');
+  return ['-c', `http.curloptResolve=${url.hostname}:${port}:${addresses.map((a) => (isIP(a) === 6 ? `[${a}]` : a)).join(',')}`];
+}
+
 /** Metadata an instance made from this clone records. */
 export function repositoryMetadata(clone: Pick<ClonedRepository, 'url' | 'commit'>): Record<string, string> {
   return { [REPOSITORY_URL_METADATA]: clone.url, [REPOSITORY_COMMIT_METADATA]: clone.commit };
@@ -183,13 +264,14 @@ export function repositoryMetadata(clone: Pick<ClonedRepository, 'url' | 'commit
  */
 export async function withClonedRepository<T>(request: RepositoryRequest, options: CloneOptions, use: (clone: ClonedRepository) => Promise<T>): Promise<T> {
   const url = checkRepositoryRequest(request, options.config, options.owner);
+  const addresses = await checkEgress(url, options.config, options.lookup);
   await fs.mkdir(options.workDir, { recursive: true, mode: 0o700 });
   await removeStaleClones(options.workDir);
   const root = await fs.mkdtemp(path.join(options.workDir, CLONE_DIR_PREFIX));
   activeClones.add(root);
   try {
     await fs.chmod(root, 0o700);
-    const clone = await cloneInto(root, url, request, options);
+    const clone = await cloneInto(root, url, request, options, addresses);
     return await use(clone);
   } finally {
     await fs.rm(root, { recursive: true, force: true });
@@ -205,11 +287,11 @@ async function removeStaleClones(workDir: string): Promise<void> {
   }
 }
 
-async function cloneInto(root: string, url: URL, request: RepositoryRequest, options: CloneOptions): Promise<ClonedRepository> {
+async function cloneInto(root: string, url: URL, request: RepositoryRequest, options: CloneOptions, addresses: string[] | undefined): Promise<ClonedRepository> {
   const logger = options.logger ?? silentLogger();
   const shown = publicUrl(url);
   const progress = (fraction: number, message: string): void => options.onProgress?.({ fraction, message });
-  const git = await gitRunner(root, url, request, options);
+  const git = await gitRunner(root, url, request, options, addresses);
   const deadline = Date.now() + options.config.timeoutMs;
   const dir = path.join(root, 'repo');
 
@@ -285,7 +367,7 @@ interface GitRunner {
  * Runs git with no terminal prompts, no credential helpers, only the allowed transports, and the
  * credential (when one is named) in its environment for the askpass script to hand over.
  */
-async function gitRunner(root: string, url: URL, request: RepositoryRequest, options: CloneOptions): Promise<GitRunner> {
+async function gitRunner(root: string, url: URL, request: RepositoryRequest, options: CloneOptions, addresses: string[] | undefined): Promise<GitRunner> {
   const env: NodeJS.ProcessEnv = {
     PATH: process.env.PATH ?? '/usr/bin:/bin',
     HOME: root,
@@ -312,7 +394,9 @@ async function gitRunner(root: string, url: URL, request: RepositoryRequest, opt
   }
   // No credential helper may store (or volunteer) a secret; with a credential, no redirect may carry it elsewhere.
   const base = ['-c', 'credential.helper=', '-c', 'advice.detachedHead=false', '-c', 'init.defaultBranch=main'];
-  if (request.credential !== undefined) base.push('-c', 'http.followRedirects=false');
+  // Nor, where egress is checked, may a redirect lead to a host that was not.
+  if (request.credential !== undefined || !options.config.allowPrivateNetworks) base.push('-c', 'http.followRedirects=false');
+  base.push(...pinnedTo(url, addresses));
   return {
     run: (args, runOptions) => runGit([...base, ...args], env, runOptions, options, url),
   };

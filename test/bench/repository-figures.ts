@@ -24,7 +24,7 @@ export async function repositoryFigures(runs: number): Promise<Figure[]> {
   // Text-like content that does not compress away: hex of random bytes.
   const extra = Object.fromEntries(Array.from({ length: FILES }, (_, i) => [`src/m${String(i).padStart(3, '0')}.txt`, randomBytes(FILE_BYTES / 2).toString('hex')]));
   const repo = await makeRepository('bench.git', extra);
-  const controller = createSwarm(testConfig(stateDir, { exec: { enabled: true } }));
+  const controller = createSwarm(testConfig(stateDir, { exec: { enabled: true }, repositories: { allowPrivateNetworks: true } }));
   const ours: number[] = [];
   const byHand: number[] = [];
   let server: Awaited<ReturnType<typeof serveGitDaemon>> | undefined;

@@ -13,6 +13,7 @@ import { EDITOR_MOUNT_PATH, type VSCodeInstance } from '../../providers/provider
 import { createSwarm } from '../../src/controller/create-swarm.js';
 import type { SwarmController } from '../../src/controller/swarm-controller.js';
 import { isSwarmError, type SwarmError } from '../../src/errors.js';
+import { listListeningPorts } from '../../src/gateway/ports.js';
 import { AuthorizedSwarm } from '../../src/tenancy/authorized-swarm.js';
 import { localAdmin } from '../../src/tenancy/identity.js';
 import { DEVCONTAINER_METADATA, FORWARD_PORTS_METADATA, applyDevContainer, forwardedPortsOf, parseDevContainer, parseJsonc } from '../../src/workspace/devcontainer.js';
@@ -133,6 +134,7 @@ describe('workspaces from a repository with a dev container (Docker, editor moun
     const config = testConfig(stateDir, {
       providers: { docker: { image: TEST_IMAGE, readinessTimeoutMs: 90_000 } },
       devcontainers: { extensionsDir, commandTimeoutMs: 120_000 },
+      repositories: { allowPrivateNetworks: true }, // the git servers are on loopback
     });
     controller = createSwarm(config);
     await controller.initialize();
@@ -192,6 +194,23 @@ describe('workspaces from a repository with a dev container (Docker, editor moun
     expect(started.status).toBe('running');
     expect(await exec(started, 'cat post-start.log')).toBe('started\nstarted\n');
     expect(await httpStatus(`${started.endpoint!.url}/healthz`, 5_000)).toBe(200);
+
+    // The health monitor's repairs start it too (restart, then re-create around the same files): same postStartCommand.
+    const restarted = await controller.restartInstance(instance.id, 'health: restart (attempt 1) because the test asked');
+    expect(restarted.status).toBe('running');
+    expect(await exec(restarted, 'cat post-start.log')).toBe('started\nstarted\nstarted\n');
+    const recreated = await controller.recreateInstance(instance.id, 'health: recreate (attempt 2) because the test asked');
+    expect(recreated.status).toBe('running');
+    expect(recreated.statusReason).toBe('health: recreate (attempt 2) because the test asked');
+    expect(await exec(recreated, 'cat post-start.log')).toBe('started\nstarted\nstarted\nstarted\n');
+
+    // Its declared ports are listed with their addresses while nothing listens on them; one that listens is both.
+    const declared = await listListeningPorts(controller, instance.id);
+    expect(declared.filter((p) => p.declared)).toEqual([
+      { port: 3000, addresses: [], reachable: false, listening: false, declared: true, url: controller.access!.urlFor(`3000--${instance.id}`) },
+      { port: 5173, addresses: [], reachable: false, listening: false, declared: true, url: controller.access!.urlFor(`5173--${instance.id}`) },
+    ]);
+    expect(declared.some((p) => p.port === 8080)).toBe(false);
   }, 300_000);
 
   it('refuses build and features with INVALID_INPUT naming the field, before anything is made', async () => {

@@ -152,7 +152,7 @@ describe('forwarded ports: an app inside a workspace, through the gateway, in Ch
       },
       { timeoutMs: 30_000, intervalMs: 500, what: `port ${APP_PORT} listening in the workspace` },
     );
-    expect(listed.find((p) => p.port === APP_PORT)).toEqual({ port: APP_PORT, addresses: ['0.0.0.0'], reachable: true, url: portUrl(APP_PORT) });
+    expect(listed.find((p) => p.port === APP_PORT)).toEqual({ port: APP_PORT, addresses: ['0.0.0.0'], reachable: true, listening: true, declared: false, url: portUrl(APP_PORT) });
     expect(listed.some((p) => p.port === 8080)).toBe(false);
     // Bob may not list Alice's ports: the same answer as for a workspace that does not exist.
     const hidden = await callTool(bob, 'list_instance_ports', { instanceId: workspace.id });

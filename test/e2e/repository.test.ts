@@ -14,13 +14,14 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ProgressEvent, VSCodeInstance } from '../../providers/provider.js';
 import { createSwarm } from '../../src/controller/create-swarm.js';
 import type { SwarmController } from '../../src/controller/swarm-controller.js';
-import { isSwarmError, type SwarmError } from '../../src/errors.js';
+import type { SwarmError } from '../../src/errors.js';
 import { createLogger } from '../../src/logger.js';
 import { AuthorizedSwarm } from '../../src/tenancy/authorized-swarm.js';
 import { localAdmin } from '../../src/tenancy/identity.js';
 import { CLONE_DIR_PREFIX, REPOSITORY_COMMIT_METADATA, REPOSITORY_URL_METADATA, type RepositoryRequest } from '../../src/workspace/repository.js';
 import { launchChromium } from '../helpers/browser.js';
 import { cleanUp, containersNamed, docker, makeStateDir, testConfig } from '../helpers/docker.js';
+import { failure } from '../helpers/failure.js';
 import { makeRepository, serveGitDaemon, serveGitHttp, type GitServer, type HttpGitServer, type TestRepository } from '../helpers/git-server.js';
 import { REPO_ROOT, callTool, errorText, launchFromMcpJson, type LaunchedServer } from '../helpers/mcp.js';
 import { STANDIN_IMAGE, ensureStandinImage } from '../helpers/standin-image.js';
@@ -56,15 +57,6 @@ function treeOf(files: Map<string, string>): Record<string, string> {
 /** The controller's temporary clone folders (under its state folder). */
 async function cloneDirs(stateDir: string): Promise<string[]> {
   return (await fs.readdir(path.join(stateDir, 'clones')).catch(() => [])).filter((n) => n.startsWith(CLONE_DIR_PREFIX));
-}
-
-async function failure(promise: Promise<unknown>): Promise<SwarmError> {
-  const err = await promise.then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  if (!isSwarmError(err)) throw new Error(`expected a SwarmError, got ${err === undefined ? 'success' : String(err)}`);
-  return err;
 }
 
 /** Asserts a failed create left nothing: no record, no container, no volume, no temporary clone. */
@@ -122,6 +114,8 @@ describe('workspaces from a repository (controller, stand-in image)', () => {
       logLevel: 'debug',
       providers: { docker: { image: STANDIN_IMAGE, stopTimeoutSeconds: 1 } },
       repositories: {
+        // The git servers are on loopback: allowed here explicitly (refused by default).
+        allowPrivateNetworks: true,
         credentials: {
           forge: { username: 'alice', tokenEnv: 'E2E_REPO_TOKEN' },
           stale: { username: 'alice', tokenEnv: 'E2E_REPO_WRONG_TOKEN' },
@@ -215,6 +209,29 @@ describe('workspaces from a repository (controller, stand-in image)', () => {
     }
   });
 
+  it('checks the owner\'s quota before the clone (nothing fetched), and again atomically when the record is made', async () => {
+    const url = forge.url(repo.name);
+    await controller.principals.addPrincipal({ id: 'e2e-quota-none', role: 'member', quotas: { instances: 0 } });
+    const before = forge.requests.length;
+    const refused = await failure(controller.createInstance({ name: `${PREFIX}-quota-none`, owner: 'e2e-quota-none', repository: { url, credential: 'forge' } }));
+    expect(refused.code, refused.message).toBe('QUOTA_EXCEEDED');
+    expect(refused.message).toMatch(/^instances: e2e-quota-none may hold 0, holds 0 and asked for 1 more/);
+    expect(forge.requests.length).toBe(before); // the server was never asked: nothing was cloned
+    await expectNothingLeft(controller, `${PREFIX}-quota-none`);
+
+    // Room for one: two creates at once both pass the early check and clone; the check at the record lets one through.
+    await controller.principals.addPrincipal({ id: 'e2e-quota-one', role: 'member', quotas: { instances: 1 } });
+    const names = [`${PREFIX}-quota-a`, `${PREFIX}-quota-b`];
+    const outcomes = await Promise.allSettled(names.map((name) => controller.createInstance({ name, owner: 'e2e-quota-one', repository: { url, credential: 'forge' } })));
+    const made = outcomes.filter((o) => o.status === 'fulfilled');
+    const failed = outcomes.flatMap((o) => (o.status === 'rejected' ? [o.reason as SwarmError] : []));
+    expect(made).toHaveLength(1);
+    expect(failed.map((e) => e.code)).toEqual(['QUOTA_EXCEEDED']);
+    expect(controller.registry.list().filter((i) => i.owner === 'e2e-quota-one').map((i) => i.status)).toEqual(['running']);
+    const loser = names[outcomes.findIndex((o) => o.status === 'rejected')]!;
+    await expectNothingLeft(controller, loser);
+  });
+
   it('clones a private repository with a configured credential, refuses a wrong one, and the secret is written nowhere', async () => {
     const url = forge.url(repo.name);
 
@@ -270,7 +287,7 @@ describe('a workspace from a repository through MCP, in the browser (real code-s
   beforeAll(async () => {
     suite = await startSuite(PREFIX);
     ({ repo, daemon } = suite);
-    server = await launchFromMcpJson({ VSCODE_SWARM_STATE_DIR: suite.stateDir });
+    server = await launchFromMcpJson({ VSCODE_SWARM_STATE_DIR: suite.stateDir, VSCODE_SWARM_REPOSITORIES_ALLOW_PRIVATE_NETWORKS: 'true' });
     browser = await launchChromium();
   }, 120_000);
   afterAll(async () => {
@@ -346,14 +363,14 @@ describe('a create from a repository interrupted by a crash', () => {
   it('is undone on the next start when the process died after the container existed and before the files were in', async () => {
     const { stateDir, repo, daemon } = suite;
     const name = `${PREFIX}-ws`;
-    const server = await launchFromMcpJson({ VSCODE_SWARM_STATE_DIR: stateDir, VSCODE_SWARM_DOCKER_IMAGE: STANDIN_IMAGE, VSCODE_SWARM_CRASH_AT: 'create.after-provider' });
+    const server = await launchFromMcpJson({ VSCODE_SWARM_STATE_DIR: stateDir, VSCODE_SWARM_DOCKER_IMAGE: STANDIN_IMAGE, VSCODE_SWARM_REPOSITORIES_ALLOW_PRIVATE_NETWORKS: 'true', VSCODE_SWARM_CRASH_AT: 'create.after-provider' });
     const outcome = await callTool(server.client, 'create_swarm_instance', { name, repository: { url: daemon.url(repo.name), ref: 'main' } }).then(
       () => 'answered',
       () => 'connection lost',
     );
     expect(outcome).toBe('connection lost');
     await server.close().catch(() => undefined);
-    const config = testConfig(stateDir, { providers: { docker: { image: STANDIN_IMAGE, stopTimeoutSeconds: 1 } } });
+    const config = testConfig(stateDir, { providers: { docker: { image: STANDIN_IMAGE, stopTimeoutSeconds: 1 } }, repositories: { allowPrivateNetworks: true } });
     // What the dead process left: a `creating` record and a container without the repository's files.
     const engine = await engineSnapshot(config.swarmId);
     expect(engine.containers.filter((c) => c.name.includes(name)).length).toBe(1);
@@ -385,7 +402,7 @@ describe('a create from a repository that fails after its container exists', () 
   beforeAll(async () => {
     // Many one-byte files: small on disk (within the clone cap), large as an archive (a 1 KiB tar record each).
     suite = await startSuite(PREFIX, () => makeRepository('many.git', Object.fromEntries(Array.from({ length: 400 }, (_, i) => [`many/f${i}.txt`, 'x']))));
-    controller = createSwarm(testConfig(suite.stateDir, { providers: { docker: { image: STANDIN_IMAGE, stopTimeoutSeconds: 1 } }, repositories: { maxBytes: 150_000 } }));
+    controller = createSwarm(testConfig(suite.stateDir, { providers: { docker: { image: STANDIN_IMAGE, stopTimeoutSeconds: 1 } }, repositories: { maxBytes: 150_000, allowPrivateNetworks: true } }));
     await controller.initialize();
   }, 120_000);
   afterAll(async () => {

@@ -13,7 +13,6 @@
 import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import tar from 'tar-stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { LABEL_NAME } from '../../providers/docker/docker-mapping.js';
 import type { VSCodeInstance } from '../../providers/provider.js';
@@ -24,7 +23,8 @@ import { AuthorizedSwarm } from '../../src/tenancy/authorized-swarm.js';
 import { localAdmin } from '../../src/tenancy/identity.js';
 import { startFlyEmulator, type FlyEmulator } from '../emulators/fly/index.js';
 import { manifestOf, type Manifest } from '../../src/migration/workspace-archive.js';
-import { SnapshotStore, type Snapshot } from '../../src/snapshots/snapshot-store.js';
+import type { Snapshot } from '../../src/snapshots/snapshot-store.js';
+import { commitUnplaceableSnapshot } from '../helpers/crafted-snapshot.js';
 import { cleanUp, containersNamed, docker, makeStateDir, testConfig } from '../helpers/docker.js';
 import { callTool, errorText, type ToolResult } from '../helpers/mcp.js';
 import { ensureStandinImage } from '../helpers/standin-image.js';
@@ -227,19 +227,7 @@ describe('snapshots, restore and fork on Docker, through MCP as two principals',
 
     // A snapshot whose archive matches its manifest but holds a name no workspace can take ("../"): the
     // import cannot place it inside the folder, so the fork fails after its instance was made.
-    const store = new SnapshotStore(stateDir);
-    const pack = tar.pack();
-    pack.entry({ name: 'ok.txt' }, 'fine');
-    pack.entry({ name: '../outside.txt' }, 'escapes');
-    pack.finalize();
-    const chunks: Buffer[] = [];
-    for await (const chunk of pack as unknown as AsyncIterable<Buffer>) chunks.push(chunk);
-    const archive = Buffer.concat(chunks);
-    const id = store.newId();
-    const building = await store.begin(id);
-    await fs.writeFile(building.archive, archive);
-    const manifest = await manifestOf(archive);
-    await building.commit({ ...snapshot, id, name: 'crafted', bytes: archive.length, files: Object.keys(manifest).length }, manifest);
+    const id = await commitUnplaceableSnapshot(stateDir, snapshot, 'crafted');
 
     const refused = failed(await callTool(alice, 'fork_instance', { name: `${PREFIX}-broken`, snapshotId: id }), 'fork of an unplaceable archive');
     expect(refused).toMatch(/^PROVIDER_ERROR: docker: import workspace into e2e-snap-broken-[0-9a-f]{8}: .*outside\.txt/);
@@ -266,6 +254,20 @@ describe('snapshots, restore and fork on Docker, through MCP as two principals',
     expect(failed(await callTool(alice, 'fork_instance', { name: `${PREFIX}-fork3`, snapshotId: snapshot.id }), 'fork of a tampered snapshot')).toMatch(/a\.txt: content differs/);
     expect((await controller.listInstances({}, { refresh: false })).some((i) => i.name === `${PREFIX}-fork3`)).toBe(false);
   }, 60_000);
+
+  it('puts the workspace back byte for byte when a restore fails part-way (the import is refused), and says so', async () => {
+    await sh(original.id, 'printf "as it was before the failed restore" > a.txt && mkdir -p kept && head -c 30000 /dev/urandom > kept/r.bin');
+    const before = await workspaceManifest(original.id);
+    // An archive that matches its manifest but holds "../outside.txt": the workspace is emptied, then the import fails.
+    const id = await commitUnplaceableSnapshot(stateDir, snapshot, 'unplaceable');
+
+    const refused = failed(await callTool(alice, 'restore_snapshot', { instanceId: original.id, snapshotId: id }), 'restore of an unplaceable archive');
+    expect(refused).toMatch(new RegExp(`^PROVIDER_ERROR: restoring snapshot ${id} into ${original.id} failed: docker: import workspace into .*outside\\.txt.*; the workspace was put back as it was before the restore \\(${Object.keys(before).length} files verified by SHA-256\\)$`));
+    expect(await workspaceManifest(original.id)).toEqual(before);
+    expect(await sh(original.id, 'ls -A')).not.toMatch(/ok\.txt/);
+    expect((await fs.readdir(path.join(stateDir, 'snapshots'))).filter((n) => n.startsWith('.tmp-'))).toEqual([]);
+    ok(await callTool(alice, 'delete_snapshot', { snapshotId: id }), 'delete unplaceable');
+  }, 90_000);
 });
 
 /**

@@ -6,7 +6,7 @@
 import { readFile } from 'node:fs/promises';
 import net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { EDITOR_PORT, listeningPorts } from '../../src/gateway/ports.js';
+import { EDITOR_PORT, listeningPorts, withDeclaredPorts } from '../../src/gateway/ports.js';
 
 async function listen(host: string): Promise<net.Server> {
   const server = net.createServer();
@@ -60,5 +60,20 @@ describe('listening ports from /proc/net/tcp{,6}', () => {
       { port: 5001, addresses: ['::ffff:7f00:1'], reachable: true },
     ]);
     expect(listeningPorts(text).some((p) => p.port === EDITOR_PORT)).toBe(false);
+  });
+
+  it("adds the dev container's declared ports, listening or not, marked declared; never the editor's own", async () => {
+    const text = [await readFile('/proc/net/tcp', 'utf8'), await readFile('/proc/net/tcp6', 'utf8').catch(() => '')].join('');
+    const listening = listeningPorts(text);
+    const idle = await listen('127.0.0.1');
+    const idlePort = portOf(idle);
+    await new Promise((r) => idle.close(r)); // a port nothing listens on any more
+    const ports = withDeclaredPorts(listening, [portOf(loopback), idlePort, EDITOR_PORT]);
+    expect(ports.find((p) => p.port === portOf(loopback))).toEqual({ port: portOf(loopback), addresses: ['127.0.0.1'], reachable: true, listening: true, declared: true });
+    expect(ports.find((p) => p.port === portOf(anyV4))).toEqual({ port: portOf(anyV4), addresses: ['0.0.0.0'], reachable: true, listening: true, declared: false });
+    expect(ports.find((p) => p.port === idlePort)).toEqual({ port: idlePort, addresses: [], reachable: false, listening: false, declared: true });
+    expect(ports.some((p) => p.port === EDITOR_PORT)).toBe(false);
+    expect(ports.map((p) => p.port)).toEqual([...ports.map((p) => p.port)].sort((a, b) => a - b));
+    expect(ports.length).toBe(listening.length + 1);
   });
 });

@@ -12,6 +12,8 @@ const ListeningPortSchema = z.object({
   port: z.number().int(),
   addresses: z.array(z.string()).describe('Local addresses it listens on, as the kernel reports them'),
   reachable: z.boolean().describe("Whether the gateway can reach it: it listens on every address or on 127.0.0.1 (not only on ::1)"),
+  listening: z.boolean().describe('Whether anything listens on it now'),
+  declared: z.boolean().describe("Whether the workspace's devcontainer.json declares it in forwardPorts (shown even while nothing listens)"),
   url: z.string().optional().describe('Its forwarded address; opens for a browser signed in to the workspace'),
 });
 
@@ -20,7 +22,7 @@ export function registerPortTools(server: McpServer, ctx: ToolContext): void {
     'list_instance_ports',
     {
       title: 'Ports listening in a workspace',
-      description: `Lists the TCP ports listening inside a running workspace (the editor's own ${EDITOR_PORT} left out) with the address each is forwarded at through the gateway, <port>--<id>.<baseDomain>, where a browser signed in to the workspace opens it (HTTP and WebSockets). Does not need execute_command to be enabled.`,
+      description: `Lists the TCP ports listening inside a running workspace (the editor's own ${EDITOR_PORT} left out), and those its devcontainer.json declares in forwardPorts (listening or not, marked declared), with the address each is forwarded at through the gateway, <port>--<id>.<baseDomain>, where a browser signed in to the workspace opens it (HTTP and WebSockets). Does not need execute_command to be enabled.`,
       inputSchema: { instanceId: instanceIdInput },
       outputSchema: { instanceId: z.string(), ports: z.array(ListeningPortSchema) },
       annotations: { readOnlyHint: true, destructiveHint: false, idempotentHint: true, openWorldHint: false },
@@ -28,7 +30,11 @@ export function registerPortTools(server: McpServer, ctx: ToolContext): void {
     ({ instanceId }) =>
       runTool(ctx, 'list_instance_ports', async () => {
         const ports = await ctx.swarm.listPorts(instanceId);
-        const lines = ports.map((p) => `${p.port} on ${p.addresses.join(', ')}${p.url ? `: ${p.url}` : ''}${p.reachable ? '' : ' (not reachable: listens on no address the gateway reaches)'}`);
+        const lines = ports.map((p) => {
+          const where = p.listening ? `on ${p.addresses.join(', ')}` : 'not listening';
+          const note = !p.listening ? '' : p.reachable ? '' : ' (not reachable: listens on no address the gateway reaches)';
+          return `${p.port} ${where}${p.declared ? ' (declared in devcontainer.json)' : ''}${p.url ? `: ${p.url}` : ''}${note}`;
+        });
         return { text: ports.length ? lines.join('\n') : `No ports listening in ${instanceId} besides the editor's.`, structured: { instanceId, ports } };
       }),
   );

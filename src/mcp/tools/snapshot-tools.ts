@@ -15,7 +15,7 @@ import { AccessLinkSchema, InstanceOutputSchema, describeInstance, instanceIdInp
  */
 const snapshotIdInput = z.string().min(1).max(64).describe('The snapshot id (snap-0123456789ab), as returned by create_snapshot or list_snapshots');
 
-function describeSnapshot(s: Snapshot): string {
+export function describeSnapshot(s: Snapshot): string {
   return `${s.id}${s.name ? ` "${s.name}"` : ''} of ${s.instanceName} [${s.instanceId}] on ${s.sourceProvider}: ${s.files} files, ${s.bytes} bytes, ${s.consistency}, taken ${s.createdAt}, expires ${s.expiresAt}, owner ${s.owner}`;
 }
 

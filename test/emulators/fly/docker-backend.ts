@@ -7,7 +7,9 @@
  * ones: the Docker provider adopts whatever is labelled `vscode-swarm.managed=true`.
  */
 import Docker from 'dockerode';
+import { createHash } from 'node:crypto';
 import os from 'node:os';
+import { PassThrough } from 'node:stream';
 import { CappedCollector } from '../../../src/streams/capped-collector.js';
 
 export const LABEL_EMULATOR = 'fly-emulator.emulator';
@@ -16,6 +18,7 @@ export const LABEL_APP = 'fly-emulator.app';
 export const LABEL_MACHINE = 'fly-emulator.machine';
 export const LABEL_INSTANCE = 'fly-emulator.instance';
 export const LABEL_VOLUME = 'fly-emulator.volume';
+export const LABEL_SNAPSHOT = 'fly-emulator.snapshot';
 
 export interface MachineRunSpec {
   app: string;
@@ -88,6 +91,51 @@ export class DockerBackend {
     const name = this.dockerVolumeName(volumeId);
     await this.docker.createVolume({ Name: name, Labels: this.labels({ [LABEL_APP]: app, [LABEL_VOLUME]: volumeId }) });
     return name;
+  }
+
+  /** A named volume holding one volume snapshot's copy of the data. */
+  async createSnapshotVolume(app: string, volumeId: string, snapshotId: string): Promise<string> {
+    const name = `fly-emu-${this.emulatorId}-${snapshotId}`;
+    await this.docker.createVolume({ Name: name, Labels: this.labels({ [LABEL_APP]: app, [LABEL_VOLUME]: volumeId, [LABEL_SNAPSHOT]: snapshotId }) });
+    return name;
+  }
+
+  /**
+   * Copies every file of one named volume into another (owners, modes and times kept) through the engine's
+   * archive API: two containers of `image` are made with the volumes mounted and never started, the source
+   * is read as a tar and written into the target. Answers the tar's size and SHA-256 (a snapshot's `size`
+   * and `digest`).
+   */
+  async copyVolume(from: string, to: string, image: string): Promise<{ bytes: number; digest: string }> {
+    const helper = (volume: string, role: string): Promise<Docker.Container> =>
+      this.docker.createContainer({
+        name: `fly-emu-${this.emulatorId}-copy-${role}-${Date.now().toString(36)}${Math.random().toString(36).slice(2, 6)}`,
+        Image: image,
+        Entrypoint: ['/bin/true'],
+        Labels: this.labels({}),
+        NetworkDisabled: true,
+        HostConfig: { Mounts: [{ Type: 'volume', Source: volume, Target: '/fly-volume' }] },
+      });
+    const source = await helper(from, 'from');
+    let target: Docker.Container | undefined;
+    try {
+      target = await helper(to, 'to');
+      const archive = (await source.getArchive({ path: '/fly-volume/.' })) as NodeJS.ReadableStream;
+      const hash = createHash('sha256');
+      let bytes = 0;
+      const counted = new PassThrough();
+      counted.on('data', (chunk: Buffer) => {
+        bytes += chunk.length;
+        hash.update(chunk);
+      });
+      archive.on('error', (err) => counted.destroy(err as Error));
+      archive.pipe(counted);
+      await target.putArchive(counted, { path: '/fly-volume' });
+      return { bytes, digest: `sha256:${hash.digest('hex')}` };
+    } finally {
+      await source.remove({ force: true }).catch(() => undefined);
+      await target?.remove({ force: true }).catch(() => undefined);
+    }
   }
 
   async removeVolume(name: string): Promise<void> {

@@ -20,6 +20,16 @@
  *   resumes it; stop and destroy (without force) accept a suspended Machine.
  * - Rate limit: about 1 request/s per action per Machine with bursts of 3 (reads: 5/s, bursts of 10),
  *   answering 429 with Retry-After.
+ * - Volume snapshots (docs: fly.io/docs/machines/api/volumes-resource, "Get a list of snapshots for a
+ *   volume" and "Create an on-demand volume snapshot (beta)"): GET /volumes/{id}/snapshots lists
+ *   VolumeSnapshot objects {id, size, digest, created_at, status, retention_days}; POST
+ *   /volumes/{id}/snapshots only schedules one (it answers 200 with no body: the new snapshot's id is read
+ *   from a later list, as flyctl's "Scheduled to snapshot volume" does). A snapshot holds the volume as it
+ *   was at the request, is `pending` for a while (snapshotDelayMs) and `created` once usable; it is kept for the volume's `snapshot_retention` days
+ *   (default 5) and there is no endpoint that deletes one. POST /volumes with `snapshot_id` makes a new
+ *   volume from a `created` snapshot (no smaller than the snapshot's volume); it is `hydrating` until its
+ *   data is in, and a Machine mounting it boots once it is. Each snapshot is a real copy of the volume's
+ *   files in its own Docker volume, taken through the engine's archive API.
  */
 import Docker from 'dockerode';
 import { randomBytes, randomUUID } from 'node:crypto';
@@ -58,6 +68,18 @@ export interface FlyEmulatorOptions {
   destroyedRetentionMs?: number;
   /** Apps that exist from the start (as if made with `fly apps create`). */
   apps?: Array<{ name: string; org?: string }>;
+  /** How long a snapshot stays `pending` after its copy is taken (real ones take seconds to minutes); default 300 ms. */
+  snapshotDelayMs?: number;
+}
+
+export interface VolumeSnapshotView {
+  id: string;
+  volumeId: string;
+  status: string;
+  size: number;
+  digest: string;
+  /** The Docker volume holding the snapshot's copy (for tests that read it behind the API's back). */
+  dockerVolume: string;
 }
 
 export interface RecordedCall {
@@ -95,6 +117,9 @@ export interface FlyEmulator {
   /** The emulator's view of a Machine (for tests that act behind the provider's back). */
   machine(app: string, machineId: string): MachineSnapshot | undefined;
   machines(app: string): MachineSnapshot[];
+  /** The emulator's view of an app's volume snapshots. */
+  volumeSnapshots(app: string): VolumeSnapshotView[];
+  setSnapshotDelay(ms: number): void;
   /** Stops the server and removes every container and volume it made. */
   close(): Promise<void>;
 }
@@ -154,6 +179,27 @@ interface EmuVolume {
   createdAt: string;
   attachedMachineId: string | null;
   dockerVolume: string;
+  snapshotRetention: number;
+  /** The image of the last Machine that mounted it: the engine needs an image for the copy helpers. */
+  lastImage?: string;
+  /** Settles once a volume made from a snapshot holds its data (`hydrating` until then). */
+  hydrated: Promise<void>;
+}
+
+interface EmuVolumeSnapshot {
+  id: string;
+  volumeId: string;
+  status: 'pending' | 'created' | 'failed';
+  size: number;
+  digest: string;
+  createdAt: string;
+  retentionDays: number;
+  /** The source volume's size: a volume made from the snapshot is at least this big. */
+  sizeGb: number;
+  image: string;
+  dockerVolume: string;
+  /** Settles when the snapshot is usable. */
+  taken: Promise<void>;
 }
 
 interface EmuApp {
@@ -164,6 +210,7 @@ interface EmuApp {
   createdAt: string;
   machines: Map<string, EmuMachine>;
   volumes: Map<string, EmuVolume>;
+  snapshots: Map<string, EmuVolumeSnapshot>;
 }
 
 class HttpError extends Error {
@@ -198,6 +245,9 @@ class Emulator {
   private scripted: Array<{ status: number; match?: RegExp | undefined }> = [];
   private startDelayMs: number;
   private maxWaitSeconds: number;
+  private snapshotDelayMs: number;
+  /** Copies under way (snapshots and hydrations): close waits for them before removing volumes. */
+  private readonly copies = new Set<Promise<void>>();
   private readonly waitTimers = new Set<NodeJS.Timeout>();
   private closed = false;
   private url = '';
@@ -209,6 +259,7 @@ class Emulator {
     this.faults = options.faults;
     this.startDelayMs = options.startDelayMs ?? 0;
     this.maxWaitSeconds = options.maxWaitSeconds ?? 60;
+    this.snapshotDelayMs = options.snapshotDelayMs ?? 300;
     for (const app of options.apps ?? []) this.addApp(app.name, app.org ?? 'personal', app.name);
     this.server = http.createServer((req, res) => void this.handle(req, res));
   }
@@ -256,6 +307,11 @@ class Emulator {
         return m ? snapshot(m) : undefined;
       },
       machines: (app) => [...(this.apps.get(app)?.machines.values() ?? [])].map(snapshot),
+      volumeSnapshots: (app) =>
+        [...(this.apps.get(app)?.snapshots.values() ?? [])].map((s) => ({ id: s.id, volumeId: s.volumeId, status: s.status, size: s.size, digest: s.digest, dockerVolume: s.dockerVolume })),
+      setSnapshotDelay: (ms) => {
+        self.snapshotDelayMs = ms;
+      },
       close: () => this.close(),
     };
   }
@@ -268,7 +324,7 @@ class Emulator {
     this.server.closeAllConnections();
     await new Promise<void>((resolve) => this.server.close(() => resolve()));
     const chains = [...this.apps.values()].flatMap((a) => [...a.machines.values()].map((m) => m.chain));
-    await Promise.race([Promise.allSettled(chains), new Promise((r) => setTimeout(r, 15_000))]);
+    await Promise.race([Promise.allSettled([...chains, ...this.copies]), new Promise((r) => setTimeout(r, 15_000))]);
     await this.backend.removeAll();
   }
 
@@ -391,6 +447,12 @@ class Emulator {
       return undefined;
     }
     if (kind === 'volumes') {
+      if (verb === 'snapshots' && id !== undefined) {
+        const pattern = '/v1/apps/{app}/volumes/{volume}/snapshots';
+        if (method === 'GET') return r(pattern, 'list_snapshots', { app, volume: id }, () => this.listVolumeSnapshots(app, id));
+        if (method === 'POST') return r(pattern, 'create_snapshot', { app, volume: id }, () => this.createVolumeSnapshot(app, id));
+        return undefined;
+      }
       if (verb !== undefined) return undefined;
       if (id === undefined) {
         if (method === 'GET') return r('/v1/apps/{app}/volumes', 'list_volumes', { app }, () => this.listVolumes(app));
@@ -407,7 +469,7 @@ class Emulator {
   // ---- apps ----
 
   private addApp(name: string, org: string, network: string): EmuApp {
-    const app: EmuApp = { id: randomId(14), name, org, network, createdAt: new Date().toISOString(), machines: new Map(), volumes: new Map() };
+    const app: EmuApp = { id: randomId(14), name, org, network, createdAt: new Date().toISOString(), machines: new Map(), volumes: new Map(), snapshots: new Map() };
     this.apps.set(name, app);
     return app;
   }
@@ -445,7 +507,9 @@ class Emulator {
       if (m.state !== 'destroyed') this.enqueue(m, () => this.destroyNow(app, m));
     }
     await Promise.allSettled([...app.machines.values()].map((m) => m.chain));
+    await Promise.allSettled([...this.copies]);
     for (const v of app.volumes.values()) await this.backend.removeVolume(v.dockerVolume).catch(() => undefined);
+    for (const s of app.snapshots.values()) await this.backend.removeVolume(s.dockerVolume).catch(() => undefined);
     this.apps.delete(name);
     return { status: 202, body: undefined };
   }
@@ -680,8 +744,12 @@ class Emulator {
       throw new HttpError(400, 'name: expected 1-30 characters of a-z, 0-9 and "_"');
     }
     const region = typeof body.region === 'string' && body.region ? body.region : (this.options.defaultRegion ?? 'iad');
-    const sizeGb = body.size_gb === undefined ? 1 : Number(body.size_gb);
+    const from = body.snapshot_id === undefined || body.snapshot_id === null ? undefined : this.snapshotToRestore(app, body.snapshot_id);
+    const sizeGb = body.size_gb === undefined ? (from?.sizeGb ?? 1) : Number(body.size_gb);
     if (!Number.isInteger(sizeGb) || sizeGb < 1 || sizeGb > 500) throw new HttpError(400, 'size_gb: expected 1-500');
+    if (from && sizeGb < from.sizeGb) throw new HttpError(422, `size_gb: a volume from snapshot ${from.id} needs at least ${from.sizeGb} GB (got ${sizeGb})`);
+    const retention = body.snapshot_retention === undefined ? 5 : Number(body.snapshot_retention);
+    if (!Number.isInteger(retention) || retention < 1 || retention > 60) throw new HttpError(400, 'snapshot_retention: expected 1-60 days');
     const id = `vol_${randomId(16, 'abcdefghijklmnopqrstuvwxyz0123456789')}`;
     const dockerVolume = await this.backend.createVolume(app.name, id);
     const volume: EmuVolume = {
@@ -690,14 +758,93 @@ class Emulator {
       app: app.name,
       region,
       sizeGb,
-      state: 'created',
+      state: from ? 'hydrating' : 'created',
       encrypted: body.encrypted !== false,
       createdAt: new Date().toISOString(),
       attachedMachineId: null,
       dockerVolume,
+      snapshotRetention: retention,
+      ...(from ? { lastImage: from.image } : {}),
+      hydrated: Promise.resolve(),
     };
+    if (from) {
+      // Answered at once; the data arrives meanwhile (Fly hydrates a restored volume in the background).
+      volume.hydrated = this.track(async () => {
+        try {
+          await this.backend.copyVolume(from.dockerVolume, dockerVolume, from.image);
+          if (volume.state === 'hydrating') volume.state = 'created';
+        } catch (err) {
+          if (volume.state === 'hydrating') volume.state = 'failed';
+          throw err;
+        }
+      });
+    }
     app.volumes.set(id, volume);
     return ok(volumeJson(volume));
+  }
+
+  /** The snapshot a new volume is made from: it must exist in this app and be `created` (usable). */
+  private snapshotToRestore(app: EmuApp, raw: unknown): EmuVolumeSnapshot {
+    if (typeof raw !== 'string' || !raw) throw new HttpError(400, 'snapshot_id: expected a snapshot id');
+    const found = app.snapshots.get(raw);
+    if (!found || this.snapshotExpired(found)) throw new HttpError(404, `snapshot ${raw} not found`);
+    if (found.status !== 'created') throw new HttpError(422, `snapshot ${raw} is ${found.status}; a volume can be made from it once it is created`);
+    return found;
+  }
+
+  private listVolumeSnapshots(appName: string, volumeId: string): Result {
+    const app = this.requireApp(appName);
+    const volume = app.volumes.get(volumeId);
+    if (!volume || volume.state === 'destroyed') throw new HttpError(404, 'volume not found');
+    return ok([...app.snapshots.values()].filter((s) => s.volumeId === volumeId && !this.snapshotExpired(s)).map(volumeSnapshotJson));
+  }
+
+  /**
+   * An on-demand snapshot: the copy starts now and the call answers at once, without a body. The snapshot
+   * shows as `pending` in the list until its copy is taken and the delay passed, then `created`.
+   */
+  private async createVolumeSnapshot(appName: string, volumeId: string): Promise<Result> {
+    const app = this.requireApp(appName);
+    const volume = app.volumes.get(volumeId);
+    if (!volume || volume.state === 'destroyed') throw new HttpError(404, 'volume not found');
+    if (volume.state !== 'created') throw new HttpError(422, `volume ${volumeId} is ${volume.state}; it can be snapshotted once it is created`);
+    const image = volume.lastImage;
+    if (!image) throw new HttpError(422, `volume ${volumeId} was never mounted; the emulator needs an image for the copy (mount it in a Machine first)`);
+    const id = `vs_${randomId(16, 'abcdefghijklmnopqrstuvwxyz0123456789')}`;
+    const dockerVolume = await this.backend.createSnapshotVolume(app.name, volumeId, id);
+    const snap: EmuVolumeSnapshot = {
+      id, volumeId, status: 'pending', size: 0, digest: '', createdAt: new Date().toISOString(), retentionDays: volume.snapshotRetention,
+      sizeGb: volume.sizeGb, image, dockerVolume, taken: Promise.resolve(),
+    };
+    app.snapshots.set(id, snap);
+    // The data is copied before the answer, so the snapshot is the volume as it was at the request (Fly's
+    // are crash-consistent block copies of that moment); it becomes usable only after the delay.
+    try {
+      const { bytes, digest } = await this.backend.copyVolume(volume.dockerVolume, dockerVolume, image);
+      snap.size = bytes;
+      snap.digest = digest;
+    } catch (err) {
+      snap.status = 'failed';
+      throw err;
+    }
+    snap.taken = this.track(async () => {
+      if (this.snapshotDelayMs > 0) await new Promise((r) => setTimeout(r, this.snapshotDelayMs));
+      snap.status = 'created';
+    });
+    return { status: 200, body: undefined };
+  }
+
+  private snapshotExpired(s: EmuVolumeSnapshot): boolean {
+    return Date.parse(s.createdAt) + s.retentionDays * 86_400_000 <= Date.now();
+  }
+
+  /** Runs a copy in the background, kept until it ends so that close() can wait for it. */
+  private track(work: () => Promise<void>): Promise<void> {
+    const done = work();
+    const settled = done.catch(() => undefined);
+    this.copies.add(settled);
+    void settled.finally(() => this.copies.delete(settled));
+    return settled;
   }
 
   private async destroyVolume(appName: string, id: string): Promise<Result> {
@@ -707,6 +854,7 @@ class Emulator {
     if (volume.attachedMachineId) {
       throw new HttpError(412, `failed_precondition: volume ${id} is attached to machine ${volume.attachedMachineId}; destroy the machine first`);
     }
+    await volume.hydrated; // the copy into it ends first (its helper holds the Docker volume)
     await this.backend.removeVolume(volume.dockerVolume);
     volume.state = 'destroyed';
     return ok({ ...volumeJson(volume), state: 'pending_destroy' });
@@ -744,6 +892,8 @@ class Emulator {
     try {
       if (m.containerId) await this.backend.remove(m.containerId);
       const app = this.apps.get(m.app)!;
+      // A volume made from a snapshot is usable once hydrated: the Machine sees all of its data.
+      await Promise.all((m.config.mounts ?? []).map((mount) => app.volumes.get(mount.volume)?.hydrated));
       const { containerId, ip } = await this.backend.run({
         app: m.app,
         machineId: m.id,
@@ -815,7 +965,11 @@ class Emulator {
   }
 
   private attach(app: EmuApp, m: EmuMachine): void {
-    for (const mount of m.config.mounts ?? []) app.volumes.get(mount.volume)!.attachedMachineId = m.id;
+    for (const mount of m.config.mounts ?? []) {
+      const volume = app.volumes.get(mount.volume)!;
+      volume.attachedMachineId = m.id;
+      volume.lastImage = m.config.image;
+    }
   }
 
   private detach(app: EmuApp, m: EmuMachine): void {
@@ -911,9 +1065,14 @@ function volumeJson(v: EmuVolume): Record<string, unknown> {
     attached_alloc_id: null,
     created_at: v.createdAt,
     fstype: 'ext4',
-    snapshot_retention: 5,
+    snapshot_retention: v.snapshotRetention,
+    auto_backup_enabled: true,
     host_dedication_key: '',
   };
+}
+
+function volumeSnapshotJson(s: EmuVolumeSnapshot): Record<string, unknown> {
+  return { id: s.id, size: s.size, digest: s.digest, created_at: s.createdAt, status: s.status, retention_days: s.retentionDays };
 }
 
 function snapshot(m: EmuMachine): MachineSnapshot {
