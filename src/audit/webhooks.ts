@@ -111,7 +111,7 @@ export function webhookSecret(hook: AuditWebhookConfig, index: number, env: Node
 }
 
 /** A URL fit for a log line: no user info, no query. */
-function describeHook(hook: AuditWebhookConfig): string {
+export function describeHook(hook: AuditWebhookConfig): string {
   if (hook.name) return hook.name;
   const url = new URL(hook.url);
   return `${url.origin}${url.pathname}`;
@@ -377,28 +377,8 @@ class WebhookWorker {
     }
   }
 
-  private async post(id: string, body: string): Promise<{ ok: true } | { ok: false; problem: string }> {
-    const timestamp = Math.floor(Date.now() / 1000);
-    const signal = AbortSignal.any([this.o.signal, AbortSignal.timeout(this.o.requestTimeoutMs)]);
-    try {
-      const res = await this.o.fetch(this.o.hook.url, {
-        method: 'POST',
-        redirect: 'manual',
-        signal,
-        headers: {
-          'content-type': 'application/cloudevents+json; charset=utf-8',
-          'webhook-id': id,
-          'webhook-timestamp': String(timestamp),
-          'webhook-signature': signWebhook(this.o.secret, id, timestamp, body),
-        },
-        body,
-      });
-      await res.body?.cancel().catch(() => undefined);
-      return res.status >= 200 && res.status < 300 ? { ok: true } : { ok: false, problem: `HTTP ${res.status}` };
-    } catch (err) {
-      const cause = (err as { cause?: { code?: unknown } }).cause;
-      return { ok: false, problem: typeof cause?.code === 'string' ? cause.code : (err as Error).name };
-    }
+  private post(id: string, body: string): Promise<{ ok: true } | { ok: false; problem: string }> {
+    return postWebhookEvent({ fetch: this.o.fetch, url: this.o.hook.url, secret: this.o.secret, id, body, signal: this.o.signal, timeoutMs: this.o.requestTimeoutMs });
   }
 
   private async readCursor(): Promise<WebhookCursor | undefined> {
@@ -427,6 +407,39 @@ class WebhookWorker {
     await fs.mkdir(path.dirname(this.o.cursorPath), { recursive: true, mode: 0o700 });
     await writeJsonAtomic(this.o.cursorPath, cursor);
     this.persisted = cursor;
+  }
+}
+
+/** One signed POST of one event (shared with the PostgreSQL trail's delivery); ok on a 2xx, else what went wrong, never the key. */
+export async function postWebhookEvent(o: {
+  fetch: typeof fetch;
+  url: string;
+  secret: string;
+  id: string;
+  body: string;
+  signal: AbortSignal;
+  timeoutMs: number;
+}): Promise<{ ok: true } | { ok: false; problem: string }> {
+  const timestamp = Math.floor(Date.now() / 1000);
+  const signal = AbortSignal.any([o.signal, AbortSignal.timeout(o.timeoutMs)]);
+  try {
+    const res = await o.fetch(o.url, {
+      method: 'POST',
+      redirect: 'manual',
+      signal,
+      headers: {
+        'content-type': 'application/cloudevents+json; charset=utf-8',
+        'webhook-id': o.id,
+        'webhook-timestamp': String(timestamp),
+        'webhook-signature': signWebhook(o.secret, o.id, timestamp, o.body),
+      },
+      body: o.body,
+    });
+    await res.body?.cancel().catch(() => undefined);
+    return res.status >= 200 && res.status < 300 ? { ok: true } : { ok: false, problem: `HTTP ${res.status}` };
+  } catch (err) {
+    const cause = (err as { cause?: { code?: unknown } }).cause;
+    return { ok: false, problem: typeof cause?.code === 'string' ? cause.code : (err as Error).name };
   }
 }
 

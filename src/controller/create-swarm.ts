@@ -9,7 +9,7 @@ import { FlyProvider } from '../../providers/fly/fly-provider.js';
 import { ProviderFactory, type Provider, type ProviderType } from '../../providers/provider.js';
 import type { SwarmConfig } from '../config.js';
 import { silentLogger, type Logger } from '../logger.js';
-import { instanceStoreFor } from '../store/index.js';
+import { storesFor } from '../store/index.js';
 import { leadershipFor, type Leadership } from '../store/postgres/leadership.js';
 import { ActivityTracker } from '../activity/activity-tracker.js';
 import { IdleMonitor } from '../activity/idle-monitor.js';
@@ -102,10 +102,11 @@ export function createSwarm(config: SwarmConfig, options: CreateSwarmOptions = {
       logger,
     } satisfies ConstructorParameters<typeof AwsAsgProvider>[0]);
   }
-  // PostgreSQL when store.databaseUrl is set, the JSON files otherwise; it connects in initialize().
-  const registry = instanceStoreFor(config, logger);
-  const access = config.gateway.enabled ? new AccessLinks(config.gateway, config.stateDir) : undefined;
-  return new SwarmController({ config, registry, providers, logger, activity: new ActivityTracker(), ...(access ? { access } : {}) });
+  // PostgreSQL when store.databaseUrl is set (instances, principals and token hashes, spent links shared by
+  // every controller on it), the JSON files otherwise; it connects in initialize().
+  const { registry, principals, spentLinks } = storesFor(config, logger);
+  const access = config.gateway.enabled ? new AccessLinks(config.gateway, config.stateDir, Date.now, {}, spentLinks) : undefined;
+  return new SwarmController({ config, registry, providers, logger, activity: new ActivityTracker(), ...(access ? { access } : {}), ...(principals ? { principals } : {}) });
 }
 
 export interface SwarmServices {

@@ -25,6 +25,15 @@ export interface AccessLink {
   expiresAt: string;
 }
 
+/**
+ * Where spent one-time links are remembered: the state directory's file (SpentLinks) for one controller,
+ * PostgreSQL (PgSpentLinks) when several controllers share a database and any gateway may be handed a link.
+ */
+export interface SpentLinkStore {
+  /** Marks a link spent; false when it already was. Throws when that cannot be known (the link is then refused). */
+  spend(claims: TokenClaims): Promise<boolean>;
+}
+
 export interface AccessLinkKeys {
   /** Verify links with this Ed25519 public key (publicKeyText form) and issue none; `config.secret` is then ignored. */
   linkPublicKey?: string;
@@ -35,7 +44,7 @@ export class AccessLinks {
   private sessions?: AccessTokens;
   /** This side's own public key (base64url), once initialized: what hosts are given to check its links. */
   publicKey = '';
-  readonly spent: SpentLinks;
+  readonly spent: SpentLinkStore;
   /** The port users connect to; the gateway sets it once it listens. */
   port: number;
 
@@ -44,9 +53,10 @@ export class AccessLinks {
     private readonly stateDir: string,
     private readonly now: () => number = Date.now,
     private readonly keys: AccessLinkKeys = {},
+    spent?: SpentLinkStore,
   ) {
     this.port = config.publicPort ?? config.port;
-    this.spent = new SpentLinks(stateDir, now);
+    this.spent = spent ?? new SpentLinks(stateDir, now);
   }
 
   async initialize(): Promise<void> {

@@ -94,8 +94,9 @@ export async function startMcpHttp(options: McpHttpOptions): Promise<{ url: stri
       } catch (err) {
         const error = asSwarmError(err);
         const reason = error.message;
-        // The issuer's keys could not be had: nothing is known about the credential, so not 401 but "try again".
-        const unavailable = error.details?.unavailable === true;
+        // The issuer's keys, or the shared state store, could not be had: nothing is known about the credential,
+        // so not 401 but "try again".
+        const unavailable = error.details?.unavailable === true || error.code === 'STORE_UNAVAILABLE';
         // RFC 6750 §3: no credentials, a bare challenge; wrong ones, invalid_token with why.
         if (!unavailable) res.setHeader('WWW-Authenticate', bearerChallenge({ ...(resource ? { resourceMetadataUrl: resource.metadataUrl } : {}), ...(credential ? { error: 'invalid_token', description: reason } : {}) }));
         await recordDenial(controller, { action: 'auth.authenticate', reason: credential ? reason : 'no credential', remote: req.socket.remoteAddress });

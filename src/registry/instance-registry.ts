@@ -17,6 +17,8 @@ import {
 import { SwarmError, invalidInput } from '../errors.js';
 import { silentLogger, type Logger } from '../logger.js';
 import { isTempFile, writeJsonAtomic } from '../state/atomic-file.js';
+import type { WriteOptions } from '../store/instance-store.js';
+import { deepFreeze, listInstances, matchingMetadata, matchingName } from '../store/records.js';
 
 export interface RegistryOptions {
   stateDir: string;
@@ -115,19 +117,22 @@ export class InstanceRegistry {
   }
 
   /** Adds a new instance; an id already present is a conflict. */
-  async register(instance: VSCodeInstance): Promise<Readonly<VSCodeInstance>> {
+  async register(instance: VSCodeInstance, options?: WriteOptions): Promise<Readonly<VSCodeInstance>> {
     const record = this.validate(instance);
     if (this.instances.has(record.id)) {
       throw new SwarmError('CONFLICT', `instance ${record.id} is already registered`, { field: 'id' });
     }
+    // In the same synchronous step as the write in commit(): no other admission can slip in between.
+    options?.admit?.check(this.list());
     return this.commit(record.id, record, undefined);
   }
 
   /** Changes an instance; `updatedAt` is set here. */
-  async update(id: string, change: InstanceUpdate): Promise<Readonly<VSCodeInstance>> {
+  async update(id: string, change: InstanceUpdate, options?: WriteOptions): Promise<Readonly<VSCodeInstance>> {
     const current = this.require(id);
     const merged = typeof change === 'function' ? change(structuredClone(current)) : { ...current, ...change, id };
     const record = this.validate({ ...merged, id, updatedAt: new Date().toISOString() });
+    options?.admit?.check(this.list());
     return this.commit(id, record, current);
   }
 
@@ -159,14 +164,7 @@ export class InstanceRegistry {
   }
 
   list(filter: RegistryFilter = {}): Readonly<VSCodeInstance>[] {
-    const statuses = filter.status === undefined ? undefined : new Set([filter.status].flat());
-    const out: Readonly<VSCodeInstance>[] = [];
-    for (const instance of this.instances.values()) {
-      if (filter.providerType && instance.providerType !== filter.providerType) continue;
-      if (statuses && !statuses.has(instance.status)) continue;
-      out.push(instance);
-    }
-    return out.sort((a, b) => a.createdAt.localeCompare(b.createdAt) || a.id.localeCompare(b.id));
+    return listInstances(this.instances.values(), filter);
   }
 
   get size(): number {
@@ -181,16 +179,12 @@ export class InstanceRegistry {
 
   /** Names matching a glob (`*`, `?`) or a regular expression. */
   findByName(pattern: string | RegExp): Readonly<VSCodeInstance>[] {
-    const regex = typeof pattern === 'string' ? globToRegExp(pattern) : pattern;
-    return this.list().filter((i) => regex.test(i.name));
+    return matchingName(this.list(), pattern);
   }
 
   /** Instances whose metadata has `key`, and equals `value` when given. */
   findByMetadata(key: string, value?: string): Readonly<VSCodeInstance>[] {
-    return this.list().filter((i) => {
-      const metadata = i.config.metadata ?? {};
-      return Object.hasOwn(metadata, key) && (value === undefined || metadata[key] === value);
-    });
+    return matchingMetadata(this.list(), key, value);
   }
 
   /** Resolves when every write started so far has reached the disk. */
@@ -258,17 +252,4 @@ export class InstanceRegistry {
     await fs.mkdir(dir, { recursive: true });
     this.dirReady.add(dir);
   }
-}
-
-function globToRegExp(glob: string): RegExp {
-  const escaped = glob.replace(/[.+^${}()|[\]\\]/g, '\\$&').replace(/\*/g, '.*').replace(/\?/g, '.');
-  return new RegExp(`^${escaped}$`, 'i');
-}
-
-function deepFreeze<T>(value: T): T {
-  if (value && typeof value === 'object' && !Object.isFrozen(value)) {
-    Object.freeze(value);
-    for (const child of Object.values(value)) deepFreeze(child);
-  }
-  return value;
 }

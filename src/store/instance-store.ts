@@ -13,13 +13,31 @@ import type { InstanceUpdate, LoadReport, RegistryFilter } from '../registry/ins
 
 export type { InstanceUpdate, LoadReport, RegistryFilter };
 
+/**
+ * A quota check a write must pass (the controller's checkAdmission with the owner's limits), run by the
+ * store where the write is decided: the JSON registry runs it in the same synchronous step as its
+ * in-memory write; PostgreSQL runs it inside the write's transaction, under a transaction advisory lock on
+ * the owner, against the owner's rows in the database, so controllers admitting for one owner at once are
+ * serialised and never overshoot. `check` throws (QUOTA_EXCEEDED) to refuse; nothing is written then.
+ */
+export interface Admission {
+  /** Whose usage the write counts against. */
+  owner: string;
+  /** Given the owner's records as the store holds them now (possibly more); throws to refuse. */
+  check(instances: readonly Readonly<VSCodeInstance>[]): void;
+}
+
+export interface WriteOptions {
+  admit?: Admission;
+}
+
 export interface InstanceStore {
   /** Reads every record into memory (and, for a shared store, starts following changes). */
   load(): Promise<LoadReport>;
   /** Adds a new instance; an id already present is CONFLICT. */
-  register(instance: VSCodeInstance): Promise<Readonly<VSCodeInstance>>;
+  register(instance: VSCodeInstance, options?: WriteOptions): Promise<Readonly<VSCodeInstance>>;
   /** Changes an instance (a patch, or a function of the current record); `updatedAt` is set by the store. */
-  update(id: string, change: InstanceUpdate): Promise<Readonly<VSCodeInstance>>;
+  update(id: string, change: InstanceUpdate, options?: WriteOptions): Promise<Readonly<VSCodeInstance>>;
   /** Forgets an instance; false when it was not there. */
   remove(id: string): Promise<boolean>;
   get(id: string): Readonly<VSCodeInstance> | undefined;

@@ -7,11 +7,11 @@
 import { SwarmError } from '../errors.js';
 import { effectiveScopes, type Door, type PrincipalActor } from './identity.js';
 import type { JwtVerifier } from './oauth.js';
-import type { PrincipalStore } from './principals.js';
+import type { PrincipalDirectory } from './principals.js';
 
 export class Authenticator {
   constructor(
-    private readonly principals: PrincipalStore,
+    private readonly principals: PrincipalDirectory,
     private readonly jwt?: JwtVerifier,
   ) {}
 

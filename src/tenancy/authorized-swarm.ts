@@ -12,7 +12,8 @@
  * Each call, allowed or denied, ends as exactly one audit event naming the actor, its credential and door.
  */
 import { InstanceIdSchema, type CommandResult, type InstanceConfigPatch, type InstanceLogs, type ProviderType, type UpdateMode, type VSCodeInstance } from '../../providers/provider.js';
-import { DEFAULT_QUERY_LIMIT, MAX_QUERY_LIMIT, type AuditEvent, type AuditLog, type AuditOutcome, type AuditQuery } from '../audit/audit-log.js';
+import { DEFAULT_QUERY_LIMIT, MAX_QUERY_LIMIT, type AuditEvent, type AuditOutcome, type AuditQuery } from '../audit/audit-log.js';
+import type { AuditTrail } from '../store/postgres/audit-log.js';
 import type { CreateRequest, CreateResult, ListFilter, OperationOptions, SwarmController, SwarmStatus } from '../controller/swarm-controller.js';
 import { SwarmError, asSwarmError, invalidInput } from '../errors.js';
 import type { AccessLink } from '../gateway/access-links.js';
@@ -47,7 +48,7 @@ const DENIALS = new Set(['UNAUTHENTICATED', 'FORBIDDEN', 'QUOTA_EXCEEDED']);
 
 export class AuthorizedSwarm {
   private readonly controller: SwarmController;
-  private readonly audit: AuditLog;
+  private readonly audit: AuditTrail;
 
   constructor(
     private readonly deps: AuthorizedSwarmDeps,

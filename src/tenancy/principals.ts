@@ -10,6 +10,9 @@
  * The local admin always exists. Its local credential is `<stateDir>/mcp-http.token`, readable only by
  * the user who runs the controller: the CLI uses it to talk to a running controller, and MCP clients set
  * up before tenancy keep working with it.
+ *
+ * PrincipalDirectory is what the doors use; with a database, PgPrincipalStore
+ * (src/store/postgres/principal-store.ts) implements it with the same rules, shared from the end of this file.
  */
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import { promises as fs } from 'node:fs';
@@ -38,7 +41,7 @@ export const PrincipalSchema = z
   .strict();
 export type Principal = z.infer<typeof PrincipalSchema>;
 
-const TokenRecordSchema = z
+export const TokenRecordSchema = z
   .object({
     id: z.string().regex(/^t[0-9a-f]{12}$/),
     principalId: PrincipalIdSchema,
@@ -52,7 +55,7 @@ const TokenRecordSchema = z
     revokedAt: z.string().optional(),
   })
   .strict();
-type TokenRecord = z.infer<typeof TokenRecordSchema>;
+export type TokenRecord = z.infer<typeof TokenRecordSchema>;
 /** What is shown about a token: everything but its hash. */
 export type TokenInfo = Omit<TokenRecord, 'hash'>;
 
@@ -93,7 +96,38 @@ const LAST_USED_WRITE_MS = 60_000;
 export const LOCAL_CREDENTIAL_ID = 'local';
 export const LOCAL_CREDENTIAL_FILE = 'mcp-http.token';
 
-export class PrincipalStore {
+/**
+ * What the controller and its doors need from wherever principals and token hashes live: the JSON file of
+ * PrincipalStore (the embedded default) or PostgreSQL (PgPrincipalStore, several controllers on one
+ * database). Reads and authenticate() are synchronous, answered from memory that every change goes through
+ * first; writes are async and authoritative.
+ */
+export interface PrincipalDirectory {
+  /** Reads what is stored and makes sure the local admin and this machine's local credential exist. */
+  open(): Promise<void>;
+  /** The local admin's credential (the text of mcp-http.token), for `up` to print and the CLI to send. */
+  localToken(): string;
+  listPrincipals(): Principal[];
+  getPrincipal(id: string): Principal | undefined;
+  requirePrincipal(id: string): Principal;
+  /** The principal an OAuth subject signs in as, if any. */
+  principalForSubject(subject: string): Principal | undefined;
+  addPrincipal(input: NewPrincipal): Promise<Principal>;
+  updatePrincipal(id: string, change: PrincipalChange): Promise<Principal>;
+  /** Makes a token; the returned `token` is the only time its secret exists outside the caller's hands. */
+  createToken(input: NewToken): Promise<{ token: string; info: TokenInfo }>;
+  listTokens(principalId?: string): TokenInfo[];
+  getToken(id: string): TokenInfo | undefined;
+  revokeToken(id: string): Promise<TokenInfo>;
+  /** The principal behind a bearer credential, or UNAUTHENTICATED with a reason that never repeats the credential. */
+  authenticate(credential: string): Authenticated;
+  /** Waits for pending writes (last-use times included). */
+  close(): Promise<void>;
+}
+
+export type PrincipalChange = { disabled?: boolean; role?: Role; quotas?: Principal['quotas'] };
+
+export class PrincipalStore implements PrincipalDirectory {
   private readonly file: string;
   private readonly stateDir: string;
   private readonly logger: Logger;
@@ -132,11 +166,10 @@ export class PrincipalStore {
       this.tokens = new Map(parsed.data.tokens.map((t) => [t.id, t]));
     }
     if (!this.principals.has(LOCAL_ADMIN_ID)) {
-      this.principals.set(LOCAL_ADMIN_ID, { id: LOCAL_ADMIN_ID, name: 'Local administrator', kind: 'person', role: 'admin', createdAt: this.now().toISOString() });
+      this.principals.set(LOCAL_ADMIN_ID, localAdminRecord(this.now()));
       await this.save();
     }
-    const secret = await readOrCreateSecret(path.join(this.stateDir, LOCAL_CREDENTIAL_FILE), 24);
-    this.localCredential = Buffer.from(`${secret.toString('base64url')}`);
+    this.localCredential = await readLocalCredential(this.stateDir);
   }
 
   /** The local admin's credential (the text of mcp-http.token), for `up` to print and the CLI to send. */
@@ -168,25 +201,16 @@ export class PrincipalStore {
   }
 
   async addPrincipal(input: NewPrincipal): Promise<Principal> {
-    const p = NewPrincipalSchema.parse(input);
-    if (this.principals.has(p.id)) throw new SwarmError('CONFLICT', `principal ${p.id} already exists`, { field: 'id' });
-    const principal: Principal = { id: p.id, name: p.name ?? p.id, kind: p.kind, role: p.role, createdAt: this.now().toISOString(), ...(p.quotas ? { quotas: p.quotas } : {}), ...(p.subjects ? { subjects: p.subjects } : {}) };
-    this.principals.set(p.id, principal);
+    const principal = newPrincipalRecord(input, this.now());
+    if (this.principals.has(principal.id)) throw principalExists(principal.id);
+    this.principals.set(principal.id, principal);
     await this.save();
     return principal;
   }
 
   /** Disables (or re-enables) a principal, changes its role or its quotas; takes effect on the next request. */
-  async updatePrincipal(id: string, change: { disabled?: boolean; role?: Role; quotas?: Principal['quotas'] }): Promise<Principal> {
-    const current = this.requirePrincipal(id);
-    if (id === LOCAL_ADMIN_ID && (change.disabled || (change.role && change.role !== 'admin'))) {
-      throw invalidInput('principalId', 'another principal: the local admin cannot be disabled or demoted (it is whoever runs the controller)', id);
-    }
-    const next: Principal = { ...current, ...(change.role ? { role: change.role } : {}), ...(change.quotas ? { quotas: change.quotas } : {}) };
-    if (change.disabled !== undefined) {
-      if (change.disabled) next.disabled = true;
-      else delete next.disabled;
-    }
+  async updatePrincipal(id: string, change: PrincipalChange): Promise<Principal> {
+    const next = changedPrincipal(this.requirePrincipal(id), change);
     this.principals.set(id, next);
     await this.save();
     return next;
@@ -196,29 +220,10 @@ export class PrincipalStore {
 
   /** Makes a token; the returned `token` is the only time its secret exists outside the caller's hands. */
   async createToken(input: NewToken): Promise<{ token: string; info: TokenInfo }> {
-    const t = NewTokenSchema.parse(input);
-    const principal = this.requirePrincipal(t.principalId);
-    const allowed = ROLE_SCOPES[principal.role];
-    const scopes = t.scopes ? [...new Set(t.scopes)] : [...allowed];
-    const beyond = scopes.filter((s) => !allowed.includes(s));
-    if (beyond.length) throw invalidInput('scopes', `scopes within the ${principal.role} role (${allowed.join(', ')})`, beyond.join(', '));
-    let id: string;
-    do id = `t${randomBytes(6).toString('hex')}`;
-    while (this.tokens.has(id));
-    const secret = randomBytes(32).toString('base64url');
-    const at = this.now();
-    const record: TokenRecord = {
-      id,
-      principalId: principal.id,
-      name: t.name,
-      hash: sha256(secret),
-      scopes: SCOPES.filter((s) => scopes.includes(s)),
-      createdAt: at.toISOString(),
-      ...(t.expiresInDays ? { expiresAt: new Date(at.getTime() + t.expiresInDays * 86_400_000).toISOString() } : {}),
-    };
-    this.tokens.set(id, record);
+    const { token, record } = newTokenRecord(input, (id) => this.requirePrincipal(id), this.now(), (id) => this.tokens.has(id));
+    this.tokens.set(record.id, record);
     await this.save();
-    return { token: `vss_${id}_${secret}`, info: infoOf(record) };
+    return { token, info: infoOf(record) };
   }
 
   listTokens(principalId?: string): TokenInfo[] {
@@ -247,24 +252,15 @@ export class PrincipalStore {
    * credential. Reasons are deliberately coarse towards the caller where detail would help a guesser.
    */
   authenticate(credential: string): Authenticated {
-    if (this.localCredential && credential.length === this.localCredential.length && timingSafeEqual(Buffer.from(credential), this.localCredential)) {
-      const principal = this.requirePrincipal(LOCAL_ADMIN_ID);
-      return { principal, credentialId: LOCAL_CREDENTIAL_ID, scopes: [...SCOPES] };
-    }
-    const match = TOKEN_PATTERN.exec(credential);
-    if (!match) throw new SwarmError('UNAUTHENTICATED', 'malformed or unknown token');
-    const record = this.tokens.get(match[1]!);
-    const given = Buffer.from(sha256(match[2]!), 'hex');
-    // Compared even for an unknown id, so that timing does not tell which ids exist.
-    const stored = Buffer.from(record?.hash ?? '0'.repeat(64), 'hex');
-    if (!timingSafeEqual(given, stored) || !record) throw new SwarmError('UNAUTHENTICATED', 'malformed or unknown token');
-    if (record.revokedAt) throw new SwarmError('UNAUTHENTICATED', `token ${record.id} was revoked`);
     const at = this.now();
-    if (record.expiresAt && Date.parse(record.expiresAt) <= at.getTime()) throw new SwarmError('UNAUTHENTICATED', `token ${record.id} expired at ${record.expiresAt}`);
-    const principal = this.principals.get(record.principalId);
-    if (!principal || principal.disabled) throw new SwarmError('UNAUTHENTICATED', `principal ${record.principalId} is disabled`);
-    this.noteUse(record, at);
-    return { principal, credentialId: record.id, scopes: record.scopes.filter((s) => ROLE_SCOPES[principal.role].includes(s)) };
+    const { authenticated, record } = verifyCredential(credential, {
+      local: this.localCredential,
+      token: (id) => this.tokens.get(id),
+      principal: (id) => this.principals.get(id),
+      at,
+    });
+    if (record) this.noteUse(record, at);
+    return authenticated;
   }
 
   /** Waits for pending writes (last-use times included). */
@@ -278,8 +274,7 @@ export class PrincipalStore {
   }
 
   private noteUse(record: TokenRecord, at: Date): void {
-    const last = record.lastUsedAt ? Date.parse(record.lastUsedAt) : 0;
-    if (at.getTime() - last < LAST_USED_WRITE_MS) return;
+    if (!useWorthRecording(record, at)) return;
     this.tokens.set(record.id, { ...record, lastUsedAt: at.toISOString() });
     this.lastUsedTimer ??= setTimeout(() => {
       this.lastUsedTimer = undefined;
@@ -300,11 +295,113 @@ export class PrincipalStore {
   }
 }
 
+// ---- the rules both stores share (the JSON file above, PostgreSQL in src/store/postgres/principal-store.ts) ----
+
+/**
+ * The local admin's credential: `<stateDir>/mcp-http.token`, made on first use. It stays a file on each
+ * controller's machine whatever the store: it proves "whoever runs this controller", which is machine-local.
+ */
+export async function readLocalCredential(stateDir: string): Promise<Buffer> {
+  const secret = await readOrCreateSecret(path.join(stateDir, LOCAL_CREDENTIAL_FILE), 24);
+  return Buffer.from(secret.toString('base64url'));
+}
+
+export function localAdminRecord(at: Date): Principal {
+  return { id: LOCAL_ADMIN_ID, name: 'Local administrator', kind: 'person', role: 'admin', createdAt: at.toISOString() };
+}
+
+/** A new principal from its input (checked); whether the id is taken is for the store to say (principalExists). */
+export function newPrincipalRecord(input: NewPrincipal, at: Date): Principal {
+  const p = NewPrincipalSchema.parse(input);
+  return { id: p.id, name: p.name ?? p.id, kind: p.kind, role: p.role, createdAt: at.toISOString(), ...(p.quotas ? { quotas: p.quotas } : {}), ...(p.subjects ? { subjects: p.subjects } : {}) };
+}
+
+export function principalExists(id: string): SwarmError {
+  return new SwarmError('CONFLICT', `principal ${id} already exists`, { field: 'id' });
+}
+
+/** The principal after a change; the local admin cannot be disabled or demoted. */
+export function changedPrincipal(current: Principal, change: PrincipalChange): Principal {
+  if (current.id === LOCAL_ADMIN_ID && (change.disabled || (change.role && change.role !== 'admin'))) {
+    throw invalidInput('principalId', 'another principal: the local admin cannot be disabled or demoted (it is whoever runs the controller)', current.id);
+  }
+  const next: Principal = { ...current, ...(change.role ? { role: change.role } : {}), ...(change.quotas ? { quotas: change.quotas } : {}) };
+  if (change.disabled !== undefined) {
+    if (change.disabled) next.disabled = true;
+    else delete next.disabled;
+  }
+  return next;
+}
+
+/** A new token for a principal (found by `principalOf`, which throws when there is none), its scopes within its role. */
+export function newTokenRecord(input: NewToken, principalOf: (id: string) => Principal, at: Date, taken: (id: string) => boolean): { token: string; record: TokenRecord } {
+  const t = NewTokenSchema.parse(input);
+  const principal = principalOf(t.principalId);
+  const allowed = ROLE_SCOPES[principal.role];
+  const scopes = t.scopes ? [...new Set(t.scopes)] : [...allowed];
+  const beyond = scopes.filter((s) => !allowed.includes(s));
+  if (beyond.length) throw invalidInput('scopes', `scopes within the ${principal.role} role (${allowed.join(', ')})`, beyond.join(', '));
+  let id: string;
+  do id = `t${randomBytes(6).toString('hex')}`;
+  while (taken(id));
+  const secret = randomBytes(32).toString('base64url');
+  const record: TokenRecord = {
+    id,
+    principalId: principal.id,
+    name: t.name,
+    hash: sha256(secret),
+    scopes: SCOPES.filter((s) => scopes.includes(s)),
+    createdAt: at.toISOString(),
+    ...(t.expiresInDays ? { expiresAt: new Date(at.getTime() + t.expiresInDays * 86_400_000).toISOString() } : {}),
+  };
+  return { token: `vss_${id}_${secret}`, record };
+}
+
+export interface CredentialLookup {
+  /** The local admin's credential, once read. */
+  local: Buffer | undefined;
+  token(id: string): TokenRecord | undefined;
+  principal(id: string): Principal | undefined;
+  at: Date;
+}
+
+/**
+ * Checks a bearer credential against what the store holds: the local credential, else a token by id and
+ * hash (in constant time), not revoked, not expired, of an enabled principal. `record` is the token used.
+ * Reasons are deliberately coarse towards the caller where detail would help a guesser.
+ */
+export function verifyCredential(credential: string, lookup: CredentialLookup): { authenticated: Authenticated; record?: TokenRecord } {
+  const local = lookup.local;
+  if (local && credential.length === local.length && timingSafeEqual(Buffer.from(credential), local)) {
+    const principal = lookup.principal(LOCAL_ADMIN_ID);
+    if (!principal) throw new SwarmError('NOT_FOUND', `principal ${LOCAL_ADMIN_ID} does not exist`, { field: 'principalId' });
+    return { authenticated: { principal, credentialId: LOCAL_CREDENTIAL_ID, scopes: [...SCOPES] } };
+  }
+  const match = TOKEN_PATTERN.exec(credential);
+  if (!match) throw new SwarmError('UNAUTHENTICATED', 'malformed or unknown token');
+  const record = lookup.token(match[1]!);
+  const given = Buffer.from(sha256(match[2]!), 'hex');
+  // Compared even for an unknown id, so that timing does not tell which ids exist.
+  const stored = Buffer.from(record?.hash ?? '0'.repeat(64), 'hex');
+  if (!timingSafeEqual(given, stored) || !record) throw new SwarmError('UNAUTHENTICATED', 'malformed or unknown token');
+  if (record.revokedAt) throw new SwarmError('UNAUTHENTICATED', `token ${record.id} was revoked`);
+  if (record.expiresAt && Date.parse(record.expiresAt) <= lookup.at.getTime()) throw new SwarmError('UNAUTHENTICATED', `token ${record.id} expired at ${record.expiresAt}`);
+  const principal = lookup.principal(record.principalId);
+  if (!principal || principal.disabled) throw new SwarmError('UNAUTHENTICATED', `principal ${record.principalId} is disabled`);
+  return { authenticated: { principal, credentialId: record.id, scopes: record.scopes.filter((s) => ROLE_SCOPES[principal.role].includes(s)) }, record };
+}
+
+/** True when a token's last use is old enough to record again (at most once a minute per token). */
+export function useWorthRecording(record: TokenRecord, at: Date): boolean {
+  const last = record.lastUsedAt ? Date.parse(record.lastUsedAt) : 0;
+  return at.getTime() - last >= LAST_USED_WRITE_MS;
+}
+
 function sha256(text: string): string {
   return createHash('sha256').update(text).digest('hex');
 }
 
-function infoOf(record: TokenRecord): TokenInfo {
+export function infoOf(record: TokenRecord): TokenInfo {
   const { hash: _hash, ...info } = record;
   return info;
 }

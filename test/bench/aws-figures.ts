@@ -10,7 +10,6 @@ import { deriveHostToken } from '../../providers/aws-asg/host-credentials.js';
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { AwsAsgProvider, type AwsAsgProviderOptions } from '../../providers/aws-asg/aws-asg-provider.js';
 import { DockerProvider } from '../../providers/docker/docker-provider.js';
 import { LABEL_SWARM } from '../../providers/docker/docker-mapping.js';
@@ -18,11 +17,10 @@ import type { Provider, VSCodeInstance } from '../../providers/provider.js';
 import { startAwsEmulator, type AwsEmulator, type FaultRule } from '../emulators/aws/index.js';
 import { cleanUp, docker } from '../helpers/docker.js';
 import { ensureStandinImage } from '../helpers/standin-image.js';
+import { REPO_ROOT } from '../helpers/mcp.js';
 import { median, percentile, type Figure } from './figures.js';
 
-/** The repository root, from src (vitest) or from dist (npm run bench). */
-const HERE = path.dirname(fileURLToPath(import.meta.url));
-export const REPO_ROOT = path.resolve(HERE, HERE.includes(`${path.sep}dist${path.sep}`) ? '../../..' : '../..');
+export { REPO_ROOT };
 
 const TOKEN = 'aws-burst-agent-token-0123456789abcdef';
 const SECRET = 'aws-burst-gateway-secret-0123456789abcdef';

@@ -23,13 +23,15 @@
  *     with 100,000 client addresses tracked vs 10;
  *   - tenancy (test/bench/tenancy-figures.ts): an MCP tool call with authorization and a durable audit
  *     event vs the same tool calling the controller directly; the audit log's append throughput
- *     (audit-figures.ts); the failure limiter for a never-seen address at 100,000 tracked vs 10.
+ *     (audit-figures.ts); the failure limiter for a never-seen address at 100,000 tracked vs 10;
+ *   - the shared state store (store-figures.ts): get/list/update on PostgreSQL vs the JSON files, concurrent
+ *     creates through three controller processes vs one, leader failover after SIGKILL vs a clean hand-over.
  * The load client runs in a worker thread and the echo upstream in another, so that neither shares the
  * gateway's event loop. New figures carry a goal and whether the measured numbers meet it; a missed
  * goal is reported, never a failure. Medians and ratios are printed as a table or, with --json, as JSON;
  * the JSON is also kept in test-artifacts/bench.json. `--only` (repeatable) runs the groups whose key or
  * figure names contain the substring (registry, docker, gateway, warm, http, code-server, websocket, limiter,
- * tenancy, audit).
+ * tenancy, audit, store).
  */
 import { once } from 'node:events';
 import http from 'node:http';
@@ -54,6 +56,7 @@ import { figure, median, percentile, spread, time, type Figure } from './figures
 import { awsBurstFigures, awsEvacuationFigures } from './aws-figures.js';
 import { REPOSITORY_FIGURE, repositoryFigures } from './repository-figures.js';
 import { SNAPSHOT_FIGURES, snapshotFigures } from './snapshot-figures.js';
+import { STORE_FIGURES, leaderFailoverFigures, storeCreateFigures, storeOpFigures } from './store-figures.js';
 import { TENANCY_FIG, auditThroughputFigures, limiterFreshAddressFigure, mcpAuthorizationFigures } from './tenancy-figures.js';
 import { flyFigures, healthSweepFigure, migrationFigures } from './provider-figures.js';
 import type { HttpJob, HttpResult, Job, JobResult, WsJob, WsResult } from './load-worker.js';
@@ -102,6 +105,9 @@ function groups(count: number): Group[] {
     { key: 'aws', names: ['aws-asg burst: 100 concurrent creates to a running editor (emulator, 2 s boot, 20 per host)'], docker: true, run: () => awsBurstFigures() },
     { key: 'repository', names: [REPOSITORY_FIGURE], docker: true, run: (o) => repositoryFigures(Math.min(o.runs, 5)) },
     { key: 'snapshot', names: [SNAPSHOT_FIGURES.snapshot, SNAPSHOT_FIGURES.fork], docker: true, run: (o) => snapshotFigures(Math.min(o.runs, 5)) },
+    { key: 'store-ops', names: [STORE_FIGURES.get, STORE_FIGURES.list, STORE_FIGURES.update], docker: false, run: (o) => storeOpFigures(o.runs) },
+    { key: 'store-creates', names: [STORE_FIGURES.creates], docker: true, run: (o) => storeCreateFigures(Math.min(o.runs, 3)) },
+    { key: 'store-failover', names: [STORE_FIGURES.failover], docker: true, run: (o) => leaderFailoverFigures(Math.min(o.runs, 3)) },
     { key: 'aws-evacuate', names: ['aws-asg: two 50 MiB workspaces moved off a host being terminated (lifecycle hook, emulator)'], docker: true, run: (o) => awsEvacuationFigures(Math.min(o.runs, 3)) },
   ];
 }

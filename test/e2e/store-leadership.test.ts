@@ -22,7 +22,7 @@ import { PgLeadership } from '../../src/store/postgres/leadership.js';
 import { migrate } from '../../src/store/postgres/migrations.js';
 import { StorePool } from '../../src/store/postgres/pool.js';
 import { waitUntil } from '../../src/timing/wait-until.js';
-import { startControllerProcess, type ControllerProcess } from '../helpers/controller-process.js';
+import { leaseHolder, leaseRow as leaseRowOf, startControllerProcess, type ControllerProcess, type LeaseRow } from '../helpers/controller-process.js';
 import { contractInstance } from '../contract/instance-store-contract.js';
 import { cleanUp, docker, makeStateDir, testConfig } from '../helpers/docker.js';
 import { callTool } from '../helpers/mcp.js';
@@ -42,24 +42,10 @@ const controllers: ControllerProcess[] = [];
 /** Instances made by the concurrent creates: id → name. */
 const made = new Map<string, string>();
 
-interface LeaseRow {
-  holder: string;
-  fencing_token: string;
-  live: boolean;
-}
+const leaseRow = (): Promise<LeaseRow | undefined> => leaseRowOf(pool, LEASE);
 
-async function leaseRow(): Promise<LeaseRow | undefined> {
-  const { rows } = await pool.query<LeaseRow>('SELECT holder, fencing_token, expires_at > clock_timestamp() AS live FROM leases WHERE name = $1', [LEASE]);
-  return rows[0];
-}
-
-/** The controller holding a live lease (its holder names its pid), or undefined. */
-async function leader(among: ControllerProcess[] = controllers): Promise<ControllerProcess | undefined> {
-  const row = await leaseRow();
-  if (!row?.live) return undefined;
-  const pid = Number(row.holder.split(':')[1]);
-  return among.find((c) => c.pid === pid);
-}
+/** The controller holding a live lease, or undefined. */
+const leader = (among: ControllerProcess[] = controllers): Promise<ControllerProcess | undefined> => leaseHolder(pool, LEASE, among);
 
 function logged(c: ControllerProcess, msg: string, instanceId?: string): Record<string, unknown>[] {
   return c.logs().filter((l) => l.msg === msg && (instanceId === undefined || l.instanceId === instanceId));

@@ -10,10 +10,11 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
-import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
 import type { SwarmConfigInput } from '../../src/config.js';
+import type { Queryable } from '../../src/store/postgres/pool.js';
 import { waitUntil } from '../../src/timing/wait-until.js';
 import { REPO_ROOT } from './mcp.js';
+import { connectMcpHttp } from './tenancy.js';
 
 export interface ControllerProcess {
   label: string;
@@ -22,6 +23,8 @@ export interface ControllerProcess {
   stateDir: string;
   /** An MCP client connected to its HTTP endpoint with its bearer token. */
   mcp: Client;
+  /** That endpoint, for clients holding other credentials. */
+  mcpUrl: string;
   /** Its log lines so far, parsed (pino JSON); lines that are not JSON are kept as `{ msg }`. */
   logs(): Record<string, unknown>[];
   /** Sends a signal (SIGKILL, SIGSTOP, SIGCONT). */
@@ -64,14 +67,14 @@ export async function startControllerProcess(label: string, stateDir: string, co
     throw err;
   }
   const [, url, token] = /MCP \(HTTP\):\s+(\S+)\s+header\s+Authorization: Bearer (\S+)/.exec(stdout)!;
-  const mcp = new Client({ name: `leadership-${label}`, version: '1.0.0' });
-  await mcp.connect(new StreamableHTTPClientTransport(new URL(url!), { requestInit: { headers: { Authorization: `Bearer ${token}` } } }));
+  const mcp = await connectMcpHttp(url!, token!, `controller-${label}`);
   return {
     label,
     pid: child.pid!,
     child,
     stateDir,
     mcp,
+    mcpUrl: url!,
     logs: () =>
       stderr
         .split('\n')
@@ -96,4 +99,24 @@ export async function startControllerProcess(label: string, stateDir: string, co
       clearTimeout(timer);
     },
   };
+}
+
+export interface LeaseRow {
+  holder: string;
+  fencing_token: string;
+  live: boolean;
+}
+
+/** The lease row as the database has it now (`live`: not expired by the database's clock). */
+export async function leaseRow(pool: Queryable, lease: string): Promise<LeaseRow | undefined> {
+  const { rows } = await pool.query<LeaseRow>('SELECT holder, fencing_token, expires_at > clock_timestamp() AS live FROM leases WHERE name = $1', [lease]);
+  return rows[0];
+}
+
+/** The controller among `among` holding `lease` live (a holder names its pid: `<host>:<pid>:…`), or undefined. */
+export async function leaseHolder(pool: Queryable, lease: string, among: ControllerProcess[]): Promise<ControllerProcess | undefined> {
+  const row = await leaseRow(pool, lease);
+  if (!row?.live) return undefined;
+  const pid = Number(row.holder.split(':')[1]);
+  return among.find((c) => c.pid === pid);
 }

@@ -83,7 +83,7 @@ describe('schema migrations', () => {
     expect(rows).toEqual(ids.map((id) => ({ id, n: '1' })));
     const tables = await pools[0]!.query<{ table_name: string }>("SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'");
     expect(tables.rows.map((r) => r.table_name).sort()).toEqual(
-      ['audit_events', 'health_history', 'instances', 'leases', 'migrations', 'principals', 'schema_migrations', 'spent_links', 'tokens', 'warm_members'].sort(),
+      ['audit_events', 'audit_webhook_cursors', 'health_history', 'instances', 'leases', 'migrations', 'principals', 'schema_migrations', 'spent_links', 'tokens', 'warm_members'].sort(),
     );
     // Run again later: nothing to do.
     expect(await migrate(pools[1]!)).toEqual({ applied: [], alreadyApplied: ids.length });
@@ -98,8 +98,8 @@ describe('schema migrations', () => {
     await expect(migrate(p)).rejects.toThrow(/9999-future.*newer vscode-swarm/);
 
     const other = pool(await freshDatabase());
-    const broken = [...MIGRATIONS, { id: '0002-broken', sql: 'CREATE TABLE half (x int); SELECT no_such_function()' }];
-    await expect(migrate(other, undefined, broken)).rejects.toMatchObject({ code: 'STATE_ERROR', message: expect.stringContaining('0002-broken') });
+    const broken = [...MIGRATIONS, { id: '9000-broken', sql: 'CREATE TABLE half (x int); SELECT no_such_function()' }];
+    await expect(migrate(other, undefined, broken)).rejects.toMatchObject({ code: 'STATE_ERROR', message: expect.stringContaining('9000-broken') });
     const { rows } = await other.query("SELECT to_regclass('public.half') AS half, to_regclass('public.instances') AS instances");
     expect(rows[0]).toEqual({ half: null, instances: null });
   });

@@ -15,8 +15,10 @@ import { VSCodeInstanceSchema, type VSCodeInstance } from '../../../providers/pr
 import { SwarmError } from '../../errors.js';
 import { silentLogger, type Logger } from '../../logger.js';
 import { ownerOf } from '../../tenancy/quotas.js';
-import type { InstanceStore, InstanceUpdate, LoadReport, RegistryFilter } from '../instance-store.js';
+import type { Admission, InstanceStore, InstanceUpdate, LoadReport, RegistryFilter, WriteOptions } from '../instance-store.js';
 import { checkInstanceId as checkId, deepFreeze, listInstances, matchingMetadata, matchingName, validateInstance as validate } from '../records.js';
+import { KeyedMutex } from '../../controller/keyed-mutex.js';
+import { CacheFreshness } from './cache-freshness.js';
 import { migrate } from './migrations.js';
 import { ChangeListener, notifyChange } from './notify.js';
 import type { Queryable, StorePool } from './pool.js';
@@ -32,6 +34,8 @@ export interface PgInstanceStoreOptions {
   migrateOnLoad?: boolean;
   /** Close the pool with the store (default false: the pool is the caller's). */
   ownsPool?: boolean;
+  /** Close the listener with the store (default: only when the store made it). */
+  ownsListener?: boolean;
 }
 
 /** What a write announces: enough for a listener to decide whether to re-read the row. */
@@ -62,19 +66,20 @@ export class PgInstanceStore implements InstanceStore {
   /** The version of each delete heard, so an older announcement cannot bring the record back. */
   private readonly tombstones = new Map<string, bigint>();
   private readonly pending = new Set<Promise<unknown>>();
+  /** Admitting writes of one owner, one at a time in this process (see transaction()). */
+  private readonly owners = new KeyedMutex();
   private loaded = false;
-  /** False while announcements may have been missed (connection lost, re-read not finished). */
-  private fresh = false;
-  private resyncing?: Promise<void>;
+  private readonly freshness: CacheFreshness;
   private unsubscribe: (() => Promise<void>)[] = [];
 
   constructor(options: PgInstanceStoreOptions) {
     this.pool = options.pool;
     this.logger = (options.logger ?? silentLogger()).child({ component: 'pg-instance-store' });
-    this.ownsListener = !options.listener;
+    this.ownsListener = options.ownsListener ?? !options.listener;
     this.ownsPool = options.ownsPool ?? false;
     this.migrateOnLoad = options.migrateOnLoad ?? false;
     this.listener = options.listener ?? new ChangeListener({ pool: this.pool, logger: options.logger });
+    this.freshness = new CacheFreshness({ listener: this.listener, reread: () => this.readAll(), logger: this.logger, what: 'instance store', where: this.pool.where });
   }
 
   /** Follows changes, then reads every record; the schema must be migrated already (see migrate()) unless migrateOnLoad. */
@@ -84,21 +89,22 @@ export class PgInstanceStore implements InstanceStore {
       this.migrateOnLoad = false;
     }
     if (!this.loaded) {
-      const offState = this.listener.onConnectionChange((connected) => this.connectionChanged(connected));
+      const offState = this.freshness.follow();
       this.unsubscribe.push(async () => offState());
       this.unsubscribe.push(await this.listener.onChange(INSTANCE_CHANNEL, (payload) => this.heard(payload)));
     }
     await this.readAll();
     this.loaded = true;
-    this.fresh = this.listener.connected;
+    this.freshness.loadedNow();
     this.logger.info({ loaded: this.cache.size }, 'instance store loaded');
     return { loaded: this.cache.size, setAside: [], removedTemp: 0 };
   }
 
-  async register(instance: VSCodeInstance): Promise<Readonly<VSCodeInstance>> {
+  async register(instance: VSCodeInstance, options?: WriteOptions): Promise<Readonly<VSCodeInstance>> {
     const record = validate(instance);
     return this.track(
-      this.pool.transaction(async (client) => {
+      this.transaction(options, async (client) => {
+        if (options?.admit) await admitIn(client, options.admit);
         const { rows } = await client
           .query<{ version: string }>(
             `INSERT INTO instances (id, owner, name, provider, status, warm_pool, data, version)
@@ -115,10 +121,11 @@ export class PgInstanceStore implements InstanceStore {
     );
   }
 
-  async update(id: string, change: InstanceUpdate): Promise<Readonly<VSCodeInstance>> {
+  async update(id: string, change: InstanceUpdate, options?: WriteOptions): Promise<Readonly<VSCodeInstance>> {
     checkId(id);
     return this.track(
-      this.pool.transaction(async (client) => {
+      this.transaction(options, async (client) => {
+        if (options?.admit) await admitIn(client, options.admit);
         const current = await this.lockRow(client, id);
         const merged = typeof change === 'function' ? change(structuredClone(current)) : { ...current, ...change, id };
         const record = validate({ ...merged, id, updatedAt: new Date().toISOString() });
@@ -151,6 +158,16 @@ export class PgInstanceStore implements InstanceStore {
     );
   }
 
+  /**
+   * A write in one transaction. A write that admits takes its owner's advisory lock in the database; here
+   * such writes also queue per owner before taking a connection, so thirty creates for one person waiting
+   * on that lock hold one connection of the pool, not all of them (the others' reads would time out).
+   */
+  private transaction<T>(options: WriteOptions | undefined, work: (client: Queryable) => Promise<T>): Promise<T> {
+    const run = (): Promise<T> => this.pool.transaction(work);
+    return options?.admit ? this.owners.run(options.admit.owner, run) : run();
+  }
+
   get(id: string): Readonly<VSCodeInstance> | undefined {
     checkId(id);
     this.checkFresh();
@@ -165,7 +182,7 @@ export class PgInstanceStore implements InstanceStore {
 
   list(filter: RegistryFilter = {}): Readonly<VSCodeInstance>[] {
     this.checkFresh();
-    return listInstances([...this.cache.values()].map((c) => c.record), filter);
+    return listInstances(recordsOf(this.cache.values()), filter);
   }
 
   findByName(pattern: string | RegExp): Readonly<VSCodeInstance>[] {
@@ -183,14 +200,14 @@ export class PgInstanceStore implements InstanceStore {
 
   /** True when reads can be answered (loaded, and no announcement can have been missed). */
   get available(): boolean {
-    return this.loaded && this.fresh;
+    return this.freshness.available;
   }
 
   /** Stops following changes; the pool stays open (it is the caller's) unless ownsPool. */
   async close(): Promise<void> {
     for (const off of this.unsubscribe.splice(0)) await off().catch(() => undefined);
     if (this.ownsListener) await this.listener.close();
-    this.fresh = false;
+    this.freshness.stop();
     if (this.ownsPool) {
       await this.flush();
       await this.pool.close();
@@ -246,33 +263,8 @@ export class PgInstanceStore implements InstanceStore {
       .catch((err: unknown) => {
         // The change is known to exist but not what it is: refuse reads until everything is re-read.
         this.logger.warn({ id, err: (err as Error).message }, 'could not read an announced change; re-reading all');
-        this.fresh = false;
-        this.resync();
+        this.freshness.missed();
       });
-  }
-
-  private connectionChanged(connected: boolean): void {
-    if (!this.loaded) return;
-    if (!connected) {
-      this.fresh = false;
-      return;
-    }
-    this.resync();
-  }
-
-  /** Re-reads everything after announcements may have been missed; retried while the listener is up. */
-  private resync(): void {
-    if (this.resyncing) return;
-    this.resyncing = this.readAll()
-      .then(() => {
-        this.fresh = this.listener.connected;
-        this.logger.info({ loaded: this.cache.size }, 'instance cache re-read after a lost connection');
-      })
-      .catch((err: unknown) => {
-        this.logger.warn({ err: (err as Error).message }, 'could not re-read the instances; retrying');
-        setTimeout(() => this.listener.connected && !this.fresh && this.resync(), 500).unref();
-      })
-      .finally(() => (this.resyncing = undefined));
   }
 
   /**
@@ -299,9 +291,19 @@ export class PgInstanceStore implements InstanceStore {
   }
 
   private checkFresh(): void {
-    if (!this.loaded) throw new SwarmError('STORE_UNAVAILABLE', 'state store unavailable: the instance store is not loaded yet');
-    if (!this.fresh) throw new SwarmError('STORE_UNAVAILABLE', `state store unavailable: lost contact with the database (${this.pool.where}); waiting for it to come back`);
+    this.freshness.check();
   }
+}
+
+/**
+ * Runs a quota check inside the write's transaction: first the owner's transaction advisory lock (held to
+ * commit, so admissions for one owner from every controller run one after the other, each seeing the rows
+ * the previous committed), then the check against the owner's rows as they are in the database.
+ */
+async function admitIn(client: Queryable, admit: Admission): Promise<void> {
+  await client.query(`SELECT pg_advisory_xact_lock(hashtextextended($1, 0))`, [`vss-quota:${admit.owner}`]);
+  const { rows } = await client.query<{ data: VSCodeInstance }>('SELECT data FROM instances WHERE owner = $1', [admit.owner]);
+  admit.check(rows.map((r) => r.data));
 }
 
 /** A unique violation as the CONFLICT it means, naming the id or the name; anything else unchanged. */
@@ -312,4 +314,9 @@ function conflictFrom(err: unknown, record: VSCodeInstance): unknown {
     return new SwarmError('CONFLICT', `an instance named "${record.name}" already exists for ${ownerOf(record)}`, { field: 'name', cause: err });
   }
   return new SwarmError('CONFLICT', `instance ${record.id} is already registered`, { field: 'id', cause: err });
+}
+
+/** The records of cache entries, without copying the cache first (list() runs on every read of the controller). */
+function* recordsOf(entries: Iterable<{ record: Readonly<VSCodeInstance> }>): Iterable<Readonly<VSCodeInstance>> {
+  for (const entry of entries) yield entry.record;
 }

@@ -107,6 +107,44 @@ export const MIGRATIONS: readonly Migration[] = [
       );
     `,
   },
+  {
+    id: '0002-tenancy',
+    sql: `
+      -- Principals and tokens take their versions from one sequence, so a cache orders any two changes.
+      CREATE SEQUENCE tenancy_version_seq;
+      ALTER TABLE principals ALTER COLUMN version SET DEFAULT nextval('tenancy_version_seq');
+      ALTER TABLE tokens ADD COLUMN version bigint NOT NULL DEFAULT nextval('tenancy_version_seq');
+      -- A spent one-time link is keyed by its id (the signed token's jti, not a secret); rows past the
+      -- link's expiry are pruned (the link would be refused as expired anyway).
+      ALTER TABLE spent_links RENAME COLUMN link_hash TO link_id;
+      CREATE INDEX spent_links_expires ON spent_links (expires_at);
+    `,
+  },
+  {
+    id: '0003-audit',
+    sql: `
+      -- The audit trail (src/store/postgres/audit-log.ts): the whole CloudEvent in data, the filtered fields beside it.
+      ALTER TABLE audit_events ADD COLUMN event_id text, ADD COLUMN type text, ADD COLUMN owner text;
+      CREATE UNIQUE INDEX audit_events_event_id ON audit_events (event_id);
+      CREATE INDEX audit_events_subject ON audit_events (subject, seq);
+      CREATE INDEX audit_events_actor ON audit_events (actor, seq);
+      -- Append-only: events are never changed; they only leave by retention.
+      CREATE FUNCTION audit_events_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN RAISE EXCEPTION 'audit_events is append-only'; END
+      $$;
+      CREATE TRIGGER audit_events_no_update BEFORE UPDATE ON audit_events FOR EACH ROW EXECUTE FUNCTION audit_events_append_only();
+      -- One row per webhook: the seq of the last event it delivered (or passed over). A controller delivers
+      -- for a webhook only while it holds this row's lock (FOR UPDATE SKIP LOCKED), so each event goes out once.
+      CREATE TABLE audit_webhook_cursors (
+        -- sha256 of the URL (which may carry credentials), and the name it is logged under.
+        hook text PRIMARY KEY,
+        name text NOT NULL,
+        seq bigint NOT NULL,
+        delivered bigint NOT NULL DEFAULT 0,
+        updated_at timestamptz NOT NULL DEFAULT now()
+      );
+    `,
+  },
 ];
 
 export interface MigrationReport {
