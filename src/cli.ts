@@ -22,14 +22,17 @@ import { localAdmin } from './tenancy/identity.js';
 import { LOCAL_CREDENTIAL_FILE, NewPrincipalSchema, type Principal } from './tenancy/principals.js';
 import type { QuotaLimits } from './tenancy/quotas.js';
 import { RemoteSwarm } from './tenancy/remote-swarm.js';
-import type { SwarmApi } from './tenancy/swarm-api.js';
+import type { ForkRequest, SwarmApi } from './tenancy/swarm-api.js';
 import { createLogger, type Logger } from './logger.js';
 import { AGENT_EVENTS_PATH, agentEventsHandler } from '../providers/aws-asg/agent-events.js';
 import { removeControllerFile, runningController, writeControllerFile } from './cli/running-controller.js';
 import { startMcpHttp } from './mcp/http.js';
+import { describeTransfer, exportStateDir, importStateDir } from './store/transfer.js';
 import { startDashboard, type Dashboard } from './dashboard/server.js';
 import { createMcpServer } from './mcp/server.js';
 import { describeInstance } from './mcp/tool-support.js';
+import { describeSnapshot } from './mcp/tools/snapshot-tools.js';
+import { InstanceNameSchema } from '../providers/provider.js';
 import {
   CreateTokenInputSchema,
   ListAuditEventsInputSchema,
@@ -78,7 +81,16 @@ Commands:
   tokens revoke TOKEN_ID     Revoke a token
   audit                      The audit trail [--since ISO] [--until ISO] [--instance ID] [--actor ID]
                              [--type T (prefix with *)] [--outcome ok|denied|failed] [--limit N]
+  snapshot create ID         Snapshot a workspace's files (SHA-256 per file) [--name LABEL] [--stop (for a consistent copy)]
+  snapshot list              Your snapshots (every owner's for admins) [--instance ID]
+  snapshot delete SNAP_ID    Delete a snapshot
+  snapshot restore ID SNAP_ID  Replace a workspace's files with a snapshot's, every file verified
+  snapshot fork NAME         A new workspace from --snapshot SNAP_ID, or from --instance ID as it is now [--provider P]
   agent --host-id ID ...     Run the host agent of the AWS provider on this host (agent --help)
+  store import --from-state-dir DIR   Move a state directory's instances and audit trail into the database
+                             (store.databaseUrl / VSCODE_SWARM_DATABASE_URL) [--force: replace what it holds]
+  store export --to-state-dir DIR     Move the database's instances and audit trail into a state directory [--force]
+                             Both need every controller stopped; they report what they moved.
 
 Options:
   --config FILE              Config file (JSON); also VSCODE_SWARM_CONFIG
@@ -105,6 +117,8 @@ const OPTIONS = {
   env: { type: 'string', multiple: true },
   force: { type: 'boolean' },
   'keep-workspace': { type: 'boolean' },
+  stop: { type: 'boolean' },
+  snapshot: { type: 'string' },
   tail: { type: 'string' },
   demo: { type: 'boolean' },
   revoke: { type: 'boolean' },
@@ -128,6 +142,8 @@ const OPTIONS = {
   type: { type: 'string' },
   outcome: { type: 'string' },
   limit: { type: 'string' },
+  'from-state-dir': { type: 'string' },
+  'to-state-dir': { type: 'string' },
 } as const;
 
 /** Commands that act through a SwarmApi, with their subcommands where they have some. */
@@ -147,6 +163,7 @@ const COMMANDS: Record<string, readonly string[] | undefined> = {
   principals: ['list', 'add', 'set', 'disable', 'enable'],
   tokens: ['create', 'list', 'revoke'],
   audit: undefined,
+  snapshot: ['create', 'list', 'delete', 'restore', 'fork'],
 };
 
 type Values = ReturnType<typeof parseArgs<{ options: typeof OPTIONS; allowPositionals: true }>>['values'];
@@ -178,7 +195,12 @@ async function main(argv: string[]): Promise<number> {
   if (command === 'serve') return serve(await startSwarmServices(createSwarm(config, { logger }), logger), logger);
   if (command === 'up') return up(await startSwarmServices(createSwarm(config, { logger }), logger), config, logger, values.demo ? (rest[0] ?? 'demo') : undefined);
 
+  if (command === 'store') {
+    print(await storeCommand(rest[0], values, config.store?.databaseUrl, logger), values.json ?? false);
+    return 0;
+  }
   checkCommand(command, rest);
+  if (command === 'snapshot') snapshotArgs(rest, values); // usage errors before a controller is started or connected
   const { swarm, close } = await openSwarm(config, logger);
   try {
     const result = await runCommand(swarm, command, rest, values);
@@ -334,6 +356,18 @@ function untilShutdown(logger: Logger, close: () => Promise<void>, more?: (shutd
 
 type Printable = { text: string; json: unknown };
 
+/** `store import|export`: moves state between a state directory and the database, controllers stopped (./store/transfer.ts). */
+async function storeCommand(sub: string | undefined, values: Values, databaseUrl: string | undefined, logger: Logger): Promise<Printable> {
+  if (sub !== 'import' && sub !== 'export') throw invalidInput('store', '"store import" or "store export"', sub ?? '');
+  if (!databaseUrl) throw invalidInput('store.databaseUrl', 'a postgres:// URL (config store.databaseUrl or VSCODE_SWARM_DATABASE_URL) to move state to or from');
+  const flag = sub === 'import' ? 'from-state-dir' : 'to-state-dir';
+  const stateDir = values[flag];
+  if (!stateDir) throw invalidInput(`--${flag}`, 'a state directory');
+  const options = { stateDir: path.resolve(stateDir), databaseUrl, force: values.force ?? false, logger };
+  const report = sub === 'import' ? await importStateDir(options) : await exportStateDir(options);
+  return { text: describeTransfer(report), json: report };
+}
+
 async function runCommand(swarm: SwarmApi, command: string, args: string[], values: Values): Promise<Printable> {
   const id = (): string => {
     if (!args[0]) throw invalidInput('ID', `an instance id after "${command}"`);
@@ -420,6 +454,8 @@ async function runCommand(swarm: SwarmApi, command: string, args: string[], valu
       return principalsCommand(swarm, args, values);
     case 'tokens':
       return tokensCommand(swarm, args, values);
+    case 'snapshot':
+      return snapshotCommand(swarm, args, values, progress);
     case 'audit': {
       const input = parseInput(ListAuditEventsInputSchema, {
         since: values.since,
@@ -511,6 +547,89 @@ async function tokensCommand(swarm: SwarmApi, [sub, arg]: string[], values: Valu
     default:
       throw invalidInput('tokens', 'one of create, list, revoke', sub);
   }
+}
+
+type SnapshotArgs =
+  | { sub: 'create'; instanceId: string; name?: string; stopForSnapshot: boolean }
+  | { sub: 'list'; instanceId?: string }
+  | { sub: 'delete'; snapshotId: string }
+  | { sub: 'restore'; instanceId: string; snapshotId: string }
+  | { sub: 'fork'; request: ForkRequest };
+
+/** The snapshot subcommand's arguments checked, before anything is started or connected. */
+function snapshotArgs([sub, first, second]: string[], values: Values): SnapshotArgs {
+  const positional = (value: string | undefined, name: string, after: string): string => {
+    if (!value) throw invalidInput(name, `${name === 'SNAP_ID' ? 'a snapshot id (see "snapshot list")' : name === 'NAME' ? 'a name for the new workspace' : 'an instance id'} after "snapshot ${after}"`);
+    return value;
+  };
+  switch (sub) {
+    case 'create': {
+      const instanceId = positional(first, 'ID', 'create');
+      return { sub, instanceId, ...(values.name !== undefined ? { name: nameArg('--name', values.name) } : {}), stopForSnapshot: values.stop ?? false };
+    }
+    case 'list':
+      return { sub, ...(values.instance !== undefined ? { instanceId: values.instance } : {}) };
+    case 'delete':
+      return { sub, snapshotId: positional(first, 'SNAP_ID', 'delete') };
+    case 'restore': {
+      const instanceId = positional(first, 'ID', 'restore ID SNAP_ID');
+      return { sub, instanceId, snapshotId: positional(second, 'SNAP_ID', `restore ${instanceId}`) };
+    }
+    case 'fork': {
+      const name = nameArg('NAME', positional(first, 'NAME', 'fork'));
+      if ((values.snapshot === undefined) === (values.instance === undefined)) {
+        throw invalidInput('--snapshot', 'exactly one of --snapshot SNAP_ID (fork that snapshot) and --instance ID (fork the workspace as it is now)');
+      }
+      return {
+        sub,
+        request: {
+          name,
+          ...(values.snapshot !== undefined ? { snapshotId: values.snapshot } : {}),
+          ...(values.instance !== undefined ? { instanceId: values.instance } : {}),
+          ...(values.provider ? { providerType: values.provider as never } : {}),
+        },
+      };
+    }
+    default:
+      throw invalidInput('snapshot', 'one of create, list, delete, restore, fork', sub);
+  }
+}
+
+/**
+ * snapshot create ID | list | delete SNAP_ID | restore ID SNAP_ID | fork NAME: one MCP snapshot tool each
+ * (create_snapshot, list_snapshots, delete_snapshot, restore_snapshot, fork_instance), same results.
+ */
+async function snapshotCommand(swarm: SwarmApi, args: string[], values: Values, progress: (e: { fraction: number; message: string }) => void): Promise<Printable> {
+  const a = snapshotArgs(args, values);
+  switch (a.sub) {
+    case 'create': {
+      const snapshot = await swarm.createSnapshot(a.instanceId, { ...(a.name ? { name: a.name } : {}), ...(a.stopForSnapshot ? { stopForSnapshot: true } : {}), onProgress: progress });
+      return { text: `Snapshot taken: ${describeSnapshot(snapshot)}`, json: snapshot };
+    }
+    case 'list': {
+      const snapshots = await swarm.listSnapshots(a.instanceId !== undefined ? { instanceId: a.instanceId } : {});
+      return { text: snapshots.map(describeSnapshot).join('\n') || 'No snapshots.', json: snapshots };
+    }
+    case 'delete': {
+      const snapshot = await swarm.deleteSnapshot(a.snapshotId);
+      return { text: `Deleted snapshot ${snapshot.id}.`, json: { snapshot, deleted: true } };
+    }
+    case 'restore': {
+      const result = await swarm.restoreSnapshot(a.instanceId, a.snapshotId, { onProgress: progress });
+      return { text: `Restored ${result.instanceId} to ${result.snapshotId}: ${result.files} files verified by SHA-256.`, json: result };
+    }
+    case 'fork': {
+      const result = await swarm.forkInstance(a.request, { onProgress: progress });
+      const open = result.access ? `\nOpen: ${result.access.accessUrl}` : '';
+      return { text: `Forked from ${result.snapshotId} (${result.files} files verified): ${describeInstance(result.instance)}${open}`, json: result };
+    }
+  }
+}
+
+/** A workspace or snapshot name from the command line, checked as the tools check it. */
+function nameArg(field: string, value: string): string {
+  if (!InstanceNameSchema.safeParse(value).success) throw invalidInput(field, '1-63 characters of letters, digits, "_", "." and "-", starting with a letter or digit', value);
+  return value;
 }
 
 function resourceFlags(values: Values): { cpu?: number; memoryMb?: number } | undefined {

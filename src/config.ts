@@ -155,6 +155,24 @@ const GatewayConfigSchema = z
   });
 export type GatewayConfig = z.infer<typeof GatewayConfigSchema>;
 
+/** OAuth sign-in to the dashboard (authorization code with PKCE) at the issuer named by `oauth.issuer`. */
+const DashboardOAuthSchema = z
+  .object({
+    /** The dashboard's client id at the issuer, registered for the authorization_code grant with the redirect URL <publicUrl>oauth/callback. */
+    clientId: z.string().min(1, 'expected the client id the issuer registered for the dashboard').max(256),
+    /** A file holding the client's secret (sent as client_secret_basic); none for a public client. */
+    clientSecretFile: z.string().min(1).optional(),
+    /** Where browsers reach the dashboard (e.g. https://dashboard.example.com/); the redirect URL is derived from it. Default: its listening address. */
+    publicUrl: z
+      .string()
+      .refine((u) => URL.canParse(u) && /^https?:$/.test(new URL(u).protocol) && !u.includes('?') && !u.includes('#'), 'expected an http(s) URL without query or fragment, such as https://dashboard.example.com/')
+      .optional(),
+    /** The scopes asked for besides `openid`; the principal's role narrows what the token grants. */
+    scopes: z.array(z.string().regex(/^[\x21\x23-\x5b\x5d-\x7e]+$/, 'expected a scope token (RFC 6749 §3.3)')).min(1).default(['swarm:read', 'swarm:write']),
+  })
+  .strict();
+export type DashboardOAuthConfig = z.infer<typeof DashboardOAuthSchema>;
+
 const DashboardConfigSchema = z
   .object({
     /** Serve the dashboard (a web page of one's workspaces) with `up`. */
@@ -172,6 +190,8 @@ const DashboardConfigSchema = z
     allowedOrigins: z.array(z.string().regex(/^https?:\/\/(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?$/, 'expected an origin such as https://dashboard.example.com (scheme, host and optional port; no path)')).default([]),
     /** Failed sign-ins allowed per client (an IPv4 address or an IPv6 /64) per minute before it gets 429. */
     maxFailuresPerMinute: z.number().int().min(1).max(10_000).default(20),
+    /** Sign-in through the OAuth issuer (`oauth.issuer`) besides API tokens; requires `oauth`. */
+    oauth: DashboardOAuthSchema.optional(),
   })
   .strict();
 export type DashboardConfig = z.infer<typeof DashboardConfigSchema>;
@@ -319,6 +339,9 @@ export const SwarmConfigSchema = z
   .superRefine((config, ctx) => {
     const enabled = (type: ProviderType): boolean => config.providers[type].enabled;
     const { health, failover } = config;
+    if (config.dashboard.oauth && !config.oauth) {
+      ctx.addIssue({ code: 'custom', path: ['dashboard', 'oauth'], message: 'needs `oauth` (at least oauth.issuer): the issuer the dashboard signs people in through' });
+    }
     if (health.recoveryActions.includes('migrate')) {
       if (!health.migrateTo) {
         ctx.addIssue({ code: 'custom', path: ['health', 'migrateTo'], message: "required when health.recoveryActions includes 'migrate': the provider type failing instances move to" });
@@ -362,6 +385,7 @@ export const ENV_OVERRIDES: Record<string, { path: string[]; parse: (v: string) 
   VSCODE_SWARM_DOCKER_IMAGE: { path: ['providers', 'docker', 'image'], parse: String },
   VSCODE_SWARM_DOCKER_PULL: { path: ['providers', 'docker', 'pullImages'], parse: parseBoolean },
   VSCODE_SWARM_ENABLE_EXEC: { path: ['exec', 'enabled'], parse: parseBoolean },
+  VSCODE_SWARM_REPOSITORIES_ALLOW_PRIVATE_NETWORKS: { path: ['repositories', 'allowPrivateNetworks'], parse: parseBoolean },
   VSCODE_SWARM_FLY_ENABLED: { path: ['providers', 'fly', 'enabled'], parse: parseBoolean },
   VSCODE_SWARM_FLY_APP: { path: ['providers', 'fly', 'app'], parse: String },
   VSCODE_SWARM_FLY_API_URL: { path: ['providers', 'fly', 'apiUrl'], parse: String },

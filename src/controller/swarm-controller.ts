@@ -36,7 +36,7 @@ import type { SwarmConfig } from '../config.js';
 import { crashPoint } from '../crash/crash-points.js';
 import { SwarmError, asSwarmError, invalidInput, isSwarmError } from '../errors.js';
 import { silentLogger, type Logger } from '../logger.js';
-import type { InstanceStore } from '../store/instance-store.js';
+import type { Admission, InstanceStore } from '../store/instance-store.js';
 import type { Leadership } from '../store/postgres/leadership.js';
 import { ActivityTracker } from '../activity/activity-tracker.js';
 import type { AccessLink, AccessLinks } from '../gateway/access-links.js';
@@ -45,9 +45,9 @@ import { StateLock } from '../state/state-lock.js';
 import { KeyedMutex } from './keyed-mutex.js';
 import { LOCAL_ADMIN_ID, PrincipalIdSchema } from '../tenancy/identity.js';
 import { ACTIVE_STATUSES, checkAdmission, limitsFor, ownerOf, type AdmissionRequest } from '../tenancy/quotas.js';
-import { PrincipalStore } from '../tenancy/principals.js';
-import { AuditLog, type AuditOutcome } from '../audit/audit-log.js';
-import { WebhookDelivery } from '../audit/webhooks.js';
+import { PrincipalStore, type PrincipalDirectory } from '../tenancy/principals.js';
+import type { AuditOutcome } from '../audit/audit-log.js';
+import { auditTrailFor, auditWebhooksFor, type AuditTrail } from '../store/index.js';
 import path from 'node:path';
 import { parseInput } from './parse-input.js';
 import { REPOSITORY_URL_METADATA, RepositoryRequestSchema, importClone, repositoryMetadata, withClonedRepository, type RepositoryRequest } from '../workspace/repository.js';
@@ -156,9 +156,9 @@ export interface SwarmControllerDeps {
   /** Take the state directory's lock on initialize (default true): one controller per state directory. */
   lockStateDir?: boolean;
   /** Principals and their tokens; by default the store in the state directory. */
-  principals?: PrincipalStore;
-  /** Where every operation and system action is recorded; by default the audit log in the state directory. */
-  audit?: AuditLog;
+  principals?: PrincipalDirectory;
+  /** Where every operation and system action is recorded; by default the audit trail of the configured store. */
+  audit?: AuditTrail;
 }
 
 /** Metadata key (and so container label content) that marks what was created as a warm-buffer member. */
@@ -202,12 +202,12 @@ export class SwarmController {
   readonly warm: WarmPool;
   private readonly lock?: StateLock;
   /** Who may use the swarm: principals, their tokens, their quotas (checked here, see admit). */
-  readonly principals: PrincipalStore;
+  readonly principals: PrincipalDirectory;
   /** The audit trail; every door's AuthorizedSwarm and every system action record into it. */
-  readonly audit: AuditLog;
+  readonly audit: AuditTrail;
   readonly logger: Logger;
   /** Delivers the audit trail to the configured webhooks, from a cursor into the log. */
-  private readonly webhooks?: WebhookDelivery;
+  private readonly webhooks?: ReturnType<typeof auditWebhooksFor>;
   /** Who does the work that must run once among controllers sharing the store (see useLeadership). */
   private leadership?: Leadership;
 
@@ -220,11 +220,9 @@ export class SwarmController {
     if (deps.access) this.access = deps.access;
     if (deps.lockStateDir !== false) this.lock = new StateLock(this.config.stateDir);
     this.principals = deps.principals ?? new PrincipalStore({ stateDir: this.config.stateDir, logger: this.logger });
-    this.audit = deps.audit ?? new AuditLog({ dir: path.join(this.config.stateDir, 'audit'), config: this.config.audit, logger: this.logger });
+    this.audit = deps.audit ?? auditTrailFor(this.config, this.logger);
     // Made before the log opens: its cursors hold the day files they still need against the prune at open.
-    if (this.config.audit.webhooks.length) {
-      this.webhooks = new WebhookDelivery({ log: this.audit, dir: this.audit.dir, webhooks: this.config.audit.webhooks, logger: this.logger });
-    }
+    this.webhooks = auditWebhooksFor(this.audit, this.config.audit.webhooks, this.logger);
     this.activity = deps.activity ?? new ActivityTracker();
     for (const [type, provider] of Object.entries(deps.providers) as [ProviderType, Provider][]) {
       this.slots.set(type, { provider, state: 'unavailable', reason: 'not initialised yet', lastAttempt: 0 });
@@ -248,7 +246,7 @@ export class SwarmController {
     await this.lock?.acquire();
     await this.principals.open();
     await this.audit.open();
-    this.webhooks?.start();
+    await this.webhooks?.start();
     await this.access?.initialize();
     const load = await this.registry.load();
     if (load.setAside.length) this.logger.warn({ setAside: load.setAside }, 'some state files were set aside');
@@ -384,8 +382,9 @@ export class SwarmController {
             this.logger.warn({ instanceId: current.id, err: (err as Error).message }, 'could not finish an interrupted re-create');
             return undefined;
           });
+          const postStart = observed ? await this.afterStart(provider, current.id, current.config, observed) : undefined;
           await this.registry.update(current.id, (now) =>
-            observed ? this.merge(now, observed, current.statusReason) : { ...now, status: 'failed', health: 'unknown', endpoint: undefined, statusReason: this.missingReason(now) },
+            observed ? this.merge(now, observed, joinReasons(current.statusReason, postStart)) : { ...now, status: 'failed', health: 'unknown', endpoint: undefined, statusReason: this.missingReason(now) },
           );
           report.updated.push(current.id);
         } else if (current.status === 'creating') {
@@ -511,10 +510,10 @@ export class SwarmController {
 
   async startInstance(instanceId: string, options: OperationOptions = {}): Promise<VSCodeInstance> {
     return this.withInstance(instanceId, async (current, provider) => {
-      if (!ACTIVE_STATUSES.has(current.status)) {
-        this.admit({ owner: ownerOf(current), providerType: current.providerType, instanceId, newInstance: false, resources: current.config.resources }, provider);
-      }
-      await this.registry.update(instanceId, { status: 'starting', statusReason: undefined, desiredState: 'running' });
+      const admit = ACTIVE_STATUSES.has(current.status)
+        ? undefined
+        : this.admission({ owner: ownerOf(current), providerType: current.providerType, instanceId, newInstance: false, resources: current.config.resources }, provider);
+      await this.registry.update(instanceId, { status: 'starting', statusReason: undefined, desiredState: 'running' }, admit && { admit });
       crashPoint('start.after-record');
       const exists = await provider.getInstance(instanceId);
       // A container removed behind our back is re-created around its workspace volume.
@@ -522,8 +521,7 @@ export class SwarmController {
         ? await provider.startInstance(instanceId, options)
         : await provider.createInstance(current.config, { instanceId, ...options });
       crashPoint('start.after-provider');
-      // A dev container's postStartCommand: a failure is shown in the status reason, not fatal.
-      const postStart = observed.status === 'running' ? await runPostStart(provider, instanceId, current.config.metadata, { config: this.config.devcontainers, logger: this.logger }) : undefined;
+      const postStart = await this.afterStart(provider, instanceId, current.config, observed);
       const reason = [exists ? undefined : 're-created: its container had gone missing', postStart].filter(Boolean).join('; ') || undefined;
       const at = this.now();
       this.activity.touch(instanceId, 'start', at.getTime());
@@ -710,9 +708,10 @@ export class SwarmController {
   async close(): Promise<void> {
     this.warm.close();
     await this.registry.flush();
+    // Before the registry: with PostgreSQL the registry's close ends the pool the principal store writes through.
+    await this.principals.close();
     await this.registry.close?.();
     await Promise.all([...this.slots.values()].map((s) => s.provider.close?.().catch(() => undefined)));
-    await this.principals.close();
     await this.webhooks?.close();
     await this.audit.close();
     await this.lock?.release();
@@ -731,13 +730,14 @@ export class SwarmController {
 
   /** Repair by restart: a stopped, paused or hung editor is stopped (forced) and started again. */
   async restartInstance(instanceId: string, reason: string): Promise<VSCodeInstance> {
-    return this.withInstance(instanceId, async (_current, provider) => {
+    return this.withInstance(instanceId, async (current, provider) => {
       await this.requireOnProvider(instanceId, provider);
       await provider.stopInstance(instanceId, true);
       crashPoint('recover.restart.after-stop');
       const observed = await provider.startInstance(instanceId);
+      const postStart = await this.afterStart(provider, instanceId, current.config, observed);
       this.activity.touch(instanceId, 'start');
-      return this.present(await this.registry.update(instanceId, (now) => ({ ...this.merge(now, observed, reason), desiredState: 'running' })));
+      return this.present(await this.registry.update(instanceId, (now) => ({ ...this.merge(now, observed, joinReasons(reason, postStart)), desiredState: 'running' })));
     });
   }
 
@@ -749,8 +749,9 @@ export class SwarmController {
       await provider.deleteInstance(instanceId, { keepWorkspace: true });
       crashPoint('recover.recreate.after-delete');
       const observed = await provider.createInstance(current.config, { instanceId });
+      const postStart = await this.afterStart(provider, instanceId, current.config, observed);
       this.activity.touch(instanceId, 'start');
-      return this.present(await this.registry.update(instanceId, (now) => ({ ...this.merge(now, observed, reason), desiredState: 'running' })));
+      return this.present(await this.registry.update(instanceId, (now) => ({ ...this.merge(now, observed, joinReasons(reason, postStart)), desiredState: 'running' })));
     });
   }
 
@@ -806,7 +807,8 @@ export class SwarmController {
   /** Migration done: the record now names the target provider and what it reports. */
   async completeMigration(instanceId: string, target: ProviderType, observed: VSCodeInstance, reason: string): Promise<void> {
     await this.locks.run(instanceId, async () => {
-      await this.registry.update(instanceId, (now) => ({ ...this.merge({ ...now, providerType: target }, observed, reason), providerType: target, health: 'unknown', healthReason: undefined }));
+      const postStart = await this.afterStart(await this.provider(target), instanceId, this.registry.require(instanceId).config, observed);
+      await this.registry.update(instanceId, (now) => ({ ...this.merge({ ...now, providerType: target }, observed, joinReasons(reason, postStart)), providerType: target, health: 'unknown', healthReason: undefined }));
     });
   }
 
@@ -856,10 +858,30 @@ export class SwarmController {
    * record gets a member's). Synchronous: it must run in the same step as the write that makes the change count.
    */
   private admit(request: Omit<AdmissionRequest, 'providerMaxInstances'>, provider: Provider): void {
+    this.admission(request, provider).check(this.registry.list());
+  }
+
+  /**
+   * The same check handed to the store with the write that makes the change count, so the store runs it
+   * where that write is decided (in-process for the JSON files; in the transaction, under the owner's
+   * lock, for PostgreSQL: see Admission).
+   */
+  private admission(request: Omit<AdmissionRequest, 'providerMaxInstances'>, provider: Provider): Admission {
     const principal = this.principals.getPrincipal(request.owner);
     const limits = limitsFor(principal?.role ?? 'member', principal?.quotas, this.config.quotas);
     const max = provider.getCapabilities().maxInstancesPerUser;
-    checkAdmission({ ...request, ...(max !== undefined ? { providerMaxInstances: max } : {}) }, limits, this.registry.list());
+    const full = { ...request, ...(max !== undefined ? { providerMaxInstances: max } : {}) };
+    return { owner: request.owner, check: (instances) => checkAdmission(full, limits, instances) };
+  }
+
+  /**
+   * What every start of an instance runs once the provider reports it running (a start, a health restart
+   * or re-create, an interrupted re-create finished by reconcile, a migration's target): the dev
+   * container's postStartCommand. Not fatal: its failure is returned for the status reason.
+   */
+  private async afterStart(provider: Provider, instanceId: string, config: InstanceConfig, observed: VSCodeInstance): Promise<string | undefined> {
+    if (observed.status !== 'running') return undefined;
+    return runPostStart(provider, instanceId, config.metadata, { config: this.config.devcontainers, logger: this.logger });
   }
 
   /** Adds what is derived rather than stored: the URL users open. */
@@ -891,13 +913,13 @@ export class SwarmController {
     // Under the instance's lock from the first write: a reconcile (a list call) must never take a
     // `creating` record whose provider call has not started yet for one a crash left behind.
     return this.locks.run(id, async () => {
-      if (owner) this.admit({ owner, providerType: type, instanceId: id, newInstance: true, resources: config.resources }, provider);
+      const admit = owner ? this.admission({ owner, providerType: type, instanceId: id, newInstance: true, resources: config.resources }, provider) : undefined;
       await this.registry.register({
         id, name: config.name, providerType: type, status: 'creating', health: 'unknown', config, providerRef: {}, createdAt: at, updatedAt: at,
         desiredState: 'running',
         ...(warmPool ? { warmPool } : {}),
         ...(owner ? { owner } : {}),
-      });
+      }, admit && { admit });
       crashPoint('create.after-record');
       try {
         const observed = await provider.createInstance(config, { instanceId: id, ...options });
@@ -939,6 +961,10 @@ export class SwarmController {
     const report = options.onProgress;
     const within = (from: number, to: number) => report && ((e: ProgressEvent) => report({ fraction: from + e.fraction * (to - from), message: e.message }));
     const workDir = path.join(this.config.stateDir, 'clones');
+    const id = this.newId(config.name);
+    // The owner's quota first, so that a create that cannot count is refused before anything is fetched;
+    // provision checks it again, atomically with the record that makes it count.
+    this.admit({ owner, providerType: type, instanceId: id, newInstance: true, resources: config.resources }, provider);
     return withClonedRepository(repository, { config: limits, workDir, owner, logger: this.logger, ...(report ? { onProgress: report } : {}), ...(options.signal ? { signal: options.signal } : {}) }, async (clone) => {
       // Its dev container is read and checked before anything is made: a refusal leaves nothing behind.
       const dev = await readDevContainer(clone.dir);
@@ -951,7 +977,7 @@ export class SwarmController {
         await importClone(provider, id, clone, { maxBytes: limits.maxBytes * 2, deadline: Date.now() + limits.timeoutMs, logger: this.logger, ...(report ? { onProgress: report } : {}) });
         if (dev) postStartFailure = await setUpDevContainer(provider, id, dev, extensions, { config: this.config.devcontainers, logger: this.logger, ...(report ? { onProgress: report } : {}) });
       };
-      let instance = await this.provision(type, provider, withRepository, this.newId(config.name), { ...options, ...(providerProgress ? { onProgress: providerProgress } : {}) }, undefined, owner, populate);
+      let instance = await this.provision(type, provider, withRepository, id, { ...options, ...(providerProgress ? { onProgress: providerProgress } : {}) }, undefined, owner, populate);
       if (postStartFailure) instance = await this.locks.run(instance.id, () => this.registry.update(instance.id, { statusReason: postStartFailure }));
       return this.createResult(instance, true, false);
     });
@@ -1000,16 +1026,21 @@ export class SwarmController {
           if (live?.status !== 'running') return undefined;
           crashPoint('warm.claim.after-check');
           const at = this.now();
-          this.admit({ owner, providerType: type, instanceId: id, newInstance: true, resources: live.config.resources }, provider);
+          const admit = this.admission({ owner, providerType: type, instanceId: id, newInstance: true, resources: live.config.resources }, provider);
+          const updated = await this.registry.update(
+            id,
+            (now) => ({
+              ...this.merge(now, live),
+              owner,
+              name: config.name,
+              config: { ...now.config, name: config.name, metadata: config.metadata, idleTimeoutMinutes: config.idleTimeoutMinutes },
+              warmPool: undefined,
+              lastActivity: { at: at.toISOString(), source: 'create' },
+            }),
+            { admit },
+          );
           this.activity.touch(id, 'create', at.getTime());
-          return this.registry.update(id, (now) => ({
-            ...this.merge(now, live),
-            owner,
-            name: config.name,
-            config: { ...now.config, name: config.name, metadata: config.metadata, idleTimeoutMinutes: config.idleTimeoutMinutes },
-            warmPool: undefined,
-            lastActivity: { at: at.toISOString(), source: 'create' },
-          }));
+          return updated;
         });
         if (claimed) {
           this.logger.info({ instanceId: id, name: config.name }, 'served from the warm buffer');
@@ -1206,6 +1237,11 @@ function checkResources(resources: { cpu: number; memoryMb: number }, caps: Prov
   if (resources.memoryMb < minMemoryMb || resources.memoryMb > maxMemoryMb) {
     throw invalidInput('resources.memoryMb', `between ${minMemoryMb} and ${maxMemoryMb} MiB on ${type}`, resources.memoryMb);
   }
+}
+
+/** Status reasons joined with "; ", the absent ones left out. */
+function joinReasons(...reasons: (string | undefined)[]): string | undefined {
+  return reasons.filter(Boolean).join('; ') || undefined;
 }
 
 /** Equal as stored JSON: key order and undefined properties aside (PostgreSQL's jsonb keeps neither). */
