@@ -2,10 +2,10 @@
  * A client of today's MCP: the v2 SDK client (`@modelcontextprotocol/client`) pinned to revision
  * 2026-07-28 - no initialize, every request carrying its version and capabilities - against this server
  * over both wires: stdio (`serve`, launched from mcp.json as a client does) and Streamable HTTP
- * (`startMcpHttp` with principals' API tokens). Each lists the tools, calls a read tool, drives a long one
- * (create on Docker) with progress notifications, and meets an authorization failure. The v1-client tests
- * (mcp-stdio, mcp-stdio-token, tenancy, cli-remote, bad-input, ...) stay as they are: 2025-11-25 clients
- * keep working beside this one.
+ * (`startMcpHttp` with principals' API tokens). Each lists the tools, calls a read tool, drives a workspace
+ * through its life on Docker (a create with progress, stop, start, a link, delete), and meets an
+ * authorization failure. The v1-client tests (mcp-stdio, mcp-stdio-token, tenancy, cli-remote, bad-input,
+ * ...) stay as they are: 2025-11-25 clients keep working beside this one.
  */
 import { Client, StreamableHTTPClientTransport, type CallToolResult } from '@modelcontextprotocol/client';
 import { StdioClientTransport } from '@modelcontextprotocol/client/stdio';
@@ -34,8 +34,8 @@ function textOf(result: Result): string {
   return (result.content as { type: string; text?: string }[]).map((c) => c.text ?? '').join('\n');
 }
 
-/** Creates a workspace with progress, checks what came, and deletes it again. */
-async function createWithProgress(client: Client, name: string): Promise<void> {
+/** A workspace through its life: created with progress, read, stopped, started, opened by a link, deleted. */
+async function driveThroughItsLife(client: Client, name: string): Promise<void> {
   const progress: { progress: number; total?: number; message?: string }[] = [];
   const created = await call(client, 'create_swarm_instance', { name }, (p) => progress.push(p));
   expect(created.isError, textOf(created)).toBeFalsy();
@@ -45,8 +45,26 @@ async function createWithProgress(client: Client, name: string): Promise<void> {
   expect(progress.length, 'progress notifications during the create').toBeGreaterThan(0);
   expect(progress.every((p) => p.total === 100 && typeof p.message === 'string')).toBe(true);
   expect(progress.map((p) => p.progress)).toEqual([...progress.map((p) => p.progress)].sort((a, b) => a - b));
+  const status = async (): Promise<string> => {
+    const got = await call(client, 'get_swarm_instance', { instanceId: instance.id });
+    expect(got.isError, textOf(got)).toBeFalsy();
+    return (got.structuredContent?.instance as { status: string }).status;
+  };
+  expect(await status()).toBe('running');
+  const stopped = await call(client, 'stop_swarm_instance', { instanceId: instance.id });
+  expect(stopped.isError, textOf(stopped)).toBeFalsy();
+  expect(await status()).toBe('stopped');
+  const started = await call(client, 'start_swarm_instance', { instanceId: instance.id });
+  expect(started.isError, textOf(started)).toBeFalsy();
+  expect(await status()).toBe('running');
+  const link = await call(client, 'get_instance_access_link', { instanceId: instance.id });
+  expect(link.isError, textOf(link)).toBeFalsy();
+  expect(link.structuredContent).toMatchObject({ accessUrl: expect.stringContaining(`${instance.id}.`) });
   const deleted = await call(client, 'delete_swarm_instance', { instanceId: instance.id });
   expect(deleted.isError, textOf(deleted)).toBeFalsy();
+  const gone = await call(client, 'get_swarm_instance', { instanceId: instance.id });
+  expect(gone.isError).toBe(true);
+  expect(textOf(gone)).toMatch(/^NOT_FOUND/);
 }
 
 describe('the v2 SDK client at 2026-07-28', () => {
@@ -105,8 +123,8 @@ describe('the v2 SDK client at 2026-07-28', () => {
       expect(who.structuredContent).toMatchObject({ principal: { id: 'mia', role: 'member' } });
     });
 
-    it('a long tool reports progress', async () => {
-      await createWithProgress(client, `${PREFIX}-stdio`);
+    it('drives a workspace through its life, the create reporting progress', async () => {
+      await driveThroughItsLife(client, `${PREFIX}-stdio`);
     }, 200_000);
 
     it('a tool beyond the principal’s scopes is refused, naming the scope', async () => {
@@ -161,8 +179,8 @@ describe('the v2 SDK client at 2026-07-28', () => {
       expect(status.isError, textOf(status)).toBeFalsy();
     });
 
-    it('a long tool reports progress over the response stream', async () => {
-      await createWithProgress(await connect(memberToken), `${PREFIX}-http`);
+    it('drives a workspace through its life, the create reporting progress over the response stream', async () => {
+      await driveThroughItsLife(await connect(memberToken), `${PREFIX}-http`);
     }, 200_000);
 
     it('a call beyond the token’s scope is refused 403 insufficient_scope before it runs; no token is 401', async () => {
