@@ -166,6 +166,12 @@ export class PgLeadership implements Leadership {
 
   /** One contention: renew when held, take over when free or expired; overlapping calls share one. */
   check(): Promise<void> {
+    if (this.checking && this.leading && !this.lease.isLeader) {
+      // The renewal has not come back (a stalled connection answers nothing, not even an error) and the lease
+      // ran out by this process's clock: stop now and say so, rather than when the store finally answers.
+      this.logger.warn({ holder: this.lease.holder }, 'the lease ran out while the state store did not answer; not acting as leader');
+      this.setLeading(false);
+    }
     this.checking ??= (async () => {
       if (this.stopped) return;
       let held = false;

@@ -106,16 +106,25 @@ export class StorePool {
       throw this.translate(err);
     }
     let broken = false;
+    // The pool listens for errors on idle connections only: one that breaks while checked out and between
+    // two queries (the transaction's work awaiting something else) would otherwise crash the process with an
+    // unhandled 'error' event. Its next query fails, and the transaction with it.
+    const onError = (err: Error): void => {
+      broken = true;
+      this.logger.warn({ err: this.clean(err.message), where: this.where }, 'database connection lost during a transaction');
+    };
+    client.on('error', onError);
     try {
       await client.query('BEGIN');
       const result = await work(client);
       await client.query('COMMIT');
       return result;
     } catch (err) {
-      broken = isUnavailableError(err);
+      broken ||= isUnavailableError(err);
       if (!broken) await client.query('ROLLBACK').catch(() => (broken = true));
       throw this.translate(err);
     } finally {
+      client.off('error', onError);
       // A connection that failed mid-transaction is not handed to the next caller.
       client.release(broken ? true : undefined);
     }
@@ -124,6 +133,8 @@ export class StorePool {
   /** A new connection outside the pool (for LISTEN), with the same settings and the same error handling. */
   async connectClient(): Promise<pg.Client> {
     const client = new pg.Client(this.config);
+    // Until the caller adds its own (before it uses the client), a connection lost early is logged, not fatal.
+    client.on('error', (err) => this.logger.warn({ err: this.clean(err.message), where: this.where }, 'database connection lost'));
     try {
       await client.connect();
     } catch (err) {
