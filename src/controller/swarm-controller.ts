@@ -174,6 +174,11 @@ const RECREATING = 're-creating: ';
  */
 const IN_FLIGHT_MARGIN_MS = 60_000;
 const TRANSITIONAL: ReadonlySet<string> = new Set(['creating', 'starting', 'stopping', 'deleting']);
+/**
+ * How long a record's writer must have been seen without a connection to the database before reconcile
+ * settles its operation: longer than a live controller's listener takes to reconnect after a blip.
+ */
+const ORPHAN_CONFIRM_MS = 10_000;
 /** How far apart the clocks of controllers sharing a store may be, for comparing a record's updatedAt with this one's. */
 const CLOCK_SKEW_MS = 5_000;
 
@@ -197,6 +202,8 @@ export class SwarmController {
   private readonly randomId: () => string;
   private readonly slots = new Map<ProviderType, ProviderSlot>();
   private readonly locks = new KeyedMutex();
+  /** Records whose writer was first seen gone at this time (see orphanedWrites). */
+  private readonly orphanSeen = new Map<string, number>();
   readonly access?: AccessLinks;
   readonly activity: ActivityTracker;
   readonly warm: WarmPool;
@@ -317,10 +324,12 @@ export class SwarmController {
     const report: ReconcileReport = { provider: type, adopted: [], markedMissing: [], removed: [], updated: [] };
     if (!this.leads) return report;
     const provider = await this.provider(type);
+    const orphaned = await this.orphanedWrites();
     const listedAt = this.now().getTime();
     const seen = new Map((await provider.listInstances()).map((i) => [i.id, i]));
-    // With a shared store, what changed around the listing is judged at the next pass, not against an older view.
-    const settled = (record: Readonly<VSCodeInstance>): boolean => !this.inFlightElsewhere(record) && !this.writtenSince(record, listedAt);
+    // With a shared store, what changed around the listing is judged at the next pass, not against an older
+    // view; another controller's operation in flight is left alone unless its controller is gone.
+    const settled = (record: Readonly<VSCodeInstance>): boolean => (orphaned.has(record.id) || !this.inFlightElsewhere(record)) && !this.writtenSince(record, listedAt);
     for (const [id, observed] of seen) {
       if (!this.leads) break; // lost the lead mid-pass: the new leader reconciles
       if (this.locks.isLocked(id)) continue; // an operation in flight owns it and will record the outcome
@@ -1124,6 +1133,23 @@ export class SwarmController {
       // acted applied the new env before the record heard of it); a provider that reports none leaves the record's.
       config: { ...known.config, image: observed.config.image, resources: observed.config.resources, ...(observed.config.env ? { env: observed.config.env } : {}) },
     };
+  }
+
+  /**
+   * With a shared store: records in a transitional status whose writer has had no connection to the
+   * database for ORPHAN_CONFIRM_MS (seen by an earlier pass too): a controller killed in the middle of an
+   * operation. Settled at once instead of after the grace period. A store that cannot tell gives none.
+   */
+  private async orphanedWrites(): Promise<Set<string>> {
+    if (!this.sharedStore || !this.registry.orphanedWrites) return new Set();
+    const now = this.now().getTime();
+    const gone = await this.registry.orphanedWrites([...TRANSITIONAL]).catch((err: unknown) => {
+      this.logger.warn({ err: (err as Error).message }, 'could not check for operations of controllers that are gone');
+      return new Set<string>();
+    });
+    for (const id of this.orphanSeen.keys()) if (!gone.has(id)) this.orphanSeen.delete(id);
+    for (const id of gone) if (!this.orphanSeen.has(id)) this.orphanSeen.set(id, now);
+    return new Set([...gone].filter((id) => now - this.orphanSeen.get(id)! >= ORPHAN_CONFIRM_MS));
   }
 
   /**

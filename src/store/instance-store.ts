@@ -51,6 +51,11 @@ export interface InstanceStore {
   findByMetadata(key: string, value?: string): Readonly<VSCodeInstance>[];
   /** Resolves when every write started so far is durable. */
   flush(): Promise<void>;
+  /**
+   * With a store shared by several controllers: ids of records in one of `statuses` whose last writer is no
+   * longer connected (it died mid-operation), for reconcile to settle without waiting out the grace period.
+   */
+  orphanedWrites?(statuses: readonly string[]): Promise<Set<string>>;
   /** Lets go of what the store holds open (connections, listeners); the controller calls it from close(). */
   close?(): Promise<void>;
 }

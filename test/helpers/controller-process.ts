@@ -34,7 +34,7 @@ export interface ControllerProcess {
 }
 
 /** Starts `up` with `config` (written to a file in `stateDir`) and waits until it says it is up. */
-export async function startControllerProcess(label: string, stateDir: string, config: SwarmConfigInput): Promise<ControllerProcess> {
+export async function startControllerProcess(label: string, stateDir: string, config: SwarmConfigInput, extraEnv: NodeJS.ProcessEnv = {}): Promise<ControllerProcess> {
   const file = path.join(stateDir, 'config.json');
   await fs.writeFile(
     file,
@@ -46,7 +46,7 @@ export async function startControllerProcess(label: string, stateDir: string, co
       dashboard: { port: 0, ...config.dashboard },
     }),
   );
-  const env: NodeJS.ProcessEnv = { PATH: process.env.PATH, HOME: process.env.HOME, VSCODE_SWARM_CONFIG: file, VSCODE_SWARM_LOG_LEVEL: 'info' };
+  const env: NodeJS.ProcessEnv = { PATH: process.env.PATH, HOME: process.env.HOME, VSCODE_SWARM_CONFIG: file, VSCODE_SWARM_LOG_LEVEL: 'info', ...extraEnv };
   if (process.env.DOCKER_HOST) env.DOCKER_HOST = process.env.DOCKER_HOST;
   const child = spawn(process.execPath, ['dist/src/cli.js', 'up'], { cwd: REPO_ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] });
   let stdout = '';

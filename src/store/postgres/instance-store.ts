@@ -21,7 +21,7 @@ import { KeyedMutex } from '../../controller/keyed-mutex.js';
 import { CacheFreshness } from './cache-freshness.js';
 import { migrate } from './migrations.js';
 import { ChangeListener, notifyChange } from './notify.js';
-import type { Queryable, StorePool } from './pool.js';
+import { APPLICATION_PREFIX, PROCESS_ID, type Queryable, type StorePool } from './pool.js';
 
 export const INSTANCE_CHANNEL = 'swarm_instances';
 
@@ -107,9 +107,9 @@ export class PgInstanceStore implements InstanceStore {
         if (options?.admit) await admitIn(client, options.admit);
         const { rows } = await client
           .query<{ version: string }>(
-            `INSERT INTO instances (id, owner, name, provider, status, warm_pool, data, version)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, nextval('instance_version_seq')) RETURNING version`,
-            [record.id, ownerOf(record), record.name, record.providerType, record.status, record.warmPool ?? null, record],
+            `INSERT INTO instances (id, owner, name, provider, status, warm_pool, data, version, written_by)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, nextval('instance_version_seq'), $8) RETURNING version`,
+            [record.id, ownerOf(record), record.name, record.providerType, record.status, record.warmPool ?? null, record, PROCESS_ID],
           )
           .catch((err: unknown) => {
             throw conflictFrom(err, record);
@@ -132,8 +132,8 @@ export class PgInstanceStore implements InstanceStore {
         const { rows } = await client
           .query<{ version: string }>(
             `UPDATE instances SET owner = $2, name = $3, provider = $4, status = $5, warm_pool = $6, data = $7,
-               version = nextval('instance_version_seq'), updated_at = now() WHERE id = $1 RETURNING version`,
-            [id, ownerOf(record), record.name, record.providerType, record.status, record.warmPool ?? null, record],
+               version = nextval('instance_version_seq'), updated_at = now(), written_by = $8 WHERE id = $1 RETURNING version`,
+            [id, ownerOf(record), record.name, record.providerType, record.status, record.warmPool ?? null, record, PROCESS_ID],
           )
           .catch((err: unknown) => {
             throw conflictFrom(err, record);
@@ -166,6 +166,21 @@ export class PgInstanceStore implements InstanceStore {
   private transaction<T>(options: WriteOptions | undefined, work: (client: Queryable) => Promise<T>): Promise<T> {
     const run = (): Promise<T> => this.pool.transaction(work);
     return options?.admit ? this.owners.run(options.admit.owner, run) : run();
+  }
+
+  /**
+   * Records in one of `statuses` last written by another process that has no session open on the database
+   * now: a controller that died (SIGKILL, a lost machine) in the middle of an operation. A live controller
+   * keeps its listening connection open, so only a dead one, or one cut off from the database (whose
+   * writes fail anyway), looks like this; the caller should see it twice before acting.
+   */
+  async orphanedWrites(statuses: readonly string[]): Promise<Set<string>> {
+    const { rows } = await this.pool.query<{ id: string }>(
+      `SELECT id FROM instances i WHERE status = ANY($1) AND written_by IS NOT NULL AND written_by <> $2
+         AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.application_name = $3 || i.written_by)`,
+      [[...statuses], PROCESS_ID, APPLICATION_PREFIX],
+    );
+    return new Set(rows.map((r) => r.id));
   }
 
   get(id: string): Readonly<VSCodeInstance> | undefined {

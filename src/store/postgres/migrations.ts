@@ -145,6 +145,14 @@ export const MIGRATIONS: readonly Migration[] = [
       );
     `,
   },
+  {
+    id: '0004-instance-writer',
+    sql: `
+      -- The process (pool.ts PROCESS_ID) that last wrote each record: while no session of that name is open,
+      -- a record it left in a transitional status is nobody's work in flight (a controller killed mid-create).
+      ALTER TABLE instances ADD COLUMN written_by text;
+    `,
+  },
 ];
 
 export interface MigrationReport {

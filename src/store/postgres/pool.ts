@@ -6,10 +6,16 @@
  * Errors the server itself raises (a constraint, a serialization failure) come back as pg's DatabaseError
  * with its SQLSTATE `code`, so callers can map them (a unique violation to CONFLICT, for one).
  */
+import { randomBytes } from 'node:crypto';
 import pg from 'pg';
 import { SwarmError } from '../../errors.js';
 import { redactString, silentLogger, type Logger } from '../../logger.js';
 
+
+/** This process among the controllers sharing a database: the writer recorded on its writes. */
+export const PROCESS_ID = randomBytes(6).toString('hex');
+/** The sessions of process X are named `vscode-swarm/X` (under PostgreSQL's 63-character limit). */
+export const APPLICATION_PREFIX = 'vscode-swarm/';
 export interface StorePoolOptions {
   databaseUrl: string;
   logger?: Logger;
@@ -79,7 +85,8 @@ export class StorePool {
       connectionString: options.databaseUrl,
       connectionTimeoutMillis: options.connectTimeoutMs ?? 5_000,
       query_timeout: options.queryTimeoutMs ?? 30_000,
-      application_name: 'vscode-swarm',
+      // Names this process to the server: a record's writer is alive while a session of its name is (see PgInstanceStore.orphanedWrites).
+      application_name: `${APPLICATION_PREFIX}${PROCESS_ID}`,
     };
     this.pool = new pg.Pool({ ...this.config, max: options.max ?? 10 });
     // An idle connection the server drops emits here; unhandled it would end the process.
