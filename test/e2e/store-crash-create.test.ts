@@ -11,14 +11,11 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { LABEL_INSTANCE, LABEL_MANAGED, LABEL_SWARM } from '../../providers/docker/docker-mapping.js';
 import { CRASH_ENV } from '../../src/crash/crash-points.js';
-import { migrate } from '../../src/store/postgres/migrations.js';
-import { StorePool } from '../../src/store/postgres/pool.js';
 import { waitUntil } from '../../src/timing/wait-until.js';
-import { leaseHolder, startControllerProcess, type ControllerProcess } from '../helpers/controller-process.js';
-import { cleanUp, docker, makeStateDir } from '../helpers/docker.js';
+import { leaseHolder, startControllerRig, type ControllerProcess, type ControllerRig } from '../helpers/controller-process.js';
+import { docker } from '../helpers/docker.js';
 import { callTool, type ToolResult } from '../helpers/mcp.js';
-import { startPostgres, type TestPostgres } from '../helpers/postgres.js';
-import { ensureStandinImage, STANDIN_IMAGE } from '../helpers/standin-image.js';
+import { STANDIN_IMAGE } from '../helpers/standin-image.js';
 
 const PREFIX = 'e2e-pgcrash';
 const SWARM_ID = 'e2e-pgcrash-swarm';
@@ -26,32 +23,23 @@ const INTERVAL_MS = 2_500;
 /** Well under the grace period (90 s readiness + 60 s): only the writer-gone check can settle this soon. */
 const SETTLED_WITHIN_MS = 60_000;
 
-let server: TestPostgres;
-let pool: StorePool;
-const stateDirs: string[] = [];
-const controllers: ControllerProcess[] = [];
+let rig: ControllerRig;
 
-async function start(label: string, env: NodeJS.ProcessEnv = {}): Promise<ControllerProcess> {
-  const stateDir = await makeStateDir(`${PREFIX}-${label}`);
-  stateDirs.push(stateDir);
-  const c = await startControllerProcess(
+const start = (label: string, env: NodeJS.ProcessEnv = {}): Promise<ControllerProcess> =>
+  rig.start(
     label,
-    stateDir,
     {
       swarmId: SWARM_ID,
-      store: { databaseUrl: server.url },
+      store: { databaseUrl: rig.server.url },
       providers: { docker: { image: STANDIN_IMAGE, pullImages: false, stopTimeoutSeconds: 1, readinessTimeoutMs: 90_000 } },
       health: { intervalMs: INTERVAL_MS, backoffMs: 0, failureThreshold: 1 },
       idle: { enabled: false },
     },
     env,
   );
-  controllers.push(c);
-  return c;
-}
 
 async function record(name: string): Promise<{ id: string; status: string } | undefined> {
-  const { rows } = await pool.query<{ id: string; status: string }>("SELECT id, data->>'status' AS status FROM instances WHERE name = $1", [name]);
+  const { rows } = await rig.pool.query<{ id: string; status: string }>("SELECT id, data->>'status' AS status FROM instances WHERE name = $1", [name]);
   return rows[0];
 }
 
@@ -62,23 +50,15 @@ async function engine(instanceId: string): Promise<{ containers: string[]; volum
 }
 
 beforeAll(async () => {
-  await ensureStandinImage();
-  await cleanUp(PREFIX);
-  server = await startPostgres();
-  pool = new StorePool({ databaseUrl: server.url });
-  await migrate(pool);
+  rig = await startControllerRig(PREFIX);
   const a = await start('a');
-  await waitUntil(async () => ((await leaseHolder(pool, `swarm:${SWARM_ID}`, [a])) ? true : undefined), { timeoutMs: 3 * INTERVAL_MS, what: 'A leading' });
+  await waitUntil(async () => ((await leaseHolder(rig.pool, `swarm:${SWARM_ID}`, [a])) ? true : undefined), { timeoutMs: 3 * INTERVAL_MS, what: 'A leading' });
   await start('b', { [CRASH_ENV]: 'create.after-record' });
   await start('c', { [CRASH_ENV]: 'create.after-provider' });
 }, 240_000);
 
 afterAll(async () => {
-  for (const c of controllers) await c.stop();
-  await pool?.close();
-  await server?.stop();
-  await cleanUp(PREFIX);
-  for (const dir of stateDirs) await cleanUp(PREFIX, dir);
+  await rig?.close();
 }, 120_000);
 
 const died = (c: ControllerProcess): Promise<true> =>
@@ -86,7 +66,7 @@ const died = (c: ControllerProcess): Promise<true> =>
 
 describe('a controller killed in the middle of a create', () => {
   it('is settled by the leader soon after: undone before the container, finished after it', async () => {
-    const [a, b, c] = controllers;
+    const [a, b, c] = rig.controllers;
     // Both creates die with their controller: the callers get no answer.
     const viaB = callTool(b!.mcp, 'create_swarm_instance', { name: `${PREFIX}-b` }).catch((err: Error) => err);
     const viaC = callTool(c!.mcp, 'create_swarm_instance', { name: `${PREFIX}-c` }).catch((err: Error) => err);
@@ -110,7 +90,7 @@ describe('a controller killed in the middle of a create', () => {
     // The name B was asked for is free again: a create of it through the leader makes one workspace.
     const again = await callTool(a!.mcp, 'create_swarm_instance', { name: `${PREFIX}-b` });
     expect(again.isError, JSON.stringify((again as ToolResult).content)).toBeFalsy();
-    const { rows } = await pool.query<{ n: string }>('SELECT count(*) AS n FROM instances WHERE name LIKE $1', [`${PREFIX}-%`]);
+    const { rows } = await rig.pool.query<{ n: string }>('SELECT count(*) AS n FROM instances WHERE name LIKE $1', [`${PREFIX}-%`]);
     expect(Number(rows[0]!.n)).toBe(2);
   }, 180_000);
 });

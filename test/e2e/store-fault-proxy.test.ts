@@ -9,90 +9,61 @@
  * nothing. Build first (`npm run build`): the controllers run dist/src/cli.js.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { LABEL_INSTANCE, LABEL_MANAGED, LABEL_SWARM } from '../../providers/docker/docker-mapping.js';
-import { migrate } from '../../src/store/postgres/migrations.js';
-import { StorePool } from '../../src/store/postgres/pool.js';
+import { LABEL_MANAGED, LABEL_SWARM } from '../../providers/docker/docker-mapping.js';
 import { waitUntil } from '../../src/timing/wait-until.js';
-import { leaseHolder, leaseRow, startControllerProcess, type ControllerProcess } from '../helpers/controller-process.js';
-import { cleanUp, docker, makeStateDir } from '../helpers/docker.js';
+import { containerOf as containerOfSwarm, leaseHolder, leaseRow, logged, startControllerRig, type ControllerProcess, type ControllerRig } from '../helpers/controller-process.js';
+import { docker } from '../helpers/docker.js';
 import { startFaultProxy, type FaultProxy } from '../helpers/fault-proxy.js';
 import { callTool, type ToolResult } from '../helpers/mcp.js';
-import { startPostgres, type TestPostgres } from '../helpers/postgres.js';
-import { ensureStandinImage, STANDIN_IMAGE } from '../helpers/standin-image.js';
+import { STANDIN_IMAGE } from '../helpers/standin-image.js';
 
 const PREFIX = 'e2e-pgfault';
 const SWARM_ID = 'e2e-pgfault-swarm';
 const LEASE = `swarm:${SWARM_ID}`;
 const INTERVAL_MS = 2_500;
 
-let server: TestPostgres;
-let pool: StorePool;
+let rig: ControllerRig;
 let proxy: FaultProxy;
-const stateDirs: string[] = [];
-const controllers: ControllerProcess[] = [];
 
 function textOf(result: ToolResult): string {
   return (result.content as { type: string; text?: string }[]).map((c) => c.text ?? '').join('\n');
 }
 
-function logged(c: ControllerProcess, msg: string, instanceId?: string): Record<string, unknown>[] {
-  return c.logs().filter((l) => l.msg === msg && (instanceId === undefined || l.instanceId === instanceId));
-}
-
-async function start(label: string, databaseUrl: string): Promise<ControllerProcess> {
-  const stateDir = await makeStateDir(`${PREFIX}-${label}`);
-  stateDirs.push(stateDir);
-  const c = await startControllerProcess(label, stateDir, {
+const start = (label: string, databaseUrl: string): Promise<ControllerProcess> =>
+  rig.start(label, {
     swarmId: SWARM_ID,
     store: { databaseUrl },
     providers: { docker: { image: STANDIN_IMAGE, pullImages: false, stopTimeoutSeconds: 1 } },
     health: { intervalMs: INTERVAL_MS, backoffMs: 0, failureThreshold: 1 },
     idle: { enabled: false },
   });
-  controllers.push(c);
-  return c;
-}
-
-async function containerOf(instanceId: string): Promise<{ id: string; running: boolean; startedAt: string }> {
-  const [info] = await docker.listContainers({ all: true, filters: { label: [`${LABEL_MANAGED}=true`, `${LABEL_SWARM}=${SWARM_ID}`, `${LABEL_INSTANCE}=${instanceId}`] } });
-  if (!info) throw new Error(`no container for ${instanceId}`);
-  const inspected = await docker.getContainer(info.Id).inspect();
-  return { id: info.Id, running: inspected.State.Running, startedAt: inspected.State.StartedAt };
-}
+const containerOf = (instanceId: string): ReturnType<typeof containerOfSwarm> => containerOfSwarm(SWARM_ID, instanceId);
 
 beforeAll(async () => {
-  await ensureStandinImage();
-  await cleanUp(PREFIX);
-  server = await startPostgres();
-  pool = new StorePool({ databaseUrl: server.url });
-  await migrate(pool);
-  proxy = await startFaultProxy({ target: { host: '127.0.0.1', port: server.port } });
-  const throughProxy = new URL(server.url);
+  rig = await startControllerRig(PREFIX);
+  proxy = await startFaultProxy({ target: { host: '127.0.0.1', port: rig.server.port } });
+  const throughProxy = new URL(rig.server.url);
   throughProxy.port = String(proxy.port);
   // C first, so that it leads; then A and B, straight to the database.
   const c = await start('c', throughProxy.toString());
-  await waitUntil(async () => ((await leaseHolder(pool, LEASE, [c])) ? true : undefined), { timeoutMs: 3 * INTERVAL_MS, what: 'C leading' });
-  await start('a', server.url);
-  await start('b', server.url);
+  await waitUntil(async () => ((await leaseHolder(rig.pool, LEASE, [c])) ? true : undefined), { timeoutMs: 3 * INTERVAL_MS, what: 'C leading' });
+  await start('a', rig.server.url);
+  await start('b', rig.server.url);
 }, 240_000);
 
 afterAll(async () => {
-  if (process.env.PGFAULT_TEST_LOGS) for (const c of controllers) console.error(c.label, c.child.exitCode, c.child.signalCode, JSON.stringify(c.logs().filter((l) => Number(l.level) >= 40 || !l.level).slice(-30)));
+  if (process.env.PGFAULT_TEST_LOGS) for (const c of rig.controllers) console.error(c.label, c.child.exitCode, c.child.signalCode, JSON.stringify(c.logs().filter((l) => Number(l.level) >= 40 || !l.level).slice(-30)));
   proxy?.setFaults(null);
   proxy?.setDown(false);
-  for (const c of controllers) await c.stop();
   await proxy?.close();
-  await pool?.close();
-  await server?.stop();
-  await cleanUp(PREFIX);
-  for (const dir of stateDirs) await cleanUp(PREFIX, dir);
+  await rig?.close();
 }, 120_000);
 
 describe('a controller behind a misbehaving connection to the database', () => {
   it('stops acting when its connections stall; another leads, repairs, and the stalled one repairs nothing', async () => {
-    const [c, a, b] = controllers;
-    expect((await leaseHolder(pool, LEASE, controllers))?.label).toBe('c');
-    const tokenBefore = BigInt((await leaseRow(pool, LEASE))!.fencing_token);
+    const [c, a, b] = rig.controllers;
+    expect((await leaseHolder(rig.pool, LEASE, rig.controllers))?.label).toBe('c');
+    const tokenBefore = BigInt((await leaseRow(rig.pool, LEASE))!.fencing_token);
     const created = await callTool(a!.mcp, 'create_swarm_instance', { name: `${PREFIX}-w1` });
     expect(created.isError, textOf(created)).toBeFalsy();
     const victim = (created.structuredContent as { instance: { id: string } }).instance.id;
@@ -100,8 +71,8 @@ describe('a controller behind a misbehaving connection to the database', () => {
     // Every exchange on C's connections stalls (longer than the whole test): no error, just silence.
     proxy.setFaults({ probability: 1, kinds: ['stall'], stallMs: 600_000, perExchange: true, seed: 7 });
     await waitUntil(async () => (logged(c!, 'no longer leading the swarm; its loops stop acting').length ? true : undefined), { timeoutMs: 2 * INTERVAL_MS + 2_000, intervalMs: 50, what: 'C noticing by its own clock that it no longer leads' });
-    const next = await waitUntil(() => leaseHolder(pool, LEASE, [a!, b!]), { timeoutMs: 2 * INTERVAL_MS + 2_000, intervalMs: 50, what: 'A or B leading' });
-    expect(BigInt((await leaseRow(pool, LEASE))!.fencing_token)).toBeGreaterThan(tokenBefore);
+    const next = await waitUntil(() => leaseHolder(rig.pool, LEASE, [a!, b!]), { timeoutMs: 2 * INTERVAL_MS + 2_000, intervalMs: 50, what: 'A or B leading' });
+    expect(BigInt((await leaseRow(rig.pool, LEASE))!.fencing_token)).toBeGreaterThan(tokenBefore);
 
     const before = await containerOf(victim);
     const repairsByC = logged(c!, 'recovery step done').length;
@@ -112,7 +83,7 @@ describe('a controller behind a misbehaving connection to the database', () => {
   }, 120_000);
 
   it('answers STORE_UNAVAILABLE and makes nothing while its database is gone; the others carry on', async () => {
-    const [c, a, b] = controllers;
+    const [c, a, b] = rig.controllers;
     proxy.setFaults(null);
     proxy.setDown(true); // open connections reset, new ones refused
     const refused = await callTool(c!.mcp, 'create_swarm_instance', { name: `${PREFIX}-through-c` }).catch((err: Error) => ({ isError: true, content: [{ type: 'text', text: err.message }] }) as ToolResult);
@@ -122,7 +93,7 @@ describe('a controller behind a misbehaving connection to the database', () => {
       const made = await callTool(other.mcp, 'create_swarm_instance', { name: `${PREFIX}-w${n + 2}` });
       expect(made.isError, textOf(made)).toBeFalsy();
     }
-    const { rows } = await pool.query<{ name: string }>('SELECT name FROM instances WHERE name LIKE $1 ORDER BY name', [`${PREFIX}-%`]);
+    const { rows } = await rig.pool.query<{ name: string }>('SELECT name FROM instances WHERE name LIKE $1 ORDER BY name', [`${PREFIX}-%`]);
     expect(rows.map((r) => r.name)).toEqual([`${PREFIX}-w1`, `${PREFIX}-w2`, `${PREFIX}-w3`]);
     const containers = await docker.listContainers({ all: true, filters: { label: [`${LABEL_MANAGED}=true`, `${LABEL_SWARM}=${SWARM_ID}`] } });
     expect(containers).toHaveLength(3);
@@ -136,6 +107,6 @@ describe('a controller behind a misbehaving connection to the database', () => {
       },
       { timeoutMs: 30_000, intervalMs: 250, what: 'C serving again with the others’ writes' },
     );
-    expect((await leaseHolder(pool, LEASE, controllers))?.label).not.toBe('c');
+    expect((await leaseHolder(rig.pool, LEASE, rig.controllers))?.label).not.toBe('c');
   }, 120_000);
 });

@@ -16,13 +16,13 @@
  * and repair log lines at the end, to see who did what.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { LABEL_INSTANCE, LABEL_MANAGED, LABEL_NAME, LABEL_SWARM } from '../../providers/docker/docker-mapping.js';
+import { LABEL_MANAGED, LABEL_NAME, LABEL_SWARM } from '../../providers/docker/docker-mapping.js';
 import { createSwarm } from '../../src/controller/create-swarm.js';
 import { PgLeadership } from '../../src/store/postgres/leadership.js';
 import { migrate } from '../../src/store/postgres/migrations.js';
 import { StorePool } from '../../src/store/postgres/pool.js';
 import { waitUntil } from '../../src/timing/wait-until.js';
-import { leaseHolder, leaseRow as leaseRowOf, startControllerProcess, type ControllerProcess, type LeaseRow } from '../helpers/controller-process.js';
+import { containerOf as containerOfSwarm, leaseHolder, leaseRow as leaseRowOf, logged, startControllerProcess, type ControllerProcess, type LeaseRow } from '../helpers/controller-process.js';
 import { contractInstance } from '../contract/instance-store-contract.js';
 import { cleanUp, docker, makeStateDir, testConfig } from '../helpers/docker.js';
 import { callTool } from '../helpers/mcp.js';
@@ -47,16 +47,7 @@ const leaseRow = (): Promise<LeaseRow | undefined> => leaseRowOf(pool, LEASE);
 /** The controller holding a live lease, or undefined. */
 const leader = (among: ControllerProcess[] = controllers): Promise<ControllerProcess | undefined> => leaseHolder(pool, LEASE, among);
 
-function logged(c: ControllerProcess, msg: string, instanceId?: string): Record<string, unknown>[] {
-  return c.logs().filter((l) => l.msg === msg && (instanceId === undefined || l.instanceId === instanceId));
-}
-
-async function containerOf(instanceId: string): Promise<{ id: string; running: boolean; startedAt: string }> {
-  const [info] = await docker.listContainers({ all: true, filters: { label: [`${LABEL_MANAGED}=true`, `${LABEL_SWARM}=${SWARM_ID}`, `${LABEL_INSTANCE}=${instanceId}`] } });
-  if (!info) throw new Error(`no container for ${instanceId}`);
-  const inspected = await docker.getContainer(info.Id).inspect();
-  return { id: info.Id, running: inspected.State.Running, startedAt: inspected.State.StartedAt };
-}
+const containerOf = (instanceId: string): ReturnType<typeof containerOfSwarm> => containerOfSwarm(SWARM_ID, instanceId);
 
 beforeAll(async () => {
   await ensureStandinImage();

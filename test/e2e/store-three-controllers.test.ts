@@ -15,15 +15,12 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Browser } from 'playwright-core';
 import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { LABEL_INSTANCE, LABEL_MANAGED, LABEL_SWARM } from '../../providers/docker/docker-mapping.js';
-import { migrate } from '../../src/store/postgres/migrations.js';
-import { StorePool } from '../../src/store/postgres/pool.js';
 import { waitUntil } from '../../src/timing/wait-until.js';
 import { launchChromium } from '../helpers/browser.js';
-import { startControllerProcess, type ControllerProcess } from '../helpers/controller-process.js';
-import { TEST_IMAGE, cleanUp, docker, makeStateDir } from '../helpers/docker.js';
+import { startControllerRig, type ControllerProcess, type ControllerRig } from '../helpers/controller-process.js';
+import { TEST_IMAGE, docker } from '../helpers/docker.js';
 import { callTool, type ToolResult } from '../helpers/mcp.js';
-import { startPostgres, type TestPostgres } from '../helpers/postgres.js';
-import { ensureStandinImage, STANDIN_IMAGE } from '../helpers/standin-image.js';
+import { STANDIN_IMAGE } from '../helpers/standin-image.js';
 import { connectMcpHttp } from '../helpers/tenancy.js';
 
 const PREFIX = 'e2e-three';
@@ -31,44 +28,29 @@ const SWARM_ID = 'e2e-three-swarm';
 const SECRET = 'e2e-three-gateway-secret-shared-by-all-controllers';
 const MEMBER_LIMIT = 20;
 
-let server: TestPostgres;
-let pool: StorePool;
+let rig: ControllerRig;
 let browser: Browser | undefined;
-const stateDirs: string[] = [];
-const controllers: ControllerProcess[] = [];
 const memberClients: Client[] = [];
 
 beforeAll(async () => {
-  await ensureStandinImage();
-  await cleanUp(PREFIX);
-  server = await startPostgres();
-  pool = new StorePool({ databaseUrl: server.url });
-  await migrate(pool);
+  rig = await startControllerRig(PREFIX);
   for (const label of ['a', 'b', 'c']) {
-    const stateDir = await makeStateDir(`${PREFIX}-${label}`);
-    stateDirs.push(stateDir);
-    controllers.push(
-      await startControllerProcess(label, stateDir, {
-        swarmId: SWARM_ID,
-        store: { databaseUrl: server.url },
-        gateway: { secret: SECRET },
-        providers: { docker: { image: STANDIN_IMAGE, pullImages: false, stopTimeoutSeconds: 1 } },
-        health: { intervalMs: 5_000 },
-        idle: { enabled: false },
-      }),
-    );
+    await rig.start(label, {
+      swarmId: SWARM_ID,
+      store: { databaseUrl: rig.server.url },
+      gateway: { secret: SECRET },
+      providers: { docker: { image: STANDIN_IMAGE, pullImages: false, stopTimeoutSeconds: 1 } },
+      health: { intervalMs: 5_000 },
+      idle: { enabled: false },
+    });
   }
 }, 240_000);
 
 afterAll(async () => {
-  if (process.env.THREE_TEST_LOGS) for (const c of controllers) console.error(c.label, JSON.stringify(c.logs().filter((l) => Number(l.level) >= 40).slice(0, 20)));
+  if (process.env.THREE_TEST_LOGS) for (const c of rig.controllers) console.error(c.label, JSON.stringify(c.logs().filter((l) => Number(l.level) >= 40).slice(0, 20)));
   for (const c of memberClients) await c.close().catch(() => undefined);
   await browser?.close();
-  for (const c of controllers) await c.stop();
-  await pool?.close();
-  await server?.stop();
-  await cleanUp(PREFIX);
-  for (const dir of stateDirs) await cleanUp(PREFIX, dir);
+  await rig?.close();
 }, 180_000);
 
 function instanceOf(result: ToolResult): { id: string; name: string; owner?: string } {
@@ -81,14 +63,14 @@ function textOf(result: ToolResult): string {
 
 describe('three controller processes on one PostgreSQL', () => {
   it('100 concurrent creates spread across them, some with the same names: no twin, no leak, no quota overshoot', async () => {
-    const [a] = controllers;
+    const [a] = rig.controllers;
     const added = await callTool(a!.mcp, 'add_principal', { id: 'member-q', role: 'member', quotas: { instances: MEMBER_LIMIT, cpu: 1_000, memoryMb: 10_000_000 } }); // only the count binds
     expect(added.isError, textOf(added)).toBeFalsy();
     const made = await callTool(a!.mcp, 'create_token', { principalId: 'member-q', name: 'three-controllers' });
     expect(made.isError, textOf(made)).toBeFalsy();
     const token = (made.structuredContent as { token: string }).token;
     // The principal and its token were written through A; B and C know them once they hear of it.
-    for (const c of controllers) {
+    for (const c of rig.controllers) {
       const client = await waitUntil(() => connectMcpHttp(c.mcpUrl, token, `member-${c.label}`).catch(() => undefined), { timeoutMs: 10_000, intervalMs: 100, what: `controller ${c.label} accepting the new token` });
       memberClients.push(client);
     }
@@ -98,7 +80,7 @@ describe('three controller processes on one PostgreSQL', () => {
       const via = n % 3;
       if (n < 40) return { who: 'member', name: `${PREFIX}-m${n % 30}`, client: memberClients[via]! };
       const k = n - 40;
-      return { who: 'admin', name: `${PREFIX}-a${k % 45}`, client: controllers[via]!.mcp };
+      return { who: 'admin', name: `${PREFIX}-a${k % 45}`, client: rig.controllers[via]!.mcp };
     });
     const results = await Promise.all(calls.map((c) => callTool(c.client, 'create_swarm_instance', { name: c.name })));
 
@@ -116,9 +98,9 @@ describe('three controller processes on one PostgreSQL', () => {
     }
 
     // The database: one live record per owner and name, the member's count at its limit, every record settled.
-    const { rows: twins } = await pool.query("SELECT owner, name, count(*) FROM instances WHERE name LIKE $1 GROUP BY owner, name HAVING count(*) > 1", [`${PREFIX}-%`]);
+    const { rows: twins } = await rig.pool.query("SELECT owner, name, count(*) FROM instances WHERE name LIKE $1 GROUP BY owner, name HAVING count(*) > 1", [`${PREFIX}-%`]);
     expect(twins).toEqual([]);
-    const { rows } = await pool.query<{ id: string; owner: string; status: string }>("SELECT id, owner, data->>'status' AS status FROM instances WHERE name LIKE $1", [`${PREFIX}-%`]);
+    const { rows } = await rig.pool.query<{ id: string; owner: string; status: string }>("SELECT id, owner, data->>'status' AS status FROM instances WHERE name LIKE $1", [`${PREFIX}-%`]);
     expect(rows.filter((r) => r.owner === 'member-q').map((r) => r.id).sort()).toEqual([...memberIds].sort());
     expect(rows.map((r) => r.status).filter((s) => s !== 'running')).toEqual([]);
     expect(rows).toHaveLength(MEMBER_LIMIT + 45);
@@ -132,7 +114,7 @@ describe('three controller processes on one PostgreSQL', () => {
   }, 600_000);
 
   it("any controller's gateway opens any workspace in Chromium; a link is spent for all of them", async () => {
-    const [a, b, c] = controllers;
+    const [a, b, c] = rig.controllers;
     const created = await callTool(a!.mcp, 'create_swarm_instance', { name: `${PREFIX}-editor`, image: TEST_IMAGE });
     expect(created.isError, textOf(created)).toBeFalsy();
     const id = instanceOf(created).id;

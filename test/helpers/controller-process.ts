@@ -11,7 +11,12 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import type { SwarmConfigInput } from '../../src/config.js';
-import type { Queryable } from '../../src/store/postgres/pool.js';
+import { LABEL_INSTANCE, LABEL_MANAGED, LABEL_SWARM } from '../../providers/docker/docker-mapping.js';
+import { migrate } from '../../src/store/postgres/migrations.js';
+import { StorePool, type Queryable } from '../../src/store/postgres/pool.js';
+import { cleanUp, docker, makeStateDir } from './docker.js';
+import { startPostgres, type TestPostgres } from './postgres.js';
+import { ensureStandinImage } from './standin-image.js';
 import { waitUntil } from '../../src/timing/wait-until.js';
 import { REPO_ROOT } from './mcp.js';
 import { connectMcpHttp } from './tenancy.js';
@@ -119,4 +124,60 @@ export async function leaseHolder(pool: Queryable, lease: string, among: Control
   if (!row?.live) return undefined;
   const pid = Number(row.holder.split(':')[1]);
   return among.find((c) => c.pid === pid);
+}
+
+/** Log lines of `c` with this message (and this instance, when given). */
+export function logged(c: ControllerProcess, msg: string, instanceId?: string): Record<string, unknown>[] {
+  return c.logs().filter((l) => l.msg === msg && (instanceId === undefined || l.instanceId === instanceId));
+}
+
+/** The Docker container of an instance of swarm `swarmId`: its id, whether it runs, when it started. */
+export async function containerOf(swarmId: string, instanceId: string): Promise<{ id: string; running: boolean; startedAt: string }> {
+  const [info] = await docker.listContainers({ all: true, filters: { label: [`${LABEL_MANAGED}=true`, `${LABEL_SWARM}=${swarmId}`, `${LABEL_INSTANCE}=${instanceId}`] } });
+  if (!info) throw new Error(`no container for ${instanceId}`);
+  const inspected = await docker.getContainer(info.Id).inspect();
+  return { id: info.Id, running: inspected.State.Running, startedAt: inspected.State.StartedAt };
+}
+
+/**
+ * Several `up` processes of one swarm on a throw-away PostgreSQL (migrated), with the stand-in editor image:
+ * what the multi-controller tests share. start() adds a controller with its own state directory; close()
+ * stops them all and removes the server, the containers and the state directories made under `prefix`.
+ */
+export interface ControllerRig {
+  server: TestPostgres;
+  /** A pool of the test's own, for looking at the database. */
+  pool: StorePool;
+  controllers: ControllerProcess[];
+  start(label: string, config: SwarmConfigInput, env?: NodeJS.ProcessEnv): Promise<ControllerProcess>;
+  close(): Promise<void>;
+}
+
+export async function startControllerRig(prefix: string): Promise<ControllerRig> {
+  await ensureStandinImage();
+  await cleanUp(prefix);
+  const server = await startPostgres();
+  const pool = new StorePool({ databaseUrl: server.url });
+  await migrate(pool);
+  const stateDirs: string[] = [];
+  const controllers: ControllerProcess[] = [];
+  return {
+    server,
+    pool,
+    controllers,
+    async start(label, config, env = {}) {
+      const stateDir = await makeStateDir(`${prefix}-${label}`);
+      stateDirs.push(stateDir);
+      const c = await startControllerProcess(label, stateDir, config, env);
+      controllers.push(c);
+      return c;
+    },
+    async close() {
+      for (const c of controllers) await c.stop();
+      await pool.close();
+      await server.stop();
+      await cleanUp(prefix);
+      for (const dir of stateDirs) await cleanUp(prefix, dir);
+    },
+  };
 }
