@@ -25,6 +25,7 @@ export { createLogger, silentLogger, type Logger } from './logger.js';
 export { AuthorizedSwarm, type AuthorizedSwarmDeps, type WhoAmI } from './tenancy/authorized-swarm.js';
 export { Authenticator, bearerOf } from './tenancy/authenticate.js';
 export { ROLES, SCOPES, OPERATIONS, LOCAL_ADMIN_ID, localAdmin, systemActor, type Actor, type PrincipalActor, type Role, type Scope, type Door, type Operation } from './tenancy/identity.js';
-export { PrincipalStore, type Principal, type TokenInfo, type NewPrincipal, type NewToken } from './tenancy/principals.js';
+export { PrincipalStore, type PrincipalDirectory, type Principal, type TokenInfo, type NewPrincipal, type NewToken } from './tenancy/principals.js';
+export { importStateDir, exportStateDir, type TransferReport } from './store/transfer.js';
 export { QuotaConfigSchema, QuotaLimitsSchema, type QuotaLimits, type Usage } from './tenancy/quotas.js';
 export { AuditLog, AuditConfigSchema, type AuditEvent, type AuditEventInput, type AuditQuery } from './audit/audit-log.js';
