@@ -161,6 +161,15 @@ export interface SwarmControllerDeps {
   audit?: AuditTrail;
 }
 
+/** Thrown inside a warm claim's write when the member is no longer in its buffer (another controller took it). */
+const CLAIMED_ELSEWHERE = new SwarmError('CONFLICT', 'the warm member was claimed by another controller first');
+
+/** The record, if it is still an unassigned member of `buffer`; CLAIMED_ELSEWHERE otherwise. */
+function claimable(record: VSCodeInstance, buffer: string | undefined): VSCodeInstance {
+  if (!buffer || record.warmPool !== buffer) throw CLAIMED_ELSEWHERE;
+  return record;
+}
+
 /** Metadata key (and so container label content) that marks what was created as a warm-buffer member. */
 export const WARM_METADATA_KEY = 'vscode-swarm/warm-pool';
 
@@ -1038,8 +1047,10 @@ export class SwarmController {
           const admit = this.admission({ owner, providerType: type, instanceId: id, newInstance: true, resources: live.config.resources }, provider);
           const updated = await this.registry.update(
             id,
+            // Decided on the row as the store holds it (locked, with PostgreSQL): a member another controller
+            // claimed between our take and this write is no longer in a buffer, and is left to its new owner.
             (now) => ({
-              ...this.merge(now, live),
+              ...this.merge(claimable(now, member.warmPool), live),
               owner,
               name: config.name,
               config: { ...now.config, name: config.name, metadata: config.metadata, idleTimeoutMinutes: config.idleTimeoutMinutes },
@@ -1059,6 +1070,11 @@ export class SwarmController {
         this.warm.settle(id); // dead member: the refill drops and replaces it
         await this.refresh(id).catch(() => undefined);
       } catch (err) {
+        if (err === CLAIMED_ELSEWHERE) {
+          // Stays taken here (our cache may not have heard of the claim yet); the pool forgets it once it has.
+          this.logger.info({ instanceId: id }, 'warm member claimed by another controller first; trying the next');
+          continue;
+        }
         this.warm.release(id);
         if (isSwarmError(err, 'QUOTA_EXCEEDED')) throw err;
         this.logger.warn({ instanceId: id, err: (err as Error).message }, 'warm claim failed; creating instead');

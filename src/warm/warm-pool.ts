@@ -64,6 +64,7 @@ export class WarmPool {
    */
   take(provider: ProviderType, image: string, resources: Resources): Readonly<VSCodeInstance> | undefined {
     const key = warmKey(provider, image, resources);
+    this.forgetClaimedElsewhere();
     const member = this.deps.registry
       .list({ providerType: provider, status: 'running' })
       .find((i) => i.warmPool === key && !this.taken.has(i.id));
@@ -113,6 +114,11 @@ export class WarmPool {
 
   close(): void {
     this.closed = true;
+  }
+
+  /** Drops taken ids that are no longer members at all: claimed by another controller sharing the store. */
+  private forgetClaimedElsewhere(): void {
+    for (const id of this.taken) if (!this.deps.registry.get(id)?.warmPool) this.taken.delete(id);
   }
 
   private members(key: string): Readonly<VSCodeInstance>[] {
