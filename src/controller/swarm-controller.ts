@@ -19,6 +19,7 @@ import {
   PROVIDER_TYPES,
   ProviderTypeSchema,
   ResourcesSchema,
+  type Resources,
   type CommandResult,
   type HealthStatus,
   type InstanceConfig,
@@ -159,6 +160,10 @@ export interface SwarmControllerDeps {
   principals?: PrincipalDirectory;
   /** Where every operation and system action is recorded; by default the audit trail of the configured store. */
   audit?: AuditTrail;
+}
+
+function withResources(record: VSCodeInstance, resources: Resources): VSCodeInstance {
+  return { ...record, config: { ...record.config, resources } };
 }
 
 /** Thrown inside a warm claim's write when the member is no longer in its buffer (another controller took it). */
@@ -605,11 +610,18 @@ export class SwarmController {
       checkResources(resources, provider.getCapabilities(), current.providerType);
       await this.requireOnProvider(instanceId, provider);
       // A bigger running workspace needs room for the new size (its old share is counted out); a stopped one
-      // is checked when it starts. Checked after the await above, just before the provider acts.
-      if (p.resources && ACTIVE_STATUSES.has(this.registry.require(instanceId).status)) {
-        this.admit({ owner: ownerOf(current), providerType: current.providerType, instanceId, newInstance: false, resources }, provider);
+      // is checked when it starts. The new size is written to the record by the admitted write, before the
+      // provider acts, so that creates admitted meanwhile (by any controller) count it; it is put back if
+      // the provider fails, and a crash in between is corrected by reconcile (the provider's size wins).
+      const reserved = p.resources && ACTIVE_STATUSES.has(this.registry.require(instanceId).status) ? current.config.resources : undefined;
+      if (reserved) {
+        const admit = this.admission({ owner: ownerOf(current), providerType: current.providerType, instanceId, newInstance: false, resources }, provider);
+        await this.registry.update(instanceId, (now) => withResources(now, resources), { admit });
       }
-      const observed = await provider.updateInstance(instanceId, p, options);
+      const observed = await provider.updateInstance(instanceId, p, options).catch(async (err: unknown) => {
+        if (reserved) await this.registry.update(instanceId, (now) => withResources(now, reserved)).catch(() => undefined);
+        throw err;
+      });
       crashPoint('update.after-provider');
       const updated = await this.registry.update(instanceId, (now) => {
         const merged = this.merge(now, observed);
