@@ -28,7 +28,7 @@ import { AGENT_EVENTS_PATH, agentEventsHandler } from '../providers/aws-asg/agen
 import { removeControllerFile, runningController, writeControllerFile } from './cli/running-controller.js';
 import { startMcpHttp } from './mcp/http.js';
 import { describeTransfer, exportStateDir, importStateDir } from './store/transfer.js';
-import { startDashboard, type Dashboard } from './dashboard/server.js';
+import { startDashboardFor, type Dashboard } from './dashboard/server.js';
 import { createMcpServer } from './mcp/server.js';
 import { describeInstance } from './mcp/tool-support.js';
 import { describeSnapshot } from './mcp/tools/snapshot-tools.js';
@@ -302,7 +302,7 @@ async function up(services: SwarmServices, config: SwarmConfig, logger: Logger, 
   };
   try {
     if (config.dashboard.enabled) {
-      dashboard = await startDashboard({ controller, migrations: services.migrations, ...(services.health ? { health: services.health } : {}), config: config.dashboard, baseDomain: config.gateway.baseDomain, logger });
+      dashboard = await startDashboardFor(services, config, { logger });
     }
     await writeControllerFile(config.stateDir, mcp.url);
   } catch (err) {

@@ -27,7 +27,8 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { httpStatusOf } from '../../providers/aws-asg/agent/agent-protocol.js';
 import { InstanceIdSchema, type ProviderType } from '../../providers/provider.js';
-import type { DashboardConfig } from '../config.js';
+import type { DashboardConfig, SwarmConfig } from '../config.js';
+import type { SwarmServices } from '../controller/create-swarm.js';
 import type { SwarmController } from '../controller/swarm-controller.js';
 import { SwarmError, asSwarmError, invalidInput } from '../errors.js';
 import { FailureLimiter } from '../gateway/failure-limiter.js';
@@ -107,6 +108,18 @@ interface SignedIn {
   actor: PrincipalActor;
   swarm: AuthorizedSwarm;
   frame: PageFrame & { signedIn: NonNullable<PageFrame['signedIn']> };
+}
+
+/** The dashboard over a started swarm's services and configuration, as `up` runs it. */
+export function startDashboardFor(services: SwarmServices, config: Pick<SwarmConfig, 'dashboard' | 'gateway'>, options: Pick<DashboardOptions, 'logger' | 'pollMs'> = {}): Promise<Dashboard> {
+  return startDashboard({
+    controller: services.controller,
+    migrations: services.migrations,
+    ...(services.health ? { health: services.health } : {}),
+    config: config.dashboard,
+    baseDomain: config.gateway.baseDomain,
+    ...options,
+  });
 }
 
 export async function startDashboard(options: DashboardOptions): Promise<Dashboard> {

@@ -20,7 +20,7 @@ import type { VSCodeInstance } from '../../providers/provider.js';
 import type { SwarmConfig } from '../../src/config.js';
 import { createSwarm, startSwarmServices, type SwarmServices } from '../../src/controller/create-swarm.js';
 import type { SwarmController } from '../../src/controller/swarm-controller.js';
-import { OAUTH_COOKIE, SESSION_COOKIE, startDashboard, type Dashboard } from '../../src/dashboard/server.js';
+import { OAUTH_COOKIE, SESSION_COOKIE, startDashboardFor, type Dashboard } from '../../src/dashboard/server.js';
 import { createLogger } from '../../src/logger.js';
 import { Authenticator } from '../../src/tenancy/authenticate.js';
 import { AuthorizedSwarm } from '../../src/tenancy/authorized-swarm.js';
@@ -154,15 +154,7 @@ describe('dashboard sign-in through an OAuth issuer, and opening a workspace, in
     const logger = createLogger('silent');
     controller = createSwarm(config, { logger });
     services = await startSwarmServices(controller, logger);
-    dashboard = await startDashboard({
-      controller,
-      ...(services.health ? { health: services.health } : {}),
-      migrations: services.migrations,
-      config: config.dashboard,
-      baseDomain: config.gateway.baseDomain,
-      logger,
-      pollMs: 500,
-    });
+    dashboard = await startDashboardFor(services, config, { logger, pollMs: 500 });
     base = new URL(dashboard.url);
     expect(dashboard.url).toBe(dashboardUrl);
     await controller.principals.addPrincipal({ id: 'alice', role: 'member', subjects: [ALICE] });

@@ -22,7 +22,7 @@ import type { VSCodeInstance } from '../../providers/provider.js';
 import type { SwarmConfig } from '../../src/config.js';
 import { createSwarm, startSwarmServices, type SwarmServices } from '../../src/controller/create-swarm.js';
 import type { SwarmController } from '../../src/controller/swarm-controller.js';
-import { CONTENT_SECURITY_POLICY, SESSION_COOKIE, startDashboard, type Dashboard } from '../../src/dashboard/server.js';
+import { CONTENT_SECURITY_POLICY, SESSION_COOKIE, startDashboardFor, type Dashboard } from '../../src/dashboard/server.js';
 import { createLogger } from '../../src/logger.js';
 import { Authenticator } from '../../src/tenancy/authenticate.js';
 import { AuthorizedSwarm } from '../../src/tenancy/authorized-swarm.js';
@@ -152,15 +152,7 @@ describe('dashboard end to end: sign-in, tenancy, CSRF, CSP, live updates in Chr
     const logger = createLogger('silent');
     controller = createSwarm(config, { logger });
     services = await startSwarmServices(controller, logger);
-    dashboard = await startDashboard({
-      controller,
-      ...(services.health ? { health: services.health } : {}),
-      migrations: services.migrations,
-      config: config.dashboard,
-      baseDomain: config.gateway.baseDomain,
-      logger,
-      pollMs: 500,
-    });
+    dashboard = await startDashboardFor(services, config, { logger, pollMs: 500 });
     base = new URL(dashboard.url);
     tokens.set('local admin', controller.principals.localToken());
     for (const id of ['alice', 'bob']) {
