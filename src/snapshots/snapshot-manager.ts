@@ -99,7 +99,7 @@ export class SnapshotManager {
 
   constructor(private readonly options: SnapshotManagerOptions) {
     this.now = options.now ?? Date.now;
-    this.store = new SnapshotStore(options.stateDir, this.now);
+    this.store = new SnapshotStore(options.stateDir, this.now, { ...(options.config.dir ? { dir: options.config.dir } : {}), copyTimeoutMs: options.config.timeoutMs });
     this.logger = (options.logger ?? silentLogger()).child({ component: 'snapshots' });
   }
 

@@ -1,5 +1,6 @@
 /**
- * Snapshots on disk: one folder per snapshot under `<stateDir>/snapshots/<snapshotId>/` holding the
+ * Snapshots on disk: one folder per snapshot under `<stateDir>/snapshots/<snapshotId>/` (or the shared
+ * `snapshots.dir` of several controllers) holding the
  * workspace as a tar (`workspace.tar`), its SHA-256 manifest (`manifest.json`) and the record
  * (`snapshot.json`). A snapshot is built in a temp folder beside the others and renamed into place, so a
  * reader sees a whole snapshot or none; a crash mid-copy leaves only a temp folder, removed by the sweep.
@@ -31,6 +32,12 @@ export const SnapshotsConfigSchema = z
     maxBytesPerPrincipal: z.number().int().min(0).max(2 ** 52).default(50 * GIB),
     /** Time one copy (export, import, verification) may take. */
     timeoutMs: z.number().int().min(1_000).max(86_400_000).default(600_000),
+    /**
+     * Where snapshots are kept, an absolute path (default `<stateDir>/snapshots`). Controllers sharing one
+     * swarm (a PostgreSQL store) each have their own state directory: point them all at one shared folder
+     * (a network file system on several machines) and any of them lists, restores and forks any snapshot.
+     */
+    dir: z.string().min(1).refine((d) => path.isAbsolute(d), 'an absolute path').optional(),
   })
   .strict();
 export type SnapshotsConfig = z.infer<typeof SnapshotsConfigSchema>;
@@ -81,9 +88,17 @@ export class SnapshotStore {
   readonly dir: string;
   /** Temp folders of snapshots being made in this process: the sweep leaves them alone. */
   private readonly building = new Set<string>();
+  /** Set when the folder may be shared with other controllers: the age below which another's temp folder is left alone. */
+  private readonly othersMayBuildForMs?: number;
 
-  constructor(stateDir: string, private readonly now: () => number = Date.now) {
-    this.dir = path.join(stateDir, 'snapshots');
+  /**
+   * `options.dir` is a folder other controllers may write too (snapshots.dir): then a temp folder this
+   * process is not building is only a leftover once it is older than `options.copyTimeoutMs` twice over
+   * (another controller may still be copying into it); in the state directory's own folder, at once.
+   */
+  constructor(stateDir: string, private readonly now: () => number = Date.now, options: { dir?: string; copyTimeoutMs?: number } = {}) {
+    this.dir = options.dir ?? path.join(stateDir, 'snapshots');
+    if (options.dir) this.othersMayBuildForMs = 2 * (options.copyTimeoutMs ?? 600_000);
   }
 
   newId(): string {
@@ -137,6 +152,13 @@ export class SnapshotStore {
     return { count: mine.length, bytes: mine.reduce((sum, s) => sum + s.bytes, 0) };
   }
 
+  /** Whether a temp folder no copy in this process is writing is a leftover (see the constructor). */
+  private async abandoned(name: string): Promise<boolean> {
+    if (this.othersMayBuildForMs === undefined) return true;
+    const stat = await fs.stat(path.join(this.dir, name)).catch(() => undefined);
+    return !stat || this.now() - stat.mtimeMs > this.othersMayBuildForMs;
+  }
+
   /** Removes a snapshot's folder; false when there was none. */
   async remove(snapshotId: string): Promise<boolean> {
     const folder = this.folder(snapshotId);
@@ -159,7 +181,7 @@ export class SnapshotStore {
     const removed: string[] = [];
     for (const name of names) {
       if (isTempFile(name)) {
-        if (!this.building.has(name)) await fs.rm(path.join(this.dir, name), { recursive: true, force: true });
+        if (!this.building.has(name) && (await this.abandoned(name))) await fs.rm(path.join(this.dir, name), { recursive: true, force: true });
         continue;
       }
       if (!SNAPSHOT_ID_PATTERN.test(name)) continue;

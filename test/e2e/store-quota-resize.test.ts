@@ -10,46 +10,15 @@
  * Both controllers live in this process with separate state directories, one database and one swarm id.
  * Containers are the light stand-in image.
  */
-import { rm } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { LABEL_MANAGED, LABEL_SWARM } from '../../providers/docker/docker-mapping.js';
-import { createSwarm } from '../../src/controller/create-swarm.js';
 import type { SwarmController } from '../../src/controller/swarm-controller.js';
 import { waitUntil } from '../../src/timing/wait-until.js';
-import { docker, makeStateDir, testConfig } from '../helpers/docker.js';
-import { startPostgres, type TestPostgres } from '../helpers/postgres.js';
-import { ensureStandinImage, STANDIN_IMAGE } from '../helpers/standin-image.js';
+import { startSharedStoreRig, type SharedStoreRig } from '../helpers/shared-store.js';
 
 const PREFIX = 'e2e-pgresize';
-const SWARM_ID = 'e2e-pgresize-swarm';
-const LABELS = [`${LABEL_MANAGED}=true`, `${LABEL_SWARM}=${SWARM_ID}`];
 const ROUNDS = 4;
 
-let server: TestPostgres;
-const stateDirs: string[] = [];
-const controllers: SwarmController[] = [];
-
-async function controller(label: string): Promise<SwarmController> {
-  const stateDir = await makeStateDir(`${PREFIX}-${label}`);
-  stateDirs.push(stateDir);
-  const c = createSwarm(
-    testConfig(stateDir, {
-      swarmId: SWARM_ID,
-      store: { databaseUrl: server.url },
-      providers: { docker: { image: STANDIN_IMAGE, stopTimeoutSeconds: 1 } },
-      quotas: { admin: { cpu: 1 } },
-    }),
-  );
-  controllers.push(c);
-  await c.initialize();
-  return c;
-}
-
-async function removeSwarm(): Promise<void> {
-  for (const c of await docker.listContainers({ all: true, filters: { label: LABELS } })) await docker.getContainer(c.Id).remove({ force: true }).catch(() => undefined);
-  const { Volumes } = await docker.listVolumes({ filters: { label: LABELS } });
-  for (const v of Volumes ?? []) await docker.getVolume(v.Name).remove().catch(() => undefined);
-}
+let rig: SharedStoreRig;
 
 /** CPU of the owner's live workspaces, as `c` holds them. */
 const cpuIn = (c: SwarmController): number =>
@@ -59,21 +28,17 @@ const cpuIn = (c: SwarmController): number =>
     .reduce((sum, i) => sum + i.config.resources.cpu, 0);
 
 beforeAll(async () => {
-  await ensureStandinImage();
-  await removeSwarm();
-  server = await startPostgres();
+  rig = await startSharedStoreRig(PREFIX);
 });
 afterAll(async () => {
-  for (const c of controllers) await c.close();
-  await server?.stop();
-  await removeSwarm();
-  for (const dir of stateDirs) await rm(dir, { recursive: true, force: true });
+  await rig?.close();
 });
 
 describe('quota admission of resizes with two controllers on one PostgreSQL', () => {
   it('lets a resize on one and a create on the other pass the CPU quota together in no round', async () => {
-    const a = await controller('a');
-    const b = await controller('b');
+    const quotas = { quotas: { admin: { cpu: 1 } } };
+    const a = await rig.controller('a', quotas);
+    const b = await rig.controller('b', quotas);
     const outcomes: string[] = [];
     for (let round = 0; round < ROUNDS; round++) {
       const first = await a.createInstance({ name: `${PREFIX}-${round}-w1`, resources: { cpu: 0.5, memoryMb: 256 } });

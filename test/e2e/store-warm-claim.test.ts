@@ -11,45 +11,16 @@
  * Containers are the light stand-in image.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { LABEL_INSTANCE, LABEL_MANAGED, LABEL_SWARM } from '../../providers/docker/docker-mapping.js';
-import { createSwarm, startSwarmServices, type SwarmServices } from '../../src/controller/create-swarm.js';
+import { LABEL_INSTANCE } from '../../providers/docker/docker-mapping.js';
 import type { CreateResult, SwarmController } from '../../src/controller/swarm-controller.js';
 import { waitUntil } from '../../src/timing/wait-until.js';
-import { docker, makeStateDir, testConfig } from '../helpers/docker.js';
-import { startPostgres, type TestPostgres } from '../helpers/postgres.js';
-import { ensureStandinImage, STANDIN_IMAGE } from '../helpers/standin-image.js';
+import { docker } from '../helpers/docker.js';
+import { startSharedStoreRig, type SharedStoreRig } from '../helpers/shared-store.js';
 
 const PREFIX = 'e2e-pgwarm';
-const SWARM_ID = 'e2e-pgwarm-swarm';
-const LABELS = [`${LABEL_MANAGED}=true`, `${LABEL_SWARM}=${SWARM_ID}`];
 const BUFFER = 2;
 
-let server: TestPostgres;
-const stateDirs: string[] = [];
-const services: SwarmServices[] = [];
-
-async function controller(label: string): Promise<SwarmController> {
-  const stateDir = await makeStateDir(`${PREFIX}-${label}`);
-  stateDirs.push(stateDir);
-  // With its services, as `up` runs it: the leadership decides which one refills the buffer.
-  const started = await startSwarmServices(createSwarm(
-    testConfig(stateDir, {
-      swarmId: SWARM_ID,
-      store: { databaseUrl: server.url },
-      providers: { docker: { image: STANDIN_IMAGE, stopTimeoutSeconds: 1 } },
-      warm: [{ provider: 'docker', size: BUFFER }],
-    }),
-  ));
-  services.push(started);
-  return started.controller;
-}
-
-/** Removes every container and volume of this suite's swarm (warm members have no suite prefix). */
-async function removeSwarm(): Promise<void> {
-  for (const c of await docker.listContainers({ all: true, filters: { label: LABELS } })) await docker.getContainer(c.Id).remove({ force: true }).catch(() => undefined);
-  const { Volumes } = await docker.listVolumes({ filters: { label: LABELS } });
-  for (const v of Volumes ?? []) await docker.getVolume(v.Name).remove().catch(() => undefined);
-}
+let rig: SharedStoreRig;
 
 /** The ready members both caches agree on, once the leader has filled the buffer. */
 async function readyMembers(a: SwarmController, b: SwarmController): Promise<string[]> {
@@ -69,21 +40,18 @@ async function readyMembers(a: SwarmController, b: SwarmController): Promise<str
 }
 
 beforeAll(async () => {
-  await ensureStandinImage();
-  await removeSwarm();
-  server = await startPostgres();
+  rig = await startSharedStoreRig(PREFIX);
 });
 afterAll(async () => {
-  for (const s of services) await s.close();
-  await server?.stop();
-  await removeSwarm();
-  for (const dir of stateDirs) await import('node:fs/promises').then((fs) => fs.rm(dir, { recursive: true, force: true }));
+  await rig?.close();
 });
 
 describe('warm members with two controllers on one PostgreSQL', () => {
   it('hands each member to one create only; the others are created afresh, and every workspace keeps its own name', async () => {
-    const a = await controller('a');
-    const b = await controller('b');
+    // With their services, as `up` runs them: the leadership decides which one refills the buffer.
+    const warm = { warm: [{ provider: 'docker' as const, size: BUFFER }] };
+    const a = (await rig.services('a', warm)).controller;
+    const b = (await rig.services('b', warm)).controller;
     for (let round = 0; round < 2; round++) {
       const members = await readyMembers(a, b);
       const names = [0, 1, 2, 3].map((n) => `${PREFIX}-r${round}-${n}`);
@@ -108,7 +76,7 @@ describe('warm members with two controllers on one PostgreSQL', () => {
     }
     // Once the buffer is full again: one container per record (workspaces and members), none else.
     await readyMembers(a, b);
-    const containers = await docker.listContainers({ all: true, filters: { label: LABELS } });
+    const containers = await docker.listContainers({ all: true, filters: { label: rig.labels } });
     const byInstance = new Map<string, number>();
     for (const c of containers) byInstance.set(c.Labels[LABEL_INSTANCE]!, (byInstance.get(c.Labels[LABEL_INSTANCE]!) ?? 0) + 1);
     const records = a.registry.list().map((i) => i.id);

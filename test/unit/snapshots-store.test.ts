@@ -40,15 +40,16 @@ describe('snapshot store', () => {
   });
 
   /** Writes a snapshot of `files` through begin/commit, the way the manager does, with `manifest` as its stored manifest. */
-  async function save(files: Record<string, string>, options: { owner?: string; retentionDays?: number; manifest?: Manifest } = {}): Promise<Snapshot> {
-    const id = store.newId();
-    const building = await store.begin(id);
+  async function save(files: Record<string, string>, options: { owner?: string; retentionDays?: number; manifest?: Manifest; into?: SnapshotStore } = {}): Promise<Snapshot> {
+    const into = options.into ?? store;
+    const id = into.newId();
+    const building = await into.begin(id);
     const archive = await tarOf(files);
     await fs.writeFile(building.archive, archive);
     const manifest = options.manifest ?? (await manifestOf(Readable.from([archive])));
     const record: Snapshot = {
       id, instanceId: 'ws-1', instanceName: 'ws', owner: options.owner ?? 'alice',
-      createdAt: new Date(clock).toISOString(), expiresAt: store.expiresAt(clock, options.retentionDays ?? 30),
+      createdAt: new Date(clock).toISOString(), expiresAt: into.expiresAt(clock, options.retentionDays ?? 30),
       bytes: archive.length, files: Object.keys(manifest).length, sourceProvider: 'docker', image: 'img:1', resources: { cpu: 1, memoryMb: 1024 }, consistency: 'live',
     };
     await building.commit(record, manifest);
@@ -57,6 +58,7 @@ describe('snapshot store', () => {
 
   it('has the documented defaults', () => {
     expect(SnapshotsConfigSchema.parse({})).toEqual({ retentionDays: 30, maxPerPrincipal: 20, maxBytesPerSnapshot: 10 * 2 ** 30, maxBytesPerPrincipal: 50 * 2 ** 30, timeoutMs: 600_000 });
+    expect(() => SnapshotsConfigSchema.parse({ dir: 'relative/snapshots' })).toThrow(/absolute path/);
   });
 
   it('commits a snapshot whole, lists it, counts it per owner and removes it', async () => {
@@ -84,6 +86,23 @@ describe('snapshot store', () => {
     expect((await fs.readdir(path.join(stateDir, 'snapshots'))).sort()).toEqual([path.basename(interrupted.dir), long.id].sort());
     await interrupted.discard();
     expect(await fs.readdir(path.join(stateDir, 'snapshots'))).toEqual([long.id]);
+  });
+
+  it('in a folder shared with other controllers, leaves their copies under way alone and sweeps only old leftovers', async () => {
+    const shared = path.join(stateDir, 'shared-snapshots');
+    clock = Date.now(); // the folders' times are the file system's
+    const mine = new SnapshotStore(path.join(stateDir, 'a'), () => clock, { dir: shared, copyTimeoutMs: 60_000 });
+    const theirs = new SnapshotStore(path.join(stateDir, 'b'), () => clock, { dir: shared, copyTimeoutMs: 60_000 });
+    const copying = await theirs.begin(theirs.newId()); // another controller's copy under way
+    const record = await save({ 'a.txt': 'one' }, { into: mine });
+    // The other store sees the snapshot; its sweep, and mine, keep the copy under way.
+    expect((await theirs.list()).map((s) => s.id)).toEqual([record.id]);
+    await mine.sweep();
+    expect(await fs.readdir(shared)).toContain(path.basename(copying.dir));
+    // Older than twice the copy time limit it is a leftover (that controller died mid-copy): swept.
+    clock += 3 * 60_000;
+    await mine.sweep();
+    expect((await fs.readdir(shared)).sort()).toEqual([record.id]);
   });
 
   it('refuses an archive that does not match its manifest, naming each file', async () => {
