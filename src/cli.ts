@@ -87,9 +87,10 @@ Commands:
   snapshot restore ID SNAP_ID  Replace a workspace's files with a snapshot's, every file verified
   snapshot fork NAME         A new workspace from --snapshot SNAP_ID, or from --instance ID as it is now [--provider P]
   agent --host-id ID ...     Run the host agent of the AWS provider on this host (agent --help)
-  store import --from-state-dir DIR   Move a state directory's instances and audit trail into the database
+  store import --from-state-dir DIR   Move a state directory's instances, audit trail, principals with their token
+                             hashes, spent links and gateway signing key into the database
                              (store.databaseUrl / VSCODE_SWARM_DATABASE_URL) [--force: replace what it holds]
-  store export --to-state-dir DIR     Move the database's instances and audit trail into a state directory [--force]
+  store export --to-state-dir DIR     Move the same from the database into a state directory [--force]
                              Both need every controller stopped; they report what they moved.
 
 Options:

@@ -104,9 +104,12 @@ export function createSwarm(config: SwarmConfig, options: CreateSwarmOptions = {
   }
   // PostgreSQL when store.databaseUrl is set (instances, principals and token hashes, spent links shared by
   // every controller on it), the JSON files otherwise; it connects in initialize().
-  const { registry, principals, spentLinks } = storesFor(config, logger);
-  const access = config.gateway.enabled ? new AccessLinks(config.gateway, config.stateDir, Date.now, {}, spentLinks) : undefined;
-  return new SwarmController({ config, registry, providers, logger, activity: new ActivityTracker(), ...(access ? { access } : {}), ...(principals ? { principals } : {}) });
+  const { registry, principals, spentLinks, signingSeed, documents } = storesFor(config, logger);
+  const access = config.gateway.enabled ? new AccessLinks(config.gateway, config.stateDir, Date.now, signingSeed ? { signingSeed } : {}, spentLinks) : undefined;
+  return new SwarmController({
+    config, registry, providers, logger, activity: new ActivityTracker(),
+    ...(access ? { access } : {}), ...(principals ? { principals } : {}), ...(documents ? { documents } : {}),
+  });
 }
 
 export interface SwarmServices {
@@ -160,14 +163,21 @@ export async function startSwarmServices(controller: SwarmController, logger: Lo
     idle = new IdleMonitor({ controller, activity: controller.activity, checkIntervalMs: config.idle.checkIntervalMs, logger });
     idle.start();
   }
-  const migrations = new MigrationManager({ controller, stateDir: config.stateDir, timeoutMs: config.migration.timeoutMs, logger });
-  const settled = await migrations.recover();
-  if (settled.length) logger.warn({ migrations: settled.map((m) => ({ id: m.id, status: m.status, reason: m.reason })) }, 'settled migrations left by a previous run');
+  const { documents } = controller;
+  const migrations = new MigrationManager({ controller, stateDir: config.stateDir, timeoutMs: config.migration.timeoutMs, logger, documents });
+  const settle = async (): Promise<void> => {
+    const settled = await migrations.recover();
+    if (settled.length) logger.warn({ migrations: settled.map((m) => ({ id: m.id, status: m.status, reason: m.reason })) }, 'settled migrations left by a previous run');
+  };
+  // Shared: the leader settles the migrations of controllers that are gone, on taking the lead and every
+  // health interval after (one that dies later); a live controller's are left to it. Files: all, once, now.
+  if (leadership.shared && migrations.sharedStore) leadership.whileLeader(config.health.intervalMs, settle);
+  else await settle();
   // Snapshots past their retention (and copies a crash interrupted) go at start; list and create sweep too.
   await snapshotManagerFor(controller, logger).sweep().catch((err: unknown) => logger.warn({ err: (err as Error).message }, 'snapshot sweep failed'));
   let health: HealthMonitor | undefined;
   // The failover writes its decisions to the health history, so it needs the monitor even when checks are off.
-  const monitor = config.health.enabled || config.failover.enabled ? new HealthMonitor({ controller, stateDir: config.stateDir, config: config.health, migrations, logger }) : undefined;
+  const monitor = config.health.enabled || config.failover.enabled ? new HealthMonitor({ controller, stateDir: config.stateDir, config: config.health, migrations, logger, documents }) : undefined;
   if (config.health.enabled) {
     health = monitor;
     health!.start();

@@ -49,6 +49,7 @@ import { ACTIVE_STATUSES, checkAdmission, limitsFor, ownerOf, type AdmissionRequ
 import { PrincipalStore, type PrincipalDirectory } from '../tenancy/principals.js';
 import type { AuditOutcome } from '../audit/audit-log.js';
 import { auditTrailFor, auditWebhooksFor, type AuditTrail } from '../store/index.js';
+import { FileDocumentStore, type DocumentStore } from '../store/documents.js';
 import path from 'node:path';
 import { parseInput } from './parse-input.js';
 import { REPOSITORY_URL_METADATA, RepositoryRequestSchema, importClone, repositoryMetadata, withClonedRepository, type RepositoryRequest } from '../workspace/repository.js';
@@ -160,6 +161,8 @@ export interface SwarmControllerDeps {
   principals?: PrincipalDirectory;
   /** Where every operation and system action is recorded; by default the audit trail of the configured store. */
   audit?: AuditTrail;
+  /** Health records and migration journals (the services beside the controller keep them); by default the state directory's files. */
+  documents?: DocumentStore;
 }
 
 function withResources(record: VSCodeInstance, resources: Resources): VSCodeInstance {
@@ -226,6 +229,8 @@ export class SwarmController {
   readonly principals: PrincipalDirectory;
   /** The audit trail; every door's AuthorizedSwarm and every system action record into it. */
   readonly audit: AuditTrail;
+  /** Where the health monitor and the migration manager keep their records (shared with PostgreSQL). */
+  readonly documents: DocumentStore;
   readonly logger: Logger;
   /** Delivers the audit trail to the configured webhooks, from a cursor into the log. */
   private readonly webhooks?: ReturnType<typeof auditWebhooksFor>;
@@ -242,6 +247,7 @@ export class SwarmController {
     if (deps.lockStateDir !== false) this.lock = new StateLock(this.config.stateDir);
     this.principals = deps.principals ?? new PrincipalStore({ stateDir: this.config.stateDir, logger: this.logger });
     this.audit = deps.audit ?? auditTrailFor(this.config, this.logger);
+    this.documents = deps.documents ?? new FileDocumentStore(this.config.stateDir, this.logger);
     // Made before the log opens: its cursors hold the day files they still need against the prune at open.
     this.webhooks = auditWebhooksFor(this.audit, this.config.audit.webhooks, this.logger);
     this.activity = deps.activity ?? new ActivityTracker();

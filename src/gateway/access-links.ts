@@ -7,7 +7,7 @@
  * host's own key (its state directory), which no other host and not the central gateway accept.
  */
 import type { GatewayConfig } from '../config.js';
-import { AccessTokens, SpentLinks, loadOrCreateSigningKey, parsePublicKey, publicKeyText, type TokenClaims, type TokenKind } from './access-tokens.js';
+import { AccessTokens, SpentLinks, loadOrCreateSigningKey, parsePublicKey, publicKeyText, type SigningSeedStore, type TokenClaims, type TokenKind } from './access-tokens.js';
 
 export const TOKEN_PARAM = 'swarm_token';
 export const SESSION_COOKIE = 'swarm_session';
@@ -37,6 +37,11 @@ export interface SpentLinkStore {
 export interface AccessLinkKeys {
   /** Verify links with this Ed25519 public key (publicKeyText form) and issue none; `config.secret` is then ignored. */
   linkPublicKey?: string;
+  /**
+   * Where the signing seed is kept when no `config.secret` is set (default: the state directory's file):
+   * PostgreSQL when several gateways share a database, so each opens the others' links. Not with `linkPublicKey`.
+   */
+  signingSeed?: SigningSeedStore;
 }
 
 export class AccessLinks {
@@ -61,7 +66,9 @@ export class AccessLinks {
 
   async initialize(): Promise<void> {
     if (this.sessions) return;
-    const own = await loadOrCreateSigningKey(this.stateDir, this.keys.linkPublicKey ? undefined : this.config.secret);
+    const own = this.keys.linkPublicKey
+      ? await loadOrCreateSigningKey(this.stateDir)
+      : await loadOrCreateSigningKey(this.stateDir, this.config.secret, this.keys.signingSeed);
     const sessions = new AccessTokens({ signing: own, verifying: own }, this.now);
     this.links = this.keys.linkPublicKey ? new AccessTokens({ verifying: parsePublicKey(this.keys.linkPublicKey) }, this.now) : sessions;
     this.sessions = sessions;

@@ -122,13 +122,49 @@ export function parsePublicKey(text: string, field = 'gatewayPublicKey'): KeyObj
 }
 
 /**
- * The signing key: from the configured secret, else the Ed25519 seed in `<stateDir>/gateway/ed25519.key`
- * (created once, mode 0600).
+ * Where the signing seed is kept when no secret is configured and several gateways must sign alike
+ * (PostgreSQL: src/store/postgres/gateway-key.ts); without one it is the state directory's file.
  */
-export async function loadOrCreateSigningKey(stateDir: string, configured?: string): Promise<KeyObject> {
+export interface SigningSeedStore {
+  /** The stored seed; when there is none yet, `initial()` is stored first (of gateways starting at once, one wins and all get it). */
+  seed(initial: () => Promise<Buffer>): Promise<Buffer>;
+}
+
+/**
+ * The signing key: from the configured secret, else from `shared` when given (first filled with this state
+ * directory's seed file if it has one, so links it signed stay valid; else a new seed), else the Ed25519 seed
+ * in `<stateDir>/gateway/ed25519.key` (created once, mode 0600).
+ */
+export async function loadOrCreateSigningKey(stateDir: string, configured?: string, shared?: SigningSeedStore): Promise<KeyObject> {
   if (configured) return signingKeyFromSecret(configured);
-  const seed = await readOrCreateSecret(path.join(stateDir, 'gateway', 'ed25519.key'), 32);
+  if (shared) return signingKeyFromSeed(await shared.seed(async () => (await readSigningSeed(stateDir)) ?? randomBytes(32)));
+  const seed = await readOrCreateSecret(signingSeedFile(stateDir), 32);
   return signingKeyFromSeed(seed.subarray(0, 32));
+}
+
+/** The state directory's seed file. */
+export function signingSeedFile(stateDir: string): string {
+  return path.join(stateDir, 'gateway', 'ed25519.key');
+}
+
+/** The state directory's 32-byte seed, or undefined when it has none (nothing is created). */
+export async function readSigningSeed(stateDir: string): Promise<Buffer | undefined> {
+  let text: string;
+  try {
+    text = await fs.readFile(signingSeedFile(stateDir), 'utf8');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw new SwarmError('STATE_ERROR', `gateway key: cannot read ${signingSeedFile(stateDir)}: ${(err as Error).message}`, { cause: err });
+  }
+  const seed = Buffer.from(text.trim(), 'base64url');
+  return seed.length >= 32 ? seed.subarray(0, 32) : undefined;
+}
+
+/** Writes the state directory's seed file as readOrCreateSecret makes it (base64url, mode 0600, folder 0700). */
+export async function writeSigningSeed(stateDir: string, seed: Buffer): Promise<void> {
+  signingKeyFromSeed(seed); // refuses anything but 32 bytes
+  await fs.mkdir(path.dirname(signingSeedFile(stateDir)), { recursive: true, mode: 0o700 });
+  await writeFileAtomic(signingSeedFile(stateDir), seed.toString('base64url'));
 }
 
 /**
@@ -158,6 +194,26 @@ export class SpentLinks {
     this.prune();
     if (this.spent.has(claims.jti)) return false;
     this.spent.set(claims.jti, claims.expiresAt);
+    await this.save(); // on failure kept spent in memory: refusing the link again is the safe side
+    return true;
+  }
+
+  /** The links spent and not yet expired, link id → expiry (ms): what `store export|import` moves. */
+  async unexpired(): Promise<Map<string, number>> {
+    await this.load();
+    this.prune();
+    return new Map(this.spent);
+  }
+
+  /** Replaces what is recorded with `entries` (link id → expiry, ms), for `store export`. */
+  async replaceAll(entries: ReadonlyMap<string, number>): Promise<void> {
+    this.loading = Promise.resolve();
+    this.spent.clear();
+    for (const [jti, exp] of entries) this.spent.set(jti, exp);
+    await this.save();
+  }
+
+  private async save(): Promise<void> {
     const snapshot = JSON.stringify(Object.fromEntries(this.spent));
     // Chained so writes land in order; a failed write does not stop the ones after it.
     const write = this.writing.then(async () => {
@@ -168,10 +224,8 @@ export class SpentLinks {
     try {
       await write;
     } catch (err) {
-      // Kept spent in memory: refusing the link again is the safe side.
       throw new SwarmError('STATE_ERROR', `spent links: cannot write ${this.file}: ${(err as Error).message}`, { cause: err });
     }
-    return true;
   }
 
   /** Every spend awaits the one read of the file, so a burst right after a restart cannot slip past it. */

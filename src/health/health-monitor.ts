@@ -16,15 +16,16 @@
  * `unknown` ("not known to be healthy"), never `healthy`.
  * An instance its provider reports with status `unknown` (it cannot see it now but has not lost it, as an
  * AWS host whose agent is restarting) is waited for: no failure is counted and nothing is repaired.
+ *
+ * The records (counts, attempts, history) live in a DocumentStore: `<stateDir>/health/<id>.json` by
+ * default, or PostgreSQL shared by every controller, so a new leader carries on where the last one stopped.
  */
-import { promises as fs } from 'node:fs';
-import path from 'node:path';
 import { HealthStatusSchema, type HealthStatus, type ProviderType, type VSCodeInstance } from '../../providers/provider.js';
 import type { SwarmController } from '../controller/swarm-controller.js';
 import type { MigrationManager } from '../migration/migration-manager.js';
 import { SwarmError, asSwarmError } from '../errors.js';
 import { silentLogger, type Logger } from '../logger.js';
-import { writeJsonAtomic } from '../state/atomic-file.js';
+import { FileDocumentStore, type DocumentStore } from '../store/documents.js';
 import { checkInstanceId } from '../store/records.js';
 import { editorStatus } from '../timing/editor-probe.js';
 import { z } from 'zod';
@@ -87,6 +88,8 @@ export interface HealthMonitorOptions {
   config: HealthConfig;
   /** Needed for the 'migrate' recovery action. */
   migrations?: MigrationManager;
+  /** Where the records are kept (default: the files under `<stateDir>/health`). */
+  documents?: DocumentStore;
   logger?: Logger;
   now?: () => number;
 }
@@ -94,14 +97,16 @@ export interface HealthMonitorOptions {
 export class HealthMonitor {
   private readonly records = new Map<string, HealthRecord>();
   private readonly savedAt = new Map<string, number>();
-  private readonly dir: string;
+  private readonly documents: DocumentStore;
+  /** With a shared store: whether the cached records were read while this controller led (see refresh). */
+  private cacheLed = false;
   private readonly logger: Logger;
   private readonly now: () => number;
   private timer?: NodeJS.Timeout;
   private sweeping?: Promise<HealthCheck[]>;
 
   constructor(private readonly options: HealthMonitorOptions) {
-    this.dir = path.join(options.stateDir, 'health');
+    this.documents = options.documents ?? new FileDocumentStore(options.stateDir, options.logger);
     this.logger = (options.logger ?? silentLogger()).child({ component: 'health' });
     this.now = options.now ?? Date.now;
   }
@@ -123,6 +128,7 @@ export class HealthMonitor {
       const { controller, config } = this.options;
       // With a shared store only the leading controller sweeps (see Leadership).
       if (!controller.leads) return [];
+      this.refresh();
       // Given up on and still failed: left alone until someone starts it again.
       const due = controller.registry.list().filter((i) => shouldRun(i) && !(this.records.get(i.id)?.gaveUp && i.status === 'failed'));
       const results: HealthCheck[] = [];
@@ -143,6 +149,7 @@ export class HealthMonitor {
 
   /** One check of one instance, then a recovery step if it is unhealthy and recovery is on. */
   async checkAndRecover(instanceId: string, options: { recover?: boolean } = {}): Promise<HealthCheck> {
+    this.refresh();
     const check = await this.check(instanceId);
     const record = await this.record(instanceId);
     if (check.status === 'unhealthy' && (options.recover ?? this.options.config.autoRecover)) {
@@ -154,6 +161,7 @@ export class HealthMonitor {
 
   /** Runs a recovery step now, whatever the schedule says: for the recover_instance tool. */
   async recoverNow(instanceId: string, action?: RecoveryAction): Promise<HealthCheck> {
+    this.refresh();
     const record = await this.record(instanceId);
     record.gaveUp = false;
     const check = await this.check(instanceId);
@@ -164,6 +172,7 @@ export class HealthMonitor {
 
   /** The persisted history of one instance, newest last. */
   async history(instanceId: string): Promise<HealthRecord> {
+    this.refresh();
     return structuredClone(await this.record(instanceId));
   }
 
@@ -172,6 +181,7 @@ export class HealthMonitor {
    * reason. No check was made for it, so every check is 'skip'.
    */
   async recordDecision(instanceId: string, decision: { status: HealthStatus; reason: string; action: string }): Promise<HealthCheck> {
+    this.refresh();
     const record = await this.record(instanceId);
     const entry: HealthCheck = {
       instanceId, at: new Date(this.now()).toISOString(), status: decision.status, reason: decision.reason, action: decision.action,
@@ -380,7 +390,24 @@ export class HealthMonitor {
     return { instanceId, at: new Date(this.now()).toISOString(), status: 'unknown', reason, checks: { provider: 'skip', status: 'skip', connectivity: 'skip', resources: 'skip' } };
   }
 
+  /**
+   * With a shared store other controllers write the records too: the leader's cache is current only from
+   * the moment it took the lead (everything written since went through it), and a controller that does
+   * not lead reads afresh on every call. Called at the start of each public entry point, so one call
+   * works on one copy of a record. Nothing to do with the files (one controller).
+   */
+  private refresh(): void {
+    if (!this.documents.shared) return;
+    const leads = this.options.controller.leads;
+    if (!leads || !this.cacheLed) {
+      this.records.clear();
+      this.savedAt.clear();
+    }
+    this.cacheLed = leads;
+  }
+
   private async record(instanceId: string): Promise<HealthRecord> {
+    checkInstanceId(instanceId);
     let record = this.records.get(instanceId);
     if (!record) {
       record = await this.load(instanceId);
@@ -391,23 +418,19 @@ export class HealthMonitor {
 
   private async load(instanceId: string): Promise<HealthRecord> {
     try {
-      const parsed = HealthRecordSchema.safeParse(JSON.parse(await fs.readFile(this.file(instanceId), 'utf8')));
+      const parsed = HealthRecordSchema.safeParse((await this.documents.get('health', instanceId))?.doc);
       if (parsed.success) return parsed.data;
-    } catch {
-      // absent or unreadable: start a fresh history
+    } catch (err) {
+      // A shared store that does not answer is not an empty history: starting afresh would overwrite the counts.
+      if (this.documents.shared) throw err;
+      // absent or unreadable file: start a fresh history
     }
     return { instanceId, consecutiveFailures: 0, recoveryAttempts: 0, history: [] };
   }
 
   private async save(record: HealthRecord): Promise<void> {
-    await fs.mkdir(this.dir, { recursive: true });
-    await writeJsonAtomic(this.file(record.instanceId), record);
+    await this.documents.put('health', record.instanceId, record);
     this.savedAt.set(record.instanceId, this.now());
-  }
-
-  private file(instanceId: string): string {
-    checkInstanceId(instanceId); // validates the id before it becomes a file name
-    return path.join(this.dir, `${instanceId}.json`);
   }
 }
 

@@ -12,6 +12,11 @@
  * target is verified (every file of the source present with the same SHA-256, editor answering), any
  * failure, cancellation, timeout or controller restart rolls back: the target is removed and the source
  * is left as it was. After that point a restart resumes forward.
+ *
+ * The records are kept in a DocumentStore: the files above by default, or PostgreSQL shared by every
+ * controller. Shared, `list`/`get` show every controller's migrations, and `recover` settles only those
+ * whose controller is gone (no session on the database; see PgDocumentStore.orphaned): a live
+ * controller's migration is its own to finish. The leader calls it then, at once and periodically.
  */
 import { randomBytes } from 'node:crypto';
 import { promises as fs } from 'node:fs';
@@ -22,7 +27,8 @@ import type { SwarmController } from '../controller/swarm-controller.js';
 import { crashPoint, type CrashPoint } from '../crash/crash-points.js';
 import { SwarmError, asSwarmError, invalidInput } from '../errors.js';
 import { silentLogger, type Logger } from '../logger.js';
-import { isTempFile, writeJsonAtomic } from '../state/atomic-file.js';
+import { isTempFile } from '../state/atomic-file.js';
+import { FileDocumentStore, MIGRATION_ID, checkMigrationId, type DocumentStore } from '../store/documents.js';
 import { editorStatus } from '../timing/editor-probe.js';
 import { manifestDifferences, manifestOf, openSpooled, spoolArchive, totalBytes, type Manifest, type SpooledArchive, type TransferLimits } from './workspace-archive.js';
 
@@ -44,7 +50,7 @@ const StepRecordSchema = z.object({
 });
 
 export const MigrationSchema = z.object({
-  id: z.string().regex(/^mig-[a-z0-9]{8,32}$/),
+  id: z.string().regex(MIGRATION_ID),
   instanceId: z.string(),
   instanceName: z.string(),
   source: ProviderTypeSchema,
@@ -86,6 +92,14 @@ export interface MigrationOptions {
   timeoutMs?: number;
   /** The largest workspace a migration carries (default 64 GiB); a target's own smaller limit wins. */
   maxWorkspaceBytes?: number;
+  /** Where the migration records are kept (default: the files under `<stateDir>/migrations`). */
+  documents?: DocumentStore;
+  /**
+   * With a shared store: how long a migration's controller must have been seen gone (by an earlier
+   * recover) before it is settled (default 10 s): longer than a live controller takes to reconnect after
+   * a blip of the database, which cuts every session.
+   */
+  orphanConfirmMs?: number;
   logger?: Logger;
   now?: () => number;
   /** Test seam: runs before each step; a throw stops the run as a crash would (no rollback). */
@@ -96,6 +110,8 @@ export interface MigrationOptions {
 export class SimulatedCrash extends Error {}
 
 const TERMINAL = new Set(['completed', 'failed', 'cancelled', 'timed-out']);
+/** See MigrationOptions.orphanConfirmMs; the same wait as the controller's for instance records. */
+const ORPHAN_CONFIRM_MS = 10_000;
 const VERIFIED_AT = MIGRATION_STEPS.indexOf('verify-target');
 /** Throughput assumed for the downtime estimate; deliberately modest. */
 const ASSUMED_BYTES_PER_MS = 20_000;
@@ -104,14 +120,25 @@ const DEFAULT_MAX_WORKSPACE_BYTES = 64 * 2 ** 30;
 /** Spooled archives beside the migration records: `<id>.<part>.tar`. */
 const SPOOL_SUFFIX = '.tar';
 
+/** A migration record as stored, with the process that last wrote it (shared stores only). */
+interface StoredMigration {
+  migration: Migration;
+  writer?: string | undefined;
+}
+
 export class MigrationManager {
+  /** Local to this process whatever the store: the spooled archives of its runs. */
   private readonly dir: string;
+  private readonly documents: DocumentStore;
   private readonly logger: Logger;
   private readonly now: () => number;
   private readonly active = new Map<string, { migration: Migration; cancel: boolean; run: Promise<Migration> }>();
+  /** With a shared store: when recover first saw each orphaned migration's controller gone. */
+  private readonly orphanSeen = new Map<string, number>();
 
   constructor(private readonly options: MigrationOptions) {
     this.dir = path.join(options.stateDir, 'migrations');
+    this.documents = options.documents ?? new FileDocumentStore(options.stateDir, options.logger);
     this.logger = (options.logger ?? silentLogger()).child({ component: 'migration' });
     this.now = options.now ?? Date.now;
   }
@@ -189,6 +216,9 @@ export class MigrationManager {
     const entry = this.active.get(migrationId);
     if (!entry) {
       const stored = await this.get(migrationId);
+      if (this.documents.shared && !TERMINAL.has(stored.status)) {
+        throw new SwarmError('CONFLICT', `migration ${migrationId} is ${stored.status} and running on another controller; cancel it there`);
+      }
       throw new SwarmError('CONFLICT', `migration ${migrationId} is ${stored.status}; only a pending or in-progress migration can be cancelled`);
     }
     entry.cancel = true;
@@ -196,15 +226,12 @@ export class MigrationManager {
   }
 
   async get(migrationId: string): Promise<Migration> {
-    if (!/^mig-[a-z0-9]{8,32}$/.test(migrationId)) throw invalidInput('migrationId', 'an id like mig-0123456789ab', migrationId);
+    checkMigrationId(migrationId);
     const active = this.active.get(migrationId);
     if (active) return structuredClone(active.migration);
-    try {
-      return MigrationSchema.parse(JSON.parse(await fs.readFile(this.file(migrationId), 'utf8')));
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new SwarmError('NOT_FOUND', `migration ${migrationId} does not exist`, { field: 'migrationId' });
-      throw err;
-    }
+    const stored = await this.documents.get('migrations', migrationId);
+    if (!stored) throw new SwarmError('NOT_FOUND', `migration ${migrationId} does not exist`, { field: 'migrationId' });
+    return MigrationSchema.parse(stored.doc);
   }
 
   async list(filter: { instanceId?: string; status?: Migration['status'] } = {}): Promise<Migration[]> {
@@ -214,19 +241,30 @@ export class MigrationManager {
       .sort((a, b) => a.createdAt.localeCompare(b.createdAt));
   }
 
+  /** True when other controllers share the records (see recover). */
+  get sharedStore(): boolean {
+    return this.documents.shared;
+  }
+
   inProgress(): Migration[] {
     return [...this.active.values()].map((a) => structuredClone(a.migration));
   }
 
   /**
    * Settles migrations a previous controller left unfinished: forward when the target was already
-   * verified, else back to the source. Call once after the controller has initialised.
+   * verified, else back to the source. With the files: every unfinished one; call once after the
+   * controller has initialised. With a shared store: only those whose controller is gone, each claimed
+   * first so that one controller settles it; the leader calls it on taking the lead and periodically after.
    */
   async recover(): Promise<Migration[]> {
     await this.removeLeftovers();
+    const orphans = this.documents.shared ? await this.confirmedOrphans() : undefined;
     const settled: Migration[] = [];
-    for (const migration of await this.loadAll()) {
+    for (const { migration, writer } of await this.loadStored()) {
       if (TERMINAL.has(migration.status) || this.active.has(migration.id)) continue;
+      // Another controller's migration: its own to finish while that controller is alive.
+      if (orphans && !orphans.has(migration.id)) continue;
+      if (orphans && !(await this.documents.claim('migrations', migration.id, writer))) continue;
       const reached = lastCompleted(migration);
       const entry = { migration, cancel: false, run: Promise.resolve(migration) };
       this.active.set(migration.id, entry);
@@ -243,6 +281,16 @@ export class MigrationManager {
       }
     }
     return settled;
+  }
+
+  /** Orphaned migrations first seen at least orphanConfirmMs ago (see MigrationOptions.orphanConfirmMs). */
+  private async confirmedOrphans(): Promise<Set<string>> {
+    const now = this.now();
+    const gone = await this.documents.orphaned('migrations');
+    for (const id of this.orphanSeen.keys()) if (!gone.has(id)) this.orphanSeen.delete(id);
+    for (const id of gone) if (!this.orphanSeen.has(id)) this.orphanSeen.set(id, now);
+    const confirmMs = this.options.orphanConfirmMs ?? ORPHAN_CONFIRM_MS;
+    return new Set([...gone].filter((id) => now - this.orphanSeen.get(id)! >= confirmMs));
   }
 
   // ---- the run ----
@@ -469,36 +517,27 @@ export class MigrationManager {
 
   private async save(migration: Migration): Promise<void> {
     migration.updatedAt = new Date(this.now()).toISOString();
-    await fs.mkdir(this.dir, { recursive: true });
-    await writeJsonAtomic(this.file(migration.id), migration);
+    await this.documents.put('migrations', migration.id, migration);
   }
 
   private async loadAll(): Promise<Migration[]> {
-    let names: string[] = [];
-    try {
-      names = await fs.readdir(this.dir);
-    } catch {
-      return [];
-    }
-    const out: Migration[] = [];
-    for (const name of names) {
-      if (!name.endsWith('.json') || isTempFile(name)) continue;
-      const active = this.active.get(name.slice(0, -5));
-      if (active) {
-        out.push(structuredClone(active.migration));
-        continue;
-      }
-      try {
-        out.push(MigrationSchema.parse(JSON.parse(await fs.readFile(path.join(this.dir, name), 'utf8'))));
-      } catch (err) {
-        this.logger.warn({ file: name, err: (err as Error).message }, 'unreadable migration record skipped');
-      }
-    }
-    return out;
+    return (await this.loadStored()).map((s) => s.migration);
   }
 
-  private file(id: string): string {
-    return path.join(this.dir, `${id}.json`);
+  /** Every record with its writer; the ones running here as they are in memory now. */
+  private async loadStored(): Promise<StoredMigration[]> {
+    const out: StoredMigration[] = [];
+    for (const { id, doc, writer } of await this.documents.list('migrations')) {
+      const active = this.active.get(id);
+      if (active) {
+        out.push({ migration: structuredClone(active.migration), writer });
+        continue;
+      }
+      const parsed = MigrationSchema.safeParse(doc);
+      if (parsed.success) out.push({ migration: parsed.data, writer });
+      else this.logger.warn({ migrationId: id, err: parsed.error.issues[0]?.message }, 'unreadable migration record skipped');
+    }
+    return out;
   }
 
   private spoolFile(id: string, part: string): string {

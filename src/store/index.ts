@@ -12,6 +12,8 @@ import { SwarmError } from '../errors.js';
 import type { Logger } from '../logger.js';
 import type { InstanceStore } from './instance-store.js';
 import type { SpentLinkStore } from '../gateway/access-links.js';
+import type { SigningSeedStore } from '../gateway/access-tokens.js';
+import { PgSigningSeed } from './postgres/gateway-key.js';
 import type { PrincipalDirectory } from '../tenancy/principals.js';
 import { PgPrincipalStore } from './postgres/principal-store.js';
 import { PgSpentLinks } from './postgres/spent-links.js';
@@ -20,6 +22,8 @@ import { PgWebhookDelivery } from './postgres/audit-webhooks.js';
 import { migrate } from './postgres/migrations.js';
 import { ChangeListener } from './postgres/notify.js';
 import { PgInstanceStore } from './postgres/instance-store.js';
+import { PgDocumentStore } from './postgres/documents.js';
+import type { DocumentStore } from './documents.js';
 import { StorePool } from './postgres/pool.js';
 
 export type { Admission, InstanceStore, InstanceUpdate, LoadReport, RegistryFilter, WriteOptions } from './instance-store.js';
@@ -31,8 +35,11 @@ export { PgInstanceStore, INSTANCE_CHANNEL, type PgInstanceStoreOptions } from '
 export { LeaderLease, assertFencing, type LeaderLeaseOptions } from './postgres/leader-lease.js';
 export { PgPrincipalStore, TENANCY_CHANNEL, type PgPrincipalStoreOptions } from './postgres/principal-store.js';
 export { PgSpentLinks, type PgSpentLinksOptions } from './postgres/spent-links.js';
+export { PgSigningSeed, GATEWAY_SEED_NAME, type PgSigningSeedOptions } from './postgres/gateway-key.js';
 export { PgAuditLog, AUDIT_CHANNEL, AUDIT_LOCK_KEY, type AuditTrail, type PgAuditLogOptions, type SequencedEvent } from './postgres/audit-log.js';
 export { PgWebhookDelivery, webhookKey, type PgWebhookDeliveryOptions, type PgWebhookStatus } from './postgres/audit-webhooks.js';
+export { DOCUMENT_KINDS, FileDocumentStore, checkDocumentId, type DocumentKind, type DocumentStore, type StoredDocument } from './documents.js';
+export { PgDocumentStore, orphanedIds, type PgDocumentStoreOptions } from './postgres/documents.js';
 
 /** A PostgreSQL store ready to load: pool open, schema migrated. close() ends the listener and the pool. */
 export interface PostgresStore {
@@ -121,11 +128,15 @@ export interface ConfiguredStores {
   registry: InstanceStore;
   principals?: PrincipalDirectory;
   spentLinks?: SpentLinkStore;
+  /** Where the gateway's signing seed is shared when no gateway.secret is configured (PostgreSQL only). */
+  signingSeed?: SigningSeedStore;
+  /** Health records and migration journals; absent: the files of the state directory (see FileDocumentStore). */
+  documents?: DocumentStore;
 }
 
 /**
  * instanceStoreFor's choice for everything the controllers must share: with PostgreSQL, the instance
- * store, the principal store and the spent links on one pool and one change listener. Nothing connects
+ * store, the principal store, the spent links and the gateway's signing seed on one pool and one change listener. Nothing connects
  * before initialize (the instance store's load and the principal store's open each apply the migrations
  * first; the second finds them done); the instance store's close() ends the listener and the pool, so the
  * controller closes the principal store before it. With the JSON files, the registry alone: the controller
@@ -141,5 +152,7 @@ export function storesFor(config: Pick<SwarmConfig, 'stateDir' | 'store'>, logge
     registry: new PgInstanceStore({ pool, listener, migrateOnLoad: true, ownsPool: true, ownsListener: true, ...withLogger }),
     principals: new PgPrincipalStore({ pool, listener, stateDir: config.stateDir, migrateOnOpen: true, ...withLogger }),
     spentLinks: new PgSpentLinks({ pool, ...withLogger }),
+    signingSeed: new PgSigningSeed({ pool, ...withLogger }),
+    documents: new PgDocumentStore({ pool, ...withLogger }),
   };
 }

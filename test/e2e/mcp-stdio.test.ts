@@ -1,17 +1,18 @@
 /**
  * A real MCP client launches the server from mcp.json and drives one workspace through its whole life
- * on the real Docker engine, checking the registry file on disk at every step.
+ * on the real Docker engine, checking the stored record at every step: once with the registry files on
+ * disk, once with a real PostgreSQL store (the `instances` row, read straight from the database).
  */
 import { existsSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { VSCodeInstance } from '../../providers/provider.js';
 import { cleanUp, containersNamed, docker, httpStatus, makeStateDir } from '../helpers/docker.js';
 import { callTool, errorText, launchFromMcpJson, type LaunchedServer } from '../helpers/mcp.js';
+import { readStoredInstance, startPostgres, type TestPostgres } from '../helpers/postgres.js';
 import { TOOL_OPERATIONS } from '../../src/mcp/server.js';
 
-const PREFIX = 'e2e-mcp';
+const STORES = ['files', 'postgres'] as const;
 const TOOLS = [
   'check_instance_health', 'recover_instance',
   'create_migration_plan', 'start_migration', 'cancel_migration', 'get_migration_status', 'list_migrations',
@@ -22,20 +23,28 @@ const TOOLS = [
   'whoami', 'list_audit_events', 'list_principals', 'add_principal', 'update_principal', 'create_token', 'list_tokens', 'revoke_token',
 ];
 
-describe('MCP server over stdio, launched from mcp.json', () => {
+describe.each(STORES)('MCP server over stdio, launched from mcp.json, on the %s store', (store) => {
+  // One prefix per variant, neither a prefix of the other: one variant's cleanup never touches the other's workspaces.
+  const PREFIX = store === 'files' ? 'e2e-mcpfs' : 'e2e-mcppg';
   let stateDir: string;
+  let database: TestPostgres | undefined;
   let server: LaunchedServer;
   let id: string;
-  const onDisk = async (): Promise<VSCodeInstance> => JSON.parse(await readFile(path.join(stateDir, 'instances', `${id}.json`), 'utf8'));
+  const recordFile = (): string => path.join(stateDir, 'instances', `${id}.json`);
+  /** The workspace's record where this variant's store keeps it: its registry file, or its `instances` row. */
+  const stored = (): Promise<VSCodeInstance | undefined> => readStoredInstance({ stateDir, databaseUrl: database?.url }, id);
+  const onDisk = async (): Promise<VSCodeInstance> => (await stored()) ?? expect.unreachable(`the ${store} store holds no record of ${id}`);
 
   beforeAll(async () => {
     await cleanUp(PREFIX);
     stateDir = await makeStateDir(PREFIX);
-    server = await launchFromMcpJson({ VSCODE_SWARM_STATE_DIR: stateDir });
+    if (store === 'postgres') database = await startPostgres();
+    server = await launchFromMcpJson({ VSCODE_SWARM_STATE_DIR: stateDir, ...(database ? { VSCODE_SWARM_DATABASE_URL: database.url } : {}) });
   });
   afterAll(async () => {
     await server?.close();
     await cleanUp(PREFIX, stateDir);
+    await database?.stop();
   });
 
   it('lists the tools with schemas and honest annotations, and the resources', async () => {
@@ -58,7 +67,7 @@ describe('MCP server over stdio, launched from mcp.json', () => {
     expect(JSON.parse((status.contents[0] as { text: string }).text)).toMatchObject({ total: 0, execEnabled: false });
   });
 
-  it('creates a workspace with progress notifications, and the registry file says running', async () => {
+  it('creates a workspace with progress notifications, and the stored record says running', async () => {
     const progress: { progress: number; message?: string }[] = [];
     const result = await callTool(server.client, 'create_swarm_instance', { name: `${PREFIX}-one`, resources: { cpu: 1, memoryMb: 1024 }, metadata: { owner: 'e2e' } }, (p) => progress.push(p));
     expect(result.isError).toBeFalsy();
@@ -71,6 +80,8 @@ describe('MCP server over stdio, launched from mcp.json', () => {
     expect(progress.some((p) => /waiting for the editor/.test(p.message ?? ''))).toBe(true);
 
     expect(await onDisk()).toMatchObject({ id, status: 'running', config: { resources: { cpu: 1, memoryMb: 1024 }, metadata: { owner: 'e2e' } } });
+    // With PostgreSQL the database is the registry: nothing of it is written to the state folder.
+    expect(existsSync(recordFile())).toBe(store === 'files');
     expect(await httpStatus(`${instance.endpoint!.url}/healthz`)).toBe(200);
     const [container] = await containersNamed(PREFIX);
     const inspect = await docker.getContainer(container!.Id).inspect();
@@ -97,14 +108,14 @@ describe('MCP server over stdio, launched from mcp.json', () => {
     expect(JSON.parse((resource.contents[0] as { text: string }).text)).toMatchObject({ id });
   });
 
-  it('stops, and the file says stopped with the reason', async () => {
+  it('stops, and the stored record says stopped with the reason', async () => {
     const result = await callTool(server.client, 'stop_swarm_instance', { instanceId: id });
     expect(result.structuredContent).toMatchObject({ instance: { status: 'stopped' } });
     expect(await onDisk()).toMatchObject({ status: 'stopped', statusReason: 'stopped by request' });
     expect((await onDisk()).endpoint).toBeUndefined();
   });
 
-  it('starts again, and the file says running at the new endpoint', async () => {
+  it('starts again, and the stored record says running at the new endpoint', async () => {
     const progress: number[] = [];
     const result = await callTool(server.client, 'start_swarm_instance', { instanceId: id }, (p) => progress.push(p.progress));
     const instance = result.structuredContent!.instance as VSCodeInstance;
@@ -114,7 +125,7 @@ describe('MCP server over stdio, launched from mcp.json', () => {
     expect(await httpStatus(`${instance.endpoint!.url}/healthz`)).toBe(200);
   });
 
-  it('resizes live, and the file has the new resources', async () => {
+  it('resizes live, and the stored record has the new resources', async () => {
     const result = await callTool(server.client, 'update_swarm_instance', { instanceId: id, resources: { cpu: 0.5, memoryMb: 1536 } });
     expect(result.structuredContent).toMatchObject({ updateMode: 'live', instance: { config: { resources: { cpu: 0.5, memoryMb: 1536 } } } });
     expect((await onDisk()).config.resources).toEqual({ cpu: 0.5, memoryMb: 1536 });
@@ -156,10 +167,11 @@ describe('MCP server over stdio, launched from mcp.json', () => {
     expect((await callTool(server.client, 'get_swarm_status')).structuredContent).toMatchObject({ total: 1 });
   });
 
-  it('deletes: the file, the container and the volume are gone', async () => {
+  it('deletes: the stored record (file or row), the container and the volume are gone', async () => {
     const result = await callTool(server.client, 'delete_swarm_instance', { instanceId: id });
     expect(result.structuredContent).toEqual({ instanceId: id, deleted: true, workspaceKept: false });
-    expect(existsSync(path.join(stateDir, 'instances', `${id}.json`))).toBe(false);
+    expect(await stored()).toBeUndefined();
+    expect(existsSync(recordFile())).toBe(false);
     expect(await containersNamed(PREFIX)).toEqual([]);
     const { Volumes } = await docker.listVolumes();
     expect((Volumes ?? []).map((v) => v.Name)).not.toContain(`vscode-swarm-${id}-workspace`);

@@ -4,20 +4,25 @@
  * over both wires: stdio (`serve`, launched from mcp.json as a client does) and Streamable HTTP
  * (`startMcpHttp` with principals' API tokens). Each lists the tools, calls a read tool, drives a workspace
  * through its life on Docker (a create with progress, stop, start, a link, delete), and meets an
- * authorization failure. The v1-client tests (mcp-stdio, mcp-stdio-token, tenancy, cli-remote, bad-input,
- * ...) stay as they are: 2025-11-25 clients keep working beside this one.
+ * authorization failure. Both wires run twice: with the state in the state folder's files and in a real
+ * PostgreSQL (`VSCODE_SWARM_DATABASE_URL` / `store.databaseUrl`), the stored record checked in each. The
+ * v1-client tests (mcp-stdio, mcp-stdio-token, tenancy, cli-remote, bad-input, ...) stay as they are:
+ * 2025-11-25 clients keep working beside this one.
  */
 import { Client, StreamableHTTPClientTransport, type CallToolResult } from '@modelcontextprotocol/client';
 import { StdioClientTransport } from '@modelcontextprotocol/client/stdio';
+import { existsSync } from 'node:fs';
+import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createSwarm, startSwarmServices, type SwarmServices } from '../../src/controller/create-swarm.js';
 import { startMcpHttp } from '../../src/mcp/http.js';
 import { TOOL_OPERATIONS } from '../../src/mcp/server.js';
-import { PrincipalStore } from '../../src/tenancy/principals.js';
 import { TEST_IMAGE, cleanUp, makeStateDir, testConfig } from '../helpers/docker.js';
 import { mcpJsonLaunch } from '../helpers/mcp.js';
+import { createDatabase, readStoredInstance, startPostgres, type StateAt, type TestPostgres } from '../helpers/postgres.js';
+import { openPrincipalStore } from '../helpers/tenancy.js';
 
-const PREFIX = 'e2e-mcpv2';
+const STORES = ['files', 'postgres'] as const;
 const REVISION = '2026-07-28';
 
 function v2Client(): Client {
@@ -34,8 +39,11 @@ function textOf(result: Result): string {
   return (result.content as { type: string; text?: string }[]).map((c) => c.text ?? '').join('\n');
 }
 
-/** A workspace through its life: created with progress, read, stopped, started, opened by a link, deleted. */
-async function driveThroughItsLife(client: Client, name: string): Promise<void> {
+/**
+ * A workspace through its life: created with progress, read, stopped, started, opened by a link, deleted;
+ * the record in the controller's store follows it (running, stopped, gone).
+ */
+async function driveThroughItsLife(client: Client, name: string, at: StateAt): Promise<void> {
   const progress: { progress: number; total?: number; message?: string }[] = [];
   const created = await call(client, 'create_swarm_instance', { name }, (p) => progress.push(p));
   expect(created.isError, textOf(created)).toBeFalsy();
@@ -45,6 +53,7 @@ async function driveThroughItsLife(client: Client, name: string): Promise<void> 
   expect(progress.length, 'progress notifications during the create').toBeGreaterThan(0);
   expect(progress.every((p) => p.total === 100 && typeof p.message === 'string')).toBe(true);
   expect(progress.map((p) => p.progress)).toEqual([...progress.map((p) => p.progress)].sort((a, b) => a - b));
+  expect(await readStoredInstance(at, instance.id)).toMatchObject({ id: instance.id, name, status: 'running' });
   const status = async (): Promise<string> => {
     const got = await call(client, 'get_swarm_instance', { instanceId: instance.id });
     expect(got.isError, textOf(got)).toBeFalsy();
@@ -54,6 +63,7 @@ async function driveThroughItsLife(client: Client, name: string): Promise<void> 
   const stopped = await call(client, 'stop_swarm_instance', { instanceId: instance.id });
   expect(stopped.isError, textOf(stopped)).toBeFalsy();
   expect(await status()).toBe('stopped');
+  expect(await readStoredInstance(at, instance.id)).toMatchObject({ status: 'stopped' });
   const started = await call(client, 'start_swarm_instance', { instanceId: instance.id });
   expect(started.isError, textOf(started)).toBeFalsy();
   expect(await status()).toBe('running');
@@ -65,26 +75,34 @@ async function driveThroughItsLife(client: Client, name: string): Promise<void> 
   const gone = await call(client, 'get_swarm_instance', { instanceId: instance.id });
   expect(gone.isError).toBe(true);
   expect(textOf(gone)).toMatch(/^NOT_FOUND/);
+  expect(await readStoredInstance(at, instance.id)).toBeUndefined();
+  // With PostgreSQL the database is the registry: no record was ever a file in the state folder.
+  if (at.databaseUrl) expect(existsSync(path.join(at.stateDir, 'instances'))).toBe(false);
 }
 
-describe('the v2 SDK client at 2026-07-28', () => {
+describe.each(STORES)('the v2 SDK client at 2026-07-28, on the %s store', (store) => {
+  // One prefix per variant, neither a prefix of the other: one variant's cleanup never touches the other's workspaces.
+  const PREFIX = store === 'files' ? 'e2e-mcpv2fs' : 'e2e-mcpv2pg';
   let stateDir: string;
+  let database: TestPostgres | undefined;
   let memberToken: string;
   let viewerToken: string;
+  const stdioState = (): StateAt => ({ stateDir, ...(database ? { databaseUrl: database.url } : {}) });
 
   beforeAll(async () => {
     await cleanUp(PREFIX);
     stateDir = await makeStateDir(PREFIX);
-    const store = new PrincipalStore({ stateDir });
-    await store.open();
-    await store.addPrincipal({ id: 'mia', role: 'member' });
-    await store.addPrincipal({ id: 'vera', role: 'viewer' });
-    memberToken = (await store.createToken({ principalId: 'mia', name: 'v2-client' })).token;
-    viewerToken = (await store.createToken({ principalId: 'vera', name: 'v2-client' })).token;
-    await store.close();
+    if (store === 'postgres') database = await startPostgres();
+    const principals = await openPrincipalStore(stdioState());
+    await principals.store.addPrincipal({ id: 'mia', role: 'member' });
+    await principals.store.addPrincipal({ id: 'vera', role: 'viewer' });
+    memberToken = (await principals.store.createToken({ principalId: 'mia', name: 'v2-client' })).token;
+    viewerToken = (await principals.store.createToken({ principalId: 'vera', name: 'v2-client' })).token;
+    await principals.close();
   });
   afterAll(async () => {
     await cleanUp(PREFIX, stateDir);
+    await database?.stop();
   });
 
   describe('over stdio (serve, from mcp.json)', () => {
@@ -93,7 +111,7 @@ describe('the v2 SDK client at 2026-07-28', () => {
 
     beforeAll(async () => {
       const transport = new StdioClientTransport({
-        ...mcpJsonLaunch({ VSCODE_SWARM_STATE_DIR: stateDir, VSCODE_SWARM_TOKEN: memberToken }),
+        ...mcpJsonLaunch({ VSCODE_SWARM_STATE_DIR: stateDir, VSCODE_SWARM_TOKEN: memberToken, ...(database ? { VSCODE_SWARM_DATABASE_URL: database.url } : {}) }),
         stderr: 'pipe',
       });
       transport.stderr?.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
@@ -124,7 +142,7 @@ describe('the v2 SDK client at 2026-07-28', () => {
     });
 
     it('drives a workspace through its life, the create reporting progress', async () => {
-      await driveThroughItsLife(client, `${PREFIX}-stdio`);
+      await driveThroughItsLife(client, `${PREFIX}-stdio`, stdioState());
     }, 200_000);
 
     it('a tool beyond the principal’s scopes is refused, naming the scope', async () => {
@@ -139,6 +157,7 @@ describe('the v2 SDK client at 2026-07-28', () => {
     let mcp: Awaited<ReturnType<typeof startMcpHttp>>;
     const clients: Client[] = [];
     const stateDirs: string[] = [];
+    let httpState: StateAt;
     const connect = async (token: string | undefined): Promise<Client> => {
       const client = v2Client();
       clients.push(client);
@@ -148,10 +167,16 @@ describe('the v2 SDK client at 2026-07-28', () => {
     };
 
     beforeAll(async () => {
-      // Its own state folder: the stdio server above held the first one's lock.
+      // Its own state folder (the stdio server above held the first one's lock) and, with PostgreSQL, its own
+      // database (the principals above are the stdio server's).
       const httpStateDir = await makeStateDir(`${PREFIX}-http`);
       stateDirs.push(httpStateDir);
-      const config = testConfig(httpStateDir, { idle: { enabled: false }, health: { intervalMs: 3_600_000, autoRecover: false } });
+      httpState = { stateDir: httpStateDir, ...(database ? { databaseUrl: await createDatabase(database, 'v2_http') } : {}) };
+      const config = testConfig(httpStateDir, {
+        idle: { enabled: false },
+        health: { intervalMs: 3_600_000, autoRecover: false },
+        ...(httpState.databaseUrl ? { store: { databaseUrl: httpState.databaseUrl } } : {}),
+      });
       const controller = createSwarm(config);
       services = await startSwarmServices(controller);
       await controller.principals.addPrincipal({ id: 'mia', role: 'member' });
@@ -180,7 +205,7 @@ describe('the v2 SDK client at 2026-07-28', () => {
     });
 
     it('drives a workspace through its life, the create reporting progress over the response stream', async () => {
-      await driveThroughItsLife(await connect(memberToken), `${PREFIX}-http`);
+      await driveThroughItsLife(await connect(memberToken), `${PREFIX}-http`, httpState);
     }, 200_000);
 
     it('a call beyond the token’s scope is refused 403 insufficient_scope before it runs; no token is 401', async () => {

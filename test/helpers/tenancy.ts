@@ -9,6 +9,9 @@ import { StreamableHTTPClientTransport, StreamableHTTPError } from '@modelcontex
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { LABEL_MANAGED, LABEL_SWARM } from '../../providers/docker/docker-mapping.js';
+import { PgPrincipalStore } from '../../src/store/postgres/principal-store.js';
+import { StorePool } from '../../src/store/postgres/pool.js';
+import { PrincipalStore, type PrincipalDirectory } from '../../src/tenancy/principals.js';
 import { docker } from './docker.js';
 import { callTool, errorText, type ToolResult } from './mcp.js';
 
@@ -100,4 +103,34 @@ export async function filesUnder(dir: string): Promise<string[]> {
 /** Which of the needles (by label) occur in the text. */
 export function needlesIn(text: string, needles: ReadonlyMap<string, string>): string[] {
   return [...needles].filter(([, needle]) => text.includes(needle)).map(([label]) => label);
+}
+
+/**
+ * The principal store a controller on this state would open, opened beside it: PostgreSQL (on a pool of
+ * its own, schema migrated) when a database URL is given, the state folder's principals.json otherwise.
+ * `now` sets its clock (a token made "two days ago"). close() closes the store, then its pool.
+ */
+export async function openPrincipalStore(options: { stateDir: string; databaseUrl?: string; now?: () => Date }): Promise<{ store: PrincipalDirectory; close(): Promise<void> }> {
+  const clock = options.now ? { now: options.now } : {};
+  if (!options.databaseUrl) {
+    const store = new PrincipalStore({ stateDir: options.stateDir, ...clock });
+    await store.open();
+    return { store, close: () => store.close() };
+  }
+  const pool = new StorePool({ databaseUrl: options.databaseUrl });
+  const store = new PgPrincipalStore({ pool, stateDir: options.stateDir, migrateOnOpen: true, ...clock });
+  try {
+    await store.open();
+  } catch (err) {
+    await store.close().catch(() => undefined);
+    await pool.close();
+    throw err;
+  }
+  return {
+    store,
+    async close() {
+      await store.close();
+      await pool.close();
+    },
+  };
 }

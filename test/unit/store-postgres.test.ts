@@ -83,7 +83,7 @@ describe('schema migrations', () => {
     expect(rows).toEqual(ids.map((id) => ({ id, n: '1' })));
     const tables = await pools[0]!.query<{ table_name: string }>("SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'");
     expect(tables.rows.map((r) => r.table_name).sort()).toEqual(
-      ['audit_events', 'audit_webhook_cursors', 'health_history', 'instances', 'leases', 'migrations', 'principals', 'schema_migrations', 'spent_links', 'tokens', 'warm_members'].sort(),
+      ['audit_events', 'audit_webhook_cursors', 'documents', 'instances', 'leases', 'principals', 'schema_migrations', 'spent_links', 'swarm_secrets', 'tokens'].sort(),
     );
     // Run again later: nothing to do.
     expect(await migrate(pools[1]!)).toEqual({ applied: [], alreadyApplied: ids.length });

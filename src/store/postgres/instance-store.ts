@@ -21,7 +21,8 @@ import { KeyedMutex } from '../../controller/keyed-mutex.js';
 import { CacheFreshness } from './cache-freshness.js';
 import { migrate } from './migrations.js';
 import { ChangeListener, notifyChange } from './notify.js';
-import { APPLICATION_PREFIX, PROCESS_ID, type Queryable, type StorePool } from './pool.js';
+import { orphanedIds } from './documents.js';
+import { PROCESS_ID, type Queryable, type StorePool } from './pool.js';
 
 export const INSTANCE_CHANNEL = 'swarm_instances';
 
@@ -175,12 +176,7 @@ export class PgInstanceStore implements InstanceStore {
    * writes fail anyway), looks like this; the caller should see it twice before acting.
    */
   async orphanedWrites(statuses: readonly string[]): Promise<Set<string>> {
-    const { rows } = await this.pool.query<{ id: string }>(
-      `SELECT id FROM instances i WHERE status = ANY($1) AND written_by IS NOT NULL AND written_by <> $2
-         AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.application_name = $3 || i.written_by)`,
-      [[...statuses], PROCESS_ID, APPLICATION_PREFIX],
-    );
-    return new Set(rows.map((r) => r.id));
+    return orphanedIds(this.pool, 'instances', 't.status = ANY($3)', [[...statuses]]);
   }
 
   get(id: string): Readonly<VSCodeInstance> | undefined {
@@ -287,7 +283,10 @@ export class PgInstanceStore implements InstanceStore {
    * meanwhile when it is newer than what was read.
    */
   private async readAll(): Promise<void> {
-    const { rows } = await this.pool.query<Row & { id: string }>('SELECT id, data, version FROM instances');
+    // In the order list() returns them: the cache keeps insertion order, and sorting a list already in
+    // order costs one comparison per record; out of order (as rows come unsorted) it costs n log n, which
+    // made list() about three times slower than the JSON files' (see the store-ops bench).
+    const { rows } = await this.pool.query<Row & { id: string }>(`SELECT id, data, version FROM instances ORDER BY data->>'createdAt', id`);
     const seen = new Set<string>();
     for (const row of rows) {
       seen.add(row.id);

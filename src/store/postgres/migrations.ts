@@ -153,6 +153,45 @@ export const MIGRATIONS: readonly Migration[] = [
       ALTER TABLE instances ADD COLUMN written_by text;
     `,
   },
+  {
+    id: '0005-documents',
+    sql: `
+      -- JSON documents by kind and id (store/documents.ts): health records per instance, migration journals.
+      -- written_by is the process (pool.ts PROCESS_ID) that last wrote one: while no session of that name is
+      -- open, a migration it left unfinished is nobody's work in flight and another controller settles it.
+      CREATE TABLE documents (
+        kind text NOT NULL,
+        id text NOT NULL,
+        data jsonb NOT NULL,
+        written_by text NOT NULL,
+        updated_at timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (kind, id)
+      );
+    `,
+  },
+  {
+    id: '0006-gateway-key',
+    sql: `
+      -- Secrets every controller on the database shares (store/postgres/gateway-key.ts): the gateway's
+      -- signing seed, so a link one controller hands out opens through every controller's gateway.
+      CREATE TABLE swarm_secrets (
+        name text PRIMARY KEY,
+        value bytea NOT NULL,
+        created_at timestamptz NOT NULL DEFAULT now()
+      );
+    `,
+  },
+  {
+    id: '0007-drop-unused',
+    sql: `
+      -- Made by 0001 ahead of the code and never written: health records and migration journals live in
+      -- documents (0005), warm membership is the instances row's warm_pool (a claim rewrites that row under
+      -- its lock). Dropped so the schema shows only where state really is.
+      DROP TABLE health_history;
+      DROP TABLE migrations;
+      DROP TABLE warm_members;
+    `,
+  },
 ];
 
 export interface MigrationReport {
