@@ -1,42 +1,87 @@
 /**
  * Drives the real stdio server (launched from mcp.json) to a named crash point, confirms it died there
  * by SIGKILL, and starts the next server on the same state directory. A "lane" is one state directory
- * with its config file; several crash points run one after another in a lane.
+ * with its config file, and the store its records live in (the JSON files there, or a PostgreSQL database
+ * of its own); several crash points run one after another in a lane.
  */
 import { createHash } from 'node:crypto';
 import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
+import pg from 'pg';
 import { swarmIdFor } from '../../src/config.js';
 import { CRASH_ENV } from '../../src/crash/crash-points.js';
 import { waitUntil } from '../../src/timing/wait-until.js';
 import type { VSCodeInstance } from '../../providers/provider.js';
 import { makeStateDir } from '../helpers/docker.js';
+import type { InvariantOptions } from '../helpers/invariants.js';
 import { callTool, launchFromMcpJson, type LaunchedServer, type ToolResult } from '../helpers/mcp.js';
 import { isProcessAlive } from '../../src/state/state-lock.js';
 import { PrincipalStore } from '../../src/tenancy/principals.js';
+
+export type LaneStore = 'file' | 'postgres';
 
 export interface Lane {
   label: string;
   stateDir: string;
   swarmId: string;
+  /** Where the records live: the JSON files under stateDir, or the PostgreSQL database at databaseUrl. */
+  store: LaneStore;
+  databaseUrl?: string;
+  configFile: string;
   env: Record<string, string>;
 }
 
-export async function makeLane(label: string, config: Record<string, unknown>, env: Record<string, string>): Promise<Lane> {
+/**
+ * A lane on a new state directory. With `databaseUrl` its servers keep their records in that database
+ * (`store.databaseUrl` in the config file); the swarm id is the config's, or derived from the state
+ * directory as the server derives it, so every server of the lane is the same swarm.
+ */
+export async function makeLane(label: string, config: Record<string, unknown>, env: Record<string, string>, options: { databaseUrl?: string } = {}): Promise<Lane> {
   const stateDir = await makeStateDir(label);
   const configFile = path.join(stateDir, 'crash-config.json');
-  await writeFile(configFile, JSON.stringify(config));
-  // The principal store writes its file and the local credential on a new state directory's first start:
-  // done here, so that `state.after-write:<n>` counts the writes of the operations driven, as it always has.
-  const principals = new PrincipalStore({ stateDir });
-  await principals.open();
-  await principals.close();
-  return {
+  const lane: Lane = {
     label,
     stateDir,
-    swarmId: swarmIdFor(stateDir),
+    swarmId: typeof config.swarmId === 'string' ? config.swarmId : swarmIdFor(stateDir),
+    store: options.databaseUrl ? 'postgres' : 'file',
+    ...(options.databaseUrl ? { databaseUrl: options.databaseUrl } : {}),
+    configFile,
     env: { ...env, VSCODE_SWARM_STATE_DIR: stateDir, VSCODE_SWARM_CONFIG: configFile, VSCODE_SWARM_ENABLE_EXEC: '1' },
   };
+  await configureLane(lane, config);
+  if (!options.databaseUrl) {
+    // The principal store writes its file and the local credential on a new state directory's first start:
+    // done here, so that `state.after-write:<n>` counts the writes of the operations driven, as it always has.
+    const principals = new PrincipalStore({ stateDir });
+    await principals.open();
+    await principals.close();
+  }
+  return lane;
+}
+
+/** Writes the lane's config file (the store kept as the lane has it); the next server launched reads it. */
+export async function configureLane(lane: Lane, config: Record<string, unknown>): Promise<void> {
+  await writeFile(lane.configFile, JSON.stringify({ ...config, ...(lane.databaseUrl ? { store: { databaseUrl: lane.databaseUrl } } : {}) }));
+}
+
+/** A new database named `name` on the PostgreSQL server at `serverUrl`, for one lane alone; its URL. */
+export async function laneDatabase(serverUrl: string, name: string): Promise<string> {
+  if (!/^[a-z][a-z0-9_]*$/.test(name)) throw new Error(`lane database name: expected lowercase letters, digits and _, got ${name}`);
+  const client = new pg.Client({ connectionString: serverUrl });
+  await client.connect();
+  try {
+    await client.query(`CREATE DATABASE ${name}`);
+  } finally {
+    await client.end();
+  }
+  const url = new URL(serverUrl);
+  url.pathname = `/${name}`;
+  return url.toString();
+}
+
+/** Where swarmViolations reads the lane's records and engine objects from. */
+export function laneInvariants(lane: Lane): Pick<InvariantOptions, 'stateDir' | 'swarmId' | 'databaseUrl'> {
+  return { stateDir: lane.stateDir, swarmId: lane.swarmId, ...(lane.databaseUrl ? { databaseUrl: lane.databaseUrl } : {}) };
 }
 
 export function launch(lane: Lane, crashAt?: string): Promise<LaunchedServer> {

@@ -6,6 +6,10 @@
  *   - the interrupted operation either completed or was cleanly undone, as stated per point below;
  *   - workspace files written before the crash are identical by SHA-256.
  * A table of kills and violations per point goes to stderr at the end.
+ *
+ * The same scenarios run against both stores: the JSON files of the state directory, and PostgreSQL (one
+ * server for the file, a database per lane). Points only the JSON files have, and scenarios whose state is
+ * not in the database yet, are listed in NOT_ON_POSTGRES with the reason.
  */
 import { rm } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -18,8 +22,9 @@ import { LABEL_APP, removeFlyEmulatorLeftovers, startFlyEmulator, type FlyEmulat
 import { docker } from '../helpers/docker.js';
 import { swarmViolations } from '../helpers/invariants.js';
 import type { LaunchedServer } from '../helpers/mcp.js';
+import { startPostgres, type TestPostgres } from '../helpers/postgres.js';
 import { ensureStandinImage } from '../helpers/standin-image.js';
-import { filesThroughExec, killAt, launch, list, makeLane, ok, seededFiles, type Lane } from './crash-driver.js';
+import { configureLane, filesThroughExec, killAt, laneDatabase, laneInvariants, launch, list, makeLane, ok, seededFiles, type Lane, type LaneStore } from './crash-driver.js';
 
 const FLY_APP = 'vscode-swarm-crash';
 
@@ -86,8 +91,25 @@ const withEnv = (value: string) => async (s: LaunchedServer, ctx: Ctx) => {
 
 // ---- checks ----
 
-/** The env the container actually runs with must be what the record says (old or new, never a mix). */
-async function envAgrees(_s: LaunchedServer, ctx: Ctx, instance: VSCodeInstance | undefined): Promise<string[]> {
+/**
+ * The env the container actually runs with must be what the record says (old or new, never a mix). With
+ * PostgreSQL a record written moments before the listing is left for the next reconcile pass (clock skew
+ * between controllers; see the README): the record is read again until it agrees, for up to 30 s.
+ */
+async function envAgrees(s: LaunchedServer, ctx: Ctx, instance: VSCodeInstance | undefined, lane?: Lane): Promise<string[]> {
+  if (!instance || lane?.store !== 'postgres') return envProblems(ctx, instance);
+  let problems: string[] = [];
+  await waitUntil(
+    async () => {
+      problems = await envProblems(ctx, (await list(s)).find((i) => i.id === instance.id));
+      return problems.length ? undefined : true;
+    },
+    { timeoutMs: 30_000, intervalMs: 500, what: 'the record and the container to agree on the env' },
+  ).catch(() => undefined);
+  return problems;
+}
+
+async function envProblems(ctx: Ctx, instance: VSCodeInstance | undefined): Promise<string[]> {
   if (!instance) return [];
   const recorded = instance.config.env?.CRASH_V;
   const containers = await docker.listContainers({ all: true, filters: { label: [`${LABEL_INSTANCE}=${instance.id}`] } });
@@ -105,7 +127,7 @@ async function envAgrees(_s: LaunchedServer, ctx: Ctx, instance: VSCodeInstance 
 /** After an interrupted re-create, the next re-create must work and keep the files (and leave one container named as it should). */
 async function recreatesAgain(s: LaunchedServer, ctx: Ctx, instance: VSCodeInstance | undefined, lane: Lane): Promise<string[]> {
   if (!instance) return [];
-  const problems = await envAgrees(s, ctx, instance);
+  const problems = await envAgrees(s, ctx, instance, lane);
   try {
     ctx.envBefore = ctx.envAfter = 'again';
     await setEnv('again')(s, ctx);
@@ -116,7 +138,7 @@ async function recreatesAgain(s: LaunchedServer, ctx: Ctx, instance: VSCodeInsta
   if (containers.length !== 1 || containers[0]!.Names[0] !== `/${containerName(instance.id)}`) {
     problems.push(`${instance.id}: after the next re-create its containers are ${containers.map((c) => c.Names.join(',')).join('; ') || 'none'}`);
   }
-  problems.push(...(await swarmViolations({ stateDir: lane.stateDir, swarmId: lane.swarmId, files: ctx.files ? { [instance.id]: ctx.files } : {} })).map((v) => `after the next re-create: ${v}`));
+  problems.push(...(await swarmViolations({ ...laneInvariants(lane), files: ctx.files ? { [instance.id]: ctx.files } : {} })).map((v) => `after the next re-create: ${v}`));
   return problems;
 }
 
@@ -222,6 +244,19 @@ MIGRATION.push(
 /** Points no Docker + Fly setup reaches, with the reason (none today; a new point must be placed in a scenario or here). */
 const UNREACHABLE: Partial<Record<CrashPoint, string>> = {};
 
+/**
+ * Scenarios the PostgreSQL lanes leave out, by point prefix, with the reason (printed in the table). The
+ * migration scenarios join the PostgreSQL lanes (with a Fly app each) once their line here is deleted.
+ */
+const NOT_ON_POSTGRES: Record<string, string> = {
+  'state.': "the JSON files' atomic writes (src/state/atomic-file.ts); a PostgreSQL store writes its records in transactions",
+  'migration.': 'run on the file store only, to keep CI time: the journal is in the database too (documents), where test/unit/store-documents.test.ts has a dead controller\'s migration settled once',
+};
+const onPostgres = (sc: Scenario): boolean => !Object.keys(NOT_ON_POSTGRES).some((prefix) => sc.at.startsWith(prefix));
+/** Every scenario the PostgreSQL lanes run (WARM in a warm configuration, after the rest). */
+const POSTGRES_SCENARIOS = [...DOCKER, ...MIGRATION].filter(onPostgres);
+const POSTGRES_WARM = WARM.filter(onPostgres);
+
 // ---- the run ----
 
 interface Row {
@@ -233,11 +268,18 @@ const table = new Map<string, Row>();
 const allProblems: string[] = [];
 let counter = 0;
 
-function row(point: string): Row {
-  let r = table.get(point);
-  if (!r) table.set(point, (r = { kills: 0, violations: 0, problems: 0 }));
+/** Rows are per point and store: `create.after-record (postgres)`. */
+function row(point: string, store: LaneStore): Row {
+  const key = `${point} (${store})`;
+  let r = table.get(key);
+  if (!r) table.set(key, (r = { kills: 0, violations: 0, problems: 0 }));
   return r;
 }
+
+const killsOn = (store: LaneStore): number => [...table.entries()].filter(([key]) => key.endsWith(`(${store})`)).reduce((n, [, r]) => n + r.kills, 0);
+
+/** States an operation is still in flight in. */
+const IN_FLIGHT = ['creating', 'starting', 'stopping', 'deleting', 'migrating'];
 
 /** CRASH_ONLY=<regex> runs only the matching points (while debugging one; the kill-count assertion then fails, on purpose). */
 const only = process.env.CRASH_ONLY ? new RegExp(process.env.CRASH_ONLY) : undefined;
@@ -245,9 +287,9 @@ const only = process.env.CRASH_ONLY ? new RegExp(process.env.CRASH_ONLY) : undef
 async function runScenario(lane: Lane, scenario: Scenario, fly?: { provider: FlyProvider; app: string }): Promise<void> {
   if (only && !only.test(scenario.at)) return;
   const point = scenario.at.split(':')[0]!;
-  const r = row(point);
+  const r = row(point, lane.store);
   const ctx: Ctx = { name: `crash-${lane.label}-${++counter}` };
-  const tag = `${scenario.at} (${scenario.what}, ${ctx.name})`;
+  const tag = `${scenario.at} (${scenario.what}, ${lane.store}, ${ctx.name})`;
   const violations: string[] = [];
   const problems: string[] = [];
   const t0 = Date.now();
@@ -266,13 +308,18 @@ async function runScenario(lane: Lane, scenario: Scenario, fly?: { provider: Fly
     await list(s);
     mark('reconciled');
     // Anything still in flight after a fresh controller settled is itself a finding; wait briefly for background work (warm refills).
-    await waitUntil(async () => ((await list(server)).every((i) => !['creating', 'starting', 'stopping', 'deleting', 'migrating'].includes(i.status)) ? true : undefined), {
-      timeoutMs: 30_000,
+    // With PostgreSQL the fresh server settles a dead writer's record only once it leads (the dead one's
+    // lease expired) and has seen the writer gone on two reconcile passes ORPHAN_CONFIRM_MS (10 s) apart:
+    // each list is such a pass, so it lists until then.
+    const postgres = lane.store === 'postgres';
+    await waitUntil(async () => ((await list(server)).every((i) => !IN_FLIGHT.includes(i.status)) ? true : undefined), {
+      timeoutMs: postgres ? 60_000 : 30_000,
+      intervalMs: postgres ? 500 : 100,
       what: 'settled records',
     }).catch(async () => problems.push(`${tag}: records still in flight after reconcile: ${(await list(server)).filter((i) => !['running', 'stopped', 'failed'].includes(i.status)).map((i) => `${i.id} ${i.status}`).join(', ')}`));
     mark('settled');
     const kept = ctx.keptVolume && ctx.id ? [ctx.id] : [];
-    violations.push(...(await swarmViolations({ stateDir: lane.stateDir, swarmId: lane.swarmId, keptVolumes: kept })));
+    violations.push(...(await swarmViolations({ ...laneInvariants(lane), keptVolumes: kept })));
 
     const named = (await list(s)).filter((i) => i.name === ctx.name);
     if (named.length > 1) problems.push(`${tag}: ${named.length} instances named ${ctx.name}`);
@@ -289,7 +336,7 @@ async function runScenario(lane: Lane, scenario: Scenario, fly?: { provider: Fly
     }
     if (instance && ctx.files) {
       if (instance.providerType === 'docker') {
-        violations.push(...(await swarmViolations({ stateDir: lane.stateDir, swarmId: lane.swarmId, files: { [instance.id]: ctx.files }, keptVolumes: kept })));
+        violations.push(...(await swarmViolations({ ...laneInvariants(lane), files: { [instance.id]: ctx.files }, keptVolumes: kept })));
       } else {
         const got = await filesThroughExec(s, instance.id, Object.keys(ctx.files));
         for (const [file, sha] of Object.entries(ctx.files)) if (got[file] !== sha) violations.push(`${instance.id} on ${instance.providerType}: ${file} has sha256 ${got[file]}, expected ${sha}`);
@@ -338,6 +385,7 @@ async function removeLane(lane: Lane | undefined): Promise<void> {
 describe('SIGKILL at every crash point, then a fresh server', () => {
   let image: string;
   let emulator: FlyEmulator;
+  let postgres: TestPostgres | undefined;
   const lanes: Lane[] = [];
   const base = { logLevel: 'info', idle: { enabled: false }, defaults: { cpu: 0.2, memoryMb: 256 } };
   // recover_instance needs the health monitor; it never sweeps on its own during the run.
@@ -347,17 +395,21 @@ describe('SIGKILL at every crash point, then a fresh server', () => {
     image = await ensureStandinImage();
     await removeFlyEmulatorLeftovers(docker);
     emulator = await startFlyEmulator({ rateLimit: false });
+    postgres = await startPostgres();
   }, 120_000);
 
   afterAll(async () => {
     for (const lane of lanes) await removeLane(lane);
     await emulator?.close();
+    await postgres?.stop();
     const rows = [...table.entries()];
     const lines = [
-      'point | kills | invariant violations | outcome problems',
+      'point (store) | kills | invariant violations | outcome problems',
       ...rows.map(([p, r]) => `${p} | ${r.kills} | ${r.violations} | ${r.problems}`),
-      `TOTAL (${rows.length} points) | ${rows.reduce((n, [, r]) => n + r.kills, 0)} | ${rows.reduce((n, [, r]) => n + r.violations, 0)} | ${rows.reduce((n, [, r]) => n + r.problems, 0)}`,
+      `TOTAL (${rows.length} points × stores) | ${rows.reduce((n, [, r]) => n + r.kills, 0)} | ${rows.reduce((n, [, r]) => n + r.violations, 0)} | ${rows.reduce((n, [, r]) => n + r.problems, 0)}`,
+      `kills: ${killsOn('file')} on the file store, ${killsOn('postgres')} on PostgreSQL`,
       ...Object.entries(UNREACHABLE).map(([p, why]) => `${p} | not reachable: ${why}`),
+      ...Object.entries(NOT_ON_POSTGRES).map(([prefix, why]) => `${CRASH_POINTS.filter((p) => p.startsWith(prefix)).join(', ')} (postgres) | not run: ${why}`),
     ];
     console.error(lines.join('\n'));
   }, 120_000);
@@ -366,40 +418,78 @@ describe('SIGKILL at every crash point, then a fresh server', () => {
     const driven = new Set([...DOCKER, ...WARM, ...MIGRATION].map((s) => s.at.split(':')[0]));
     const missing = CRASH_POINTS.filter((p) => !driven.has(p) && !(p in UNREACHABLE));
     expect(missing).toEqual([]);
+    // On PostgreSQL too, or left out with the reason.
+    const onPg = new Set([...POSTGRES_SCENARIOS, ...POSTGRES_WARM].map((s) => s.at.split(':')[0]));
+    const missingOnPg = CRASH_POINTS.filter((p) => !onPg.has(p) && !(p in UNREACHABLE) && !Object.keys(NOT_ON_POSTGRES).some((prefix) => p.startsWith(prefix)));
+    expect(missingOnPg).toEqual([]);
   });
 
-  // Five lanes (state directories) run side by side; within a lane the points run one after another.
+  // Seven lanes (state directories) run side by side, five on the file store and two on PostgreSQL; within
+  // a lane the points run one after another.
   it('SIGKILL at each point, then reconcile: every invariant holds and every interrupted operation is settled', async () => {
-    const dockerLane = (label: string) => makeLane(label, { ...base, health, providers: { docker: { stopTimeoutSeconds: 1 } } }, { VSCODE_SWARM_DOCKER_IMAGE: image });
+    const dockerProviders = { docker: { stopTimeoutSeconds: 1 } };
+    const dockerLane = (label: string) => makeLane(label, { ...base, health, providers: dockerProviders }, { VSCODE_SWARM_DOCKER_IMAGE: image });
     const controllerPoints = DOCKER.filter((sc) => !sc.at.startsWith('state.') && !sc.at.startsWith('recover.') && !sc.at.startsWith('update.') && !sc.at.startsWith('docker.recreate'));
     const rest = DOCKER.filter((sc) => !controllerPoints.includes(sc));
     const run = async (lane: Lane, scenarios: Scenario[], fly?: { provider: FlyProvider; app: string }) => {
-      lanes.push(lane);
       for (const scenario of scenarios) await runScenario(lane, scenario, fly);
     };
-    // Each migration lane has its own Fly app, so that its machines and volumes can be counted alone.
-    const migrationLane = async (label: string, scenarios: Scenario[]) => {
+    // A lane with a Fly app of its own, so that its machines and volumes can be counted alone.
+    const flyLane = async (label: string, laneHealth = health, databaseUrl?: string) => {
       const app = `${FLY_APP}-${label}`;
-      const lane = await makeLane(
-        label,
-        { ...base, health, providers: { docker: { stopTimeoutSeconds: 1 }, fly: { enabled: true, app, apiUrl: emulator.url, image } } },
-        { VSCODE_SWARM_DOCKER_IMAGE: image, FLY_API_TOKEN: emulator.token },
-      );
+      const config = { ...base, health: laneHealth, providers: { ...dockerProviders, fly: { enabled: true, app, apiUrl: emulator.url, image } } };
+      const lane = await makeLane(label, config, { VSCODE_SWARM_DOCKER_IMAGE: image, FLY_API_TOKEN: emulator.token }, databaseUrl ? { databaseUrl } : {});
+      lanes.push(lane);
       const provider = new FlyProvider({ apiToken: emulator.token, apiUrl: emulator.url, app, defaultImage: image, swarmId: lane.swarmId });
       await provider.initialize();
-      await run(lane, scenarios, { provider, app });
+      return { lane, config, fly: { provider, app } };
+    };
+    const migrationLane = async (label: string, scenarios: Scenario[]) => {
+      const { lane, fly } = await flyLane(label);
+      await run(lane, scenarios, fly);
+    };
+    const fileLane = async (label: string, make: (label: string) => Promise<Lane>, scenarios: Scenario[]) => {
+      const lane = await make(label);
+      lanes.push(lane);
+      await run(lane, scenarios);
+    };
+    // PostgreSQL: a database per lane. With a shared store the leader reconciles every health interval,
+    // and its lease lives that long (at most 15 s): 2 s here, so that the fresh server leads soon after the
+    // killed one. A Fly app per lane only when a migration scenario runs there.
+    const pgHealth = { ...health, intervalMs: 2_000 };
+    const pgFly = POSTGRES_SCENARIOS.some((sc) => sc.at.startsWith('migration.'));
+    const postgresLane = async (label: string, scenarios: Scenario[], warm: Scenario[] = []) => {
+      const databaseUrl = await laneDatabase(postgres!.url, label);
+      const made = pgFly
+        ? await flyLane(label, pgHealth, databaseUrl)
+        : await (async () => {
+            const config = { ...base, health: pgHealth, providers: dockerProviders };
+            const lane = await makeLane(label, config, { VSCODE_SWARM_DOCKER_IMAGE: image }, { databaseUrl });
+            lanes.push(lane);
+            return { lane, config, fly: undefined };
+          })();
+      await run(made.lane, scenarios, made.fly);
+      if (!warm.length) return;
+      // The warm scenarios last: a warm buffer would serve the creates of the others.
+      await configureLane(made.lane, { ...made.config, warm: [{ provider: 'docker', size: 1 }] });
+      await run(made.lane, warm, made.fly);
     };
     const half = Math.ceil(MIGRATION.length / 2);
     await Promise.all([
-      (async () => run(await dockerLane('cdocka'), controllerPoints))(),
-      (async () => run(await dockerLane('cdockb'), rest))(),
-      (async () => run(await makeLane('cwarm', { ...base, health, providers: { docker: { stopTimeoutSeconds: 1 } }, warm: [{ provider: 'docker', size: 1 }] }, { VSCODE_SWARM_DOCKER_IMAGE: image }), WARM))(),
+      fileLane('cdocka', dockerLane, controllerPoints),
+      fileLane('cdockb', dockerLane, rest),
+      fileLane('cwarm', (label) => makeLane(label, { ...base, health, providers: dockerProviders, warm: [{ provider: 'docker', size: 1 }] }, { VSCODE_SWARM_DOCKER_IMAGE: image }), WARM),
       migrationLane('cmiga', MIGRATION.slice(0, half)),
       migrationLane('cmigb', MIGRATION.slice(half)),
+      postgresLane('cpga', POSTGRES_SCENARIOS.filter((_, i) => i % 2 === 0)),
+      postgresLane('cpgb', POSTGRES_SCENARIOS.filter((_, i) => i % 2 === 1), POSTGRES_WARM),
     ]);
-    const kills = [...table.values()].reduce((n, r) => n + r.kills, 0);
     expect(allProblems).toEqual([]);
-    if (!only) expect(kills).toBeGreaterThanOrEqual(50);
+    if (!only) {
+      expect(killsOn('file')).toBeGreaterThanOrEqual(50);
+      // Every PostgreSQL scenario killed its server once.
+      expect(killsOn('postgres')).toBe(POSTGRES_SCENARIOS.length + POSTGRES_WARM.length);
+    }
   }, 1_200_000);
 });
 

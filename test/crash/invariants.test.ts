@@ -1,6 +1,7 @@
 /**
  * The invariant checker itself: it must see what it claims to see, or every suite using it passes for nothing.
- * Broken state is made by hand here (records on disk, a labelled volume and container on the real engine).
+ * Broken state is made by hand here (records on disk or in a real PostgreSQL, a labelled volume and
+ * container on the real engine).
  */
 import { mkdir, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
@@ -8,19 +9,28 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { swarmIdFor } from '../../src/config.js';
 import { LABEL_INSTANCE, LABEL_MANAGED, LABEL_NAME, LABEL_SWARM, containerName, volumeName } from '../../providers/docker/docker-mapping.js';
 import type { VSCodeInstance } from '../../providers/provider.js';
+import { migrate } from '../../src/store/postgres/migrations.js';
+import { StorePool } from '../../src/store/postgres/pool.js';
 import { docker, makeStateDir } from '../helpers/docker.js';
 import { swarmViolations } from '../helpers/invariants.js';
+import { startPostgres, type TestPostgres } from '../helpers/postgres.js';
 import { ensureStandinImage } from '../helpers/standin-image.js';
+
+const record = (id: string, status: VSCodeInstance['status']): VSCodeInstance => ({
+  id, name: id, providerType: 'docker', status, health: 'unknown',
+  config: { name: id, image: 'busybox:1', resources: { cpu: 1, memoryMb: 512 } }, providerRef: {},
+  createdAt: new Date(0).toISOString(), updatedAt: new Date(0).toISOString(),
+});
+
+async function removeSwarm(swarmId: string): Promise<void> {
+  for (const c of await docker.listContainers({ all: true, filters: { label: [`${LABEL_SWARM}=${swarmId}`] } })) await docker.getContainer(c.Id).remove({ force: true });
+  for (const v of (await docker.listVolumes({ filters: { label: [`${LABEL_SWARM}=${swarmId}`] } })).Volumes ?? []) await docker.getVolume(v.Name).remove();
+}
 
 describe('swarmViolations', () => {
   let stateDir: string;
   let swarmId: string;
   const labels = (id: string) => ({ [LABEL_MANAGED]: 'true', [LABEL_SWARM]: swarmId, [LABEL_INSTANCE]: id, [LABEL_NAME]: id });
-  const record = (id: string, status: VSCodeInstance['status']): VSCodeInstance => ({
-    id, name: id, providerType: 'docker', status, health: 'unknown',
-    config: { name: id, image: 'busybox:1', resources: { cpu: 1, memoryMb: 512 } }, providerRef: {},
-    createdAt: new Date(0).toISOString(), updatedAt: new Date(0).toISOString(),
-  });
 
   beforeAll(async () => {
     stateDir = await makeStateDir('inv-check');
@@ -28,8 +38,7 @@ describe('swarmViolations', () => {
     await mkdir(path.join(stateDir, 'instances'));
   });
   afterAll(async () => {
-    for (const c of await docker.listContainers({ all: true, filters: { label: [`${LABEL_SWARM}=${swarmId}`] } })) await docker.getContainer(c.Id).remove({ force: true });
-    for (const v of (await docker.listVolumes({ filters: { label: [`${LABEL_SWARM}=${swarmId}`] } })).Volumes ?? []) await docker.getVolume(v.Name).remove();
+    await removeSwarm(swarmId);
     await rm(stateDir, { recursive: true, force: true });
   });
 
@@ -68,5 +77,55 @@ describe('swarmViolations', () => {
       ]),
     );
     expect(found).toHaveLength(7); // nothing about the kept volume, nor about a.txt, whose content matches
+  });
+});
+
+describe('swarmViolations with the records in PostgreSQL', () => {
+  let server: TestPostgres;
+  let pool: StorePool;
+  let stateDir: string;
+  let swarmId: string;
+  const labels = (id: string) => ({ [LABEL_MANAGED]: 'true', [LABEL_SWARM]: swarmId, [LABEL_INSTANCE]: id, [LABEL_NAME]: id });
+  const insert = (row: { id: string; status: string; data: unknown }) =>
+    pool.query(
+      `INSERT INTO instances (id, owner, name, provider, status, data, version, written_by) VALUES ($1, 'local', $1, 'docker', $2, $3, nextval('instance_version_seq'), 'test')`,
+      [row.id, row.status, row.data],
+    );
+
+  beforeAll(async () => {
+    server = await startPostgres();
+    pool = new StorePool({ databaseUrl: server.url });
+    await migrate(pool);
+    stateDir = await makeStateDir('inv-check-pg');
+    swarmId = swarmIdFor(stateDir);
+    // A record file the database lane must not read: it would be a violation (running, no container).
+    await mkdir(path.join(stateDir, 'instances'));
+    await writeFile(path.join(stateDir, 'instances', 'filed.json'), JSON.stringify(record('filed', 'running')));
+  }, 120_000);
+  afterAll(async () => {
+    await removeSwarm(swarmId);
+    await pool?.close();
+    await server?.stop();
+    await rm(stateDir, { recursive: true, force: true });
+  });
+
+  it('reads the records from the instances table, not the state directory', async () => {
+    expect(await swarmViolations({ stateDir, swarmId, databaseUrl: server.url })).toEqual([]);
+    await insert({ id: 'ghost', status: 'running', data: record('ghost', 'running') });
+    await insert({ id: 'bad', status: 'running', data: { ...record('bad', 'running'), status: 'sleeping' } });
+    await insert({ id: 'skew', status: 'stopped', data: record('skew', 'failed') });
+    // A volume whose record is only in the database: no violation when the database is read.
+    await insert({ id: 'vol', status: 'failed', data: record('vol', 'failed') });
+    await docker.createVolume({ Name: volumeName(`vol-${swarmId}`), Labels: labels('vol') });
+
+    const found = await swarmViolations({ stateDir, swarmId, databaseUrl: server.url });
+    expect(found).toEqual(
+      expect.arrayContaining([
+        expect.stringMatching(/^instance ghost \(ghost\) is recorded running but has no container/),
+        expect.stringMatching(/^record bad \(database\) is not a valid instance: status/),
+        expect.stringMatching(/^record skew \(database\): its columns say docker:stopped, its data docker:failed/),
+      ]),
+    );
+    expect(found).toHaveLength(3); // nothing about the file record, nor about vol's volume
   });
 });

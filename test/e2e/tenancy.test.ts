@@ -9,14 +9,18 @@
  * credentials get 401 invalid_token without the credential echoed; a browser signed in to one workspace
  * cannot use its session on another; twenty concurrent creates against a quota of three make exactly three
  * workspaces; each call is exactly one audit event, and a member's view of the trail holds only her own;
- * and no token or workspace secret is written where it should not be (state folder, debug logs).
+ * and no token or workspace secret is written where it should not be (state folder, database, debug logs).
  *
- * The light stand-in image serves every workspace but the one opened in Chromium (a real code-server).
+ * All of it twice: with the state in the state folder's files, and in a real PostgreSQL (principals,
+ * tokens, instances and the audit trail in its tables, read from there where the test reads the store).
+ * The light stand-in image serves every workspace but the one opened in Chromium (a real code-server);
+ * one Chromium serves both variants.
  */
 import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import type { Tool } from '@modelcontextprotocol/sdk/types.js';
 import { randomBytes } from 'node:crypto';
-import { mkdir, readFile, stat } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { readFile, readdir, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { Writable } from 'node:stream';
 import type { Browser } from 'playwright-core';
@@ -31,19 +35,20 @@ import { createLogger } from '../../src/logger.js';
 import { startMcpHttp } from '../../src/mcp/http.js';
 import { TOOL_OPERATIONS } from '../../src/mcp/server.js';
 import { MIGRATION_STEPS, MigrationSchema } from '../../src/migration/migration-manager.js';
-import { writeJsonAtomic } from '../../src/state/atomic-file.js';
+import { FileDocumentStore, PgDocumentStore, StorePool } from '../../src/store/index.js';
+import { GATEWAY_SEED_NAME } from '../../src/store/postgres/gateway-key.js';
 import { Authenticator } from '../../src/tenancy/authenticate.js';
 import { AuthorizedSwarm } from '../../src/tenancy/authorized-swarm.js';
 import { OPERATIONS, ROLE_SCOPES, type Role, type Scope } from '../../src/tenancy/identity.js';
-import { PrincipalStore } from '../../src/tenancy/principals.js';
 import type { QuotaLimits } from '../../src/tenancy/quotas.js';
 import { launchChromium } from '../helpers/browser.js';
 import { cleanUp, containersNamed, docker, makeStateDir, testConfig } from '../helpers/docker.js';
 import { swarmViolations } from '../helpers/invariants.js';
+import { databaseRows, queryDatabase, startPostgres, type TestPostgres } from '../helpers/postgres.js';
 import { ensureStandinImage } from '../helpers/standin-image.js';
-import { attemptTool, connectMcpHttp, describeOutcome, engineSnapshot, filesUnder, needlesIn, tokenParts, type CallOutcome } from '../helpers/tenancy.js';
+import { attemptTool, connectMcpHttp, describeOutcome, engineSnapshot, filesUnder, needlesIn, openPrincipalStore, tokenParts, type CallOutcome } from '../helpers/tenancy.js';
 
-const PREFIX = 'e2e-tenancy';
+const STORES = ['files', 'postgres'] as const;
 const DAY_MS = 86_400_000;
 const TOKEN_IN_TEXT = /vss_t[0-9a-f]{12}_[A-Za-z0-9_-]{43}/;
 const INITIALIZE = { jsonrpc: '2.0', id: 1, method: 'initialize', params: { protocolVersion: '2025-06-18', capabilities: {}, clientInfo: { name: 'tenancy-raw', version: '1.0.0' } } };
@@ -58,8 +63,17 @@ interface Caller {
 
 type JsonSchema = { type?: string | string[]; enum?: unknown[]; const?: unknown; minimum?: number; exclusiveMinimum?: number; maximum?: number; properties?: Record<string, JsonSchema>; required?: string[] };
 
-describe('tenancy end to end: principals over MCP HTTP, the gateway in Chromium, quotas, the audit trail', () => {
+// One Chromium for both variants, launched by the first test that needs it.
+let browser: Browser | undefined;
+afterAll(async () => {
+  await browser?.close().catch(() => undefined);
+});
+
+describe.each(STORES)('tenancy end to end on the %s store: principals over MCP HTTP, the gateway in Chromium, quotas, the audit trail', (store) => {
+  // One prefix per variant, neither a prefix of the other: one variant's cleanup never touches the other's workspaces.
+  const PREFIX = store === 'files' ? 'e2e-tenancy-fs' : 'e2e-tenancy-pg';
   let stateDir: string;
+  let database: TestPostgres | undefined;
   let config: SwarmConfig;
   let controller: SwarmController;
   let services: SwarmServices;
@@ -67,7 +81,6 @@ describe('tenancy end to end: principals over MCP HTTP, the gateway in Chromium,
   let standin: string;
   let local: Client;
   let tools: Tool[];
-  let browser: Browser | undefined;
   let logText = '';
   const callers = new Map<string, Caller>();
   const clients: Client[] = [];
@@ -167,9 +180,17 @@ describe('tenancy end to end: principals over MCP HTTP, the gateway in Chromium,
   /** An error message with the id it names replaced, so that two ids' messages can be compared. */
   const shape = (text: string, id: string): string => text.split(id).join('<id>');
 
+  /** The instance records where this variant keeps them: the registry files, or the `instances` rows (with their versions). */
+  async function storedRecords(): Promise<unknown[]> {
+    if (database) return queryDatabase(database.url, 'SELECT id, version, data FROM instances ORDER BY id');
+    const dir = path.join(stateDir, 'instances');
+    const names = existsSync(dir) ? (await readdir(dir)).sort() : [];
+    return Promise.all(names.map(async (name) => ({ name, data: JSON.parse(await readFile(path.join(dir, name), 'utf8')) as unknown })));
+  }
+
   async function snapshot(): Promise<unknown> {
     const registry = structuredClone(controller.registry.list()).sort((a, b) => a.id.localeCompare(b.id));
-    return { registry, engine: await engineSnapshot(config.swarmId!) };
+    return { registry, stored: await storedRecords(), engine: await engineSnapshot(config.swarmId!) };
   }
 
   async function rawPost(credential: string, body: unknown = INITIALIZE): Promise<{ status: number; challenge: string; body: string }> {
@@ -212,20 +233,29 @@ describe('tenancy end to end: principals over MCP HTTP, the gateway in Chromium,
       sourceWasRunning: true,
       steps: MIGRATION_STEPS.map((name, i) => ({ name, status: i === 0 ? 'completed' : i === 1 ? 'failed' : 'pending' })),
     });
-    await mkdir(path.join(stateDir, 'migrations'), { recursive: true });
-    await writeJsonAtomic(path.join(stateDir, 'migrations', `${id}.json`), migration);
+    // Written where the migration manager keeps its records: the state folder's files, or the `documents` table.
+    if (!database) {
+      await new FileDocumentStore(stateDir).put('migrations', id, migration);
+      return id;
+    }
+    const pool = new StorePool({ databaseUrl: database.url });
+    try {
+      await new PgDocumentStore({ pool }).put('migrations', id, migration);
+    } finally {
+      await pool.close();
+    }
     return id;
   }
 
   beforeAll(async () => {
     await cleanUp(PREFIX);
     stateDir = await makeStateDir(PREFIX);
+    if (store === 'postgres') database = await startPostgres();
     standin = await ensureStandinImage();
     // erin's token was made two days ago to last one day, by the store the controller opens below.
-    const past = new PrincipalStore({ stateDir, now: () => new Date(Date.now() - 2 * DAY_MS) });
-    await past.open();
-    await past.addPrincipal({ id: 'erin', role: 'member' });
-    expiredToken = (await past.createToken({ principalId: 'erin', name: 'made two days ago', expiresInDays: 1 })).token;
+    const past = await openPrincipalStore({ stateDir, ...(database ? { databaseUrl: database.url } : {}), now: () => new Date(Date.now() - 2 * DAY_MS) });
+    await past.store.addPrincipal({ id: 'erin', role: 'member' });
+    expiredToken = (await past.store.createToken({ principalId: 'erin', name: 'made two days ago', expiresInDays: 1 })).token;
     await past.close();
     remember('erin (expired)', expiredToken);
 
@@ -237,7 +267,12 @@ describe('tenancy end to end: principals over MCP HTTP, the gateway in Chromium,
     });
     const logger = createLogger('debug', sink);
     // Nothing changes the registry behind the test's back: no idle stops, no health sweep while it runs.
-    config = testConfig(stateDir, { exec: { enabled: true }, idle: { enabled: false }, health: { intervalMs: 3_600_000, autoRecover: false } });
+    config = testConfig(stateDir, {
+      exec: { enabled: true },
+      idle: { enabled: false },
+      health: { intervalMs: 3_600_000, autoRecover: false },
+      ...(database ? { store: { databaseUrl: database.url } } : {}),
+    });
     controller = createSwarm(config, { logger });
     services = await startSwarmServices(controller, logger);
     mcp = await startMcpHttp({ controller, ...(services.health ? { health: services.health } : {}), migrations: services.migrations, host: '127.0.0.1', port: 0, stateDir, logger });
@@ -255,11 +290,11 @@ describe('tenancy end to end: principals over MCP HTTP, the gateway in Chromium,
   });
 
   afterAll(async () => {
-    await browser?.close().catch(() => undefined);
     for (const client of clients) await client.close().catch(() => undefined);
     await mcp?.close();
     await services?.close();
     await cleanUp(PREFIX, stateDir);
+    await database?.stop();
   });
 
   it('members create workspaces over MCP, names unique per owner; a viewer creates nothing', async () => {
@@ -466,7 +501,7 @@ describe('tenancy end to end: principals over MCP HTTP, the gateway in Chromium,
   it("opens alice's editor in Chromium; her session does not open bob's workspace, nor does a link she asks for", async () => {
     const alice = caller('alice');
     const link = ok(await attemptTool(alice.client, 'get_instance_access_link', { instanceId: editor.id }), 'access link') as { url: string; accessUrl: string };
-    browser = await launchChromium();
+    browser ??= await launchChromium();
     const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
     const page = await context.newPage();
     const response = await page.goto(link.accessUrl, { waitUntil: 'domcontentloaded' });
@@ -507,7 +542,7 @@ describe('tenancy end to end: principals over MCP HTTP, the gateway in Chromium,
     const { Volumes } = await docker.listVolumes({ filters: { label: [`${LABEL_MANAGED}=true`] } });
     const volumes = (Volumes ?? []).filter((v) => v.Labels?.[LABEL_NAME]?.startsWith(`${PREFIX}-burst-`));
     expect(volumes.map((v) => v.Labels[LABEL_INSTANCE]).sort()).toEqual([...made].sort());
-    expect(await swarmViolations({ stateDir, swarmId: config.swarmId! })).toEqual([]);
+    expect(await swarmViolations({ stateDir, swarmId: config.swarmId!, ...(database ? { databaseUrl: database.url } : {}) })).toEqual([]);
   });
 
   it('records each call as exactly one audit event with the right actor, credential, door and outcome', async () => {
@@ -564,33 +599,49 @@ describe('tenancy end to end: principals over MCP HTTP, the gateway in Chromium,
     expect((await controller.audit.query({ limit: 10_000, actorId: 'bob' })).every((e) => adminView.has(e.id))).toBe(true);
   });
 
-  it('writes no token and no workspace secret anywhere it should not, logs at debug level included', async () => {
+  it('writes no token and no workspace secret anywhere it should not, the store and logs at debug level included', async () => {
     // Every token was used above; the env secret went in with bob's create. Let the store write last-use times.
     await controller.principals.close();
     const needles = new Map([...secrets, ['API_KEY env value', envSecret]]);
     expect(needles.size).toBeGreaterThanOrEqual(17);
     const files = await filesUnder(stateDir);
-    // Where secrets must live: the local credential and the gateway's signing key. The registry keeps a
-    // workspace's env (it is the workspace's configuration, replayed on every re-create).
-    const holders = new Set(['mcp-http.token', path.join('gateway', 'ed25519.key')]);
-    expect(files).toEqual(expect.arrayContaining([...holders, 'principals.json', path.join('instances', `${bobSecret.id}.json`)]));
-    expect(files.some((f) => f.startsWith(`audit${path.sep}`))).toBe(true);
-    // The scan finds what is there: the local credential file holds the local admin's token.
+    // Where secrets must live: the local credential (a file of this controller in both variants) and the
+    // gateway's signing key (a file, or with PostgreSQL a row every controller shares).
+    const holders = new Set(['mcp-http.token', ...(database ? [] : [path.join('gateway', 'ed25519.key')])]);
+    expect(files).toEqual(expect.arrayContaining([...holders]));
+    // The rest of the state, by where it is: the state folder's files, and with PostgreSQL every table's rows.
+    const stored = new Map<string, string>();
+    for (const file of files) if (!holders.has(file)) stored.set(file, await readFile(path.join(stateDir, file), 'latin1'));
+    if (database) for (const row of await databaseRows(database.url)) stored.set(`database: ${row.where}`, row.text);
+    // The registry keeps a workspace's env (it is the workspace's configuration, replayed on every re-create):
+    // bob's record, the one place the env value may be; principals and tokens, hashes only; the audit trail.
+    const bobRecord = database ? `database: instances ${bobSecret.id}` : path.join('instances', `${bobSecret.id}.json`);
+    const principalPlaces = [...stored.keys()].filter((where) => (database ? /^database: (principals|tokens) / : /^principals\.json$/).test(where));
+    const auditPlaces = [...stored.keys()].filter((where) => where.startsWith(database ? 'database: audit_events ' : `audit${path.sep}`));
+    expect(stored.has(bobRecord), bobRecord).toBe(true);
+    expect(principalPlaces.length).toBeGreaterThan(0);
+    expect(auditPlaces.length).toBeGreaterThan(0);
+    if (database) {
+      // The database is the store: the state folder holds none of the registry, the principals, the audit
+      // trail, the migration records or the gateway's key, which are rows.
+      const inFolder = ['principals.json', path.join('gateway', 'ed25519.key'), ...['instances', 'audit', 'migrations'].map((dir) => `${dir}${path.sep}`)];
+      expect(files.filter((f) => inFolder.some((place) => f === place || (place.endsWith(path.sep) && f.startsWith(place))))).toEqual([]);
+      expect(stored.has(`database: swarm_secrets ${GATEWAY_SEED_NAME}`)).toBe(true);
+    } else {
+      expect(((await stat(path.join(stateDir, bobRecord))).mode & 0o077).toString(8)).toBe('0');
+    }
+    // The scan finds what is there: the local credential file holds the local admin's token, bob's record the env value.
     expect(needlesIn(await readFile(path.join(stateDir, 'mcp-http.token'), 'latin1'), needles)).toEqual(['local admin token']);
+    expect(needlesIn(stored.get(bobRecord)!, needles)).toEqual(['API_KEY env value']);
+    for (const holder of holders) expect(((await stat(path.join(stateDir, holder))).mode & 0o077).toString(8), `${holder} mode`).toBe('0');
     const found: string[] = [];
-    for (const file of files) {
-      if (holders.has(file)) {
-        expect(((await stat(path.join(stateDir, file))).mode & 0o077).toString(8), `${file} mode`).toBe('0');
-        continue;
-      }
-      const hits = needlesIn(await readFile(path.join(stateDir, file), 'latin1'), needles);
-      const allowed = file === path.join('instances', `${bobSecret.id}.json`) ? ['API_KEY env value'] : [];
-      for (const hit of hits) if (!allowed.includes(hit)) found.push(`${file}: ${hit}`);
+    for (const [where, text] of stored) {
+      const allowed = where === bobRecord ? ['API_KEY env value'] : [];
+      for (const hit of needlesIn(text, needles)) if (!allowed.includes(hit)) found.push(`${where}: ${hit}`);
     }
     expect(found).toEqual([]);
-    expect(((await stat(path.join(stateDir, 'instances', `${bobSecret.id}.json`))).mode & 0o077).toString(8)).toBe('0');
-    // principals.json holds hashes only.
-    const principals = await readFile(path.join(stateDir, 'principals.json'), 'utf8');
+    // The principals' store holds the tokens' ids and hashes only.
+    const principals = principalPlaces.map((where) => stored.get(where)!).join('\n');
     expect(principals).toContain(caller('alice').tokenId);
     expect(needlesIn(principals, needles)).toEqual([]);
     // The logs (the controller's, the gateway's and the MCP door's, at debug level) were captured, and hold none of it.

@@ -1,10 +1,11 @@
 /**
  * The swarm's invariants, checked from the outside the way a fresh controller would find things: the
- * registry files on disk against what the Docker engine holds for the swarm. Shared by the crash harness
- * and the other suites that kill or disturb a controller.
+ * registry (the files on disk, or the `instances` table of a PostgreSQL store) against what the Docker
+ * engine holds for the swarm. Shared by the crash harness and the other suites that kill or disturb a controller.
  */
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
+import pg from 'pg';
 import { VSCodeInstanceSchema, type VSCodeInstance } from '../../providers/provider.js';
 import { LABEL_INSTANCE, LABEL_MANAGED, LABEL_SWARM, WORKSPACE_PATH, volumeName } from '../../providers/docker/docker-mapping.js';
 import { manifestOf } from '../../src/migration/workspace-archive.js';
@@ -14,6 +15,8 @@ import { docker } from './docker.js';
 export interface InvariantOptions {
   stateDir: string; // the controller's state directory
   swarmId: string; // swarmIdFor(stateDir) from src/config.ts unless the config sets one
+  /** The controller's PostgreSQL store (`store.databaseUrl`): the records are read from its `instances` table instead of `stateDir`. */
+  databaseUrl?: string;
   /** Expected workspace files per instance id: relative path -> sha256 hex. Checked only for the ids given. */
   files?: Record<string, Record<string, string>>;
   /** Volumes deliberately left behind (deleted with keepWorkspace), by instance id: not counted as leaks. */
@@ -28,7 +31,7 @@ const MAY_RUN = new Set(['running', 'starting', 'stopping']);
 /** Everything wrong with the swarm as a fresh controller would find it; [] when every invariant holds. */
 export async function swarmViolations(options: InvariantOptions): Promise<string[]> {
   const problems: string[] = [];
-  const records = await readRecords(path.join(options.stateDir, 'instances'), problems);
+  const records = options.databaseUrl ? await readDatabaseRecords(options.databaseUrl, problems) : await readRecords(path.join(options.stateDir, 'instances'), problems);
 
   const labels = [`${LABEL_MANAGED}=true`, `${LABEL_SWARM}=${options.swarmId}`];
   const containers = await docker.listContainers({ all: true, filters: { label: labels } });
@@ -89,6 +92,33 @@ export async function swarmViolations(options: InvariantOptions): Promise<string
     }
   }
   return problems;
+}
+
+/** The records of a PostgreSQL store, checked as the file records are: valid instances, and columns that agree with the record. */
+async function readDatabaseRecords(databaseUrl: string, problems: string[]): Promise<Map<string, VSCodeInstance>> {
+  const client = new pg.Client({ connectionString: databaseUrl, connectionTimeoutMillis: 10_000 });
+  await client.connect();
+  let rows: { id: string; provider: string; status: string; data: unknown }[];
+  try {
+    ({ rows } = await client.query<{ id: string; provider: string; status: string; data: unknown }>('SELECT id, provider, status, data FROM instances ORDER BY id'));
+  } finally {
+    await client.end();
+  }
+  const records = new Map<string, VSCodeInstance>();
+  for (const row of rows) {
+    const parsed = VSCodeInstanceSchema.safeParse(row.data);
+    if (!parsed.success) {
+      problems.push(`record ${row.id} (database) is not a valid instance: ${parsed.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`).join('; ')}`);
+    } else if (parsed.data.id !== row.id) {
+      problems.push(`record ${row.id} (database) holds instance ${parsed.data.id}`);
+    } else {
+      if (row.status !== parsed.data.status || row.provider !== parsed.data.providerType) {
+        problems.push(`record ${row.id} (database): its columns say ${row.provider}:${row.status}, its data ${parsed.data.providerType}:${parsed.data.status}`);
+      }
+      records.set(row.id, parsed.data);
+    }
+  }
+  return records;
 }
 
 async function readRecords(dir: string, problems: string[]): Promise<Map<string, VSCodeInstance>> {

@@ -210,6 +210,12 @@ describe('document store: PostgreSQL', () => {
     await db.query(`UPDATE instances SET written_by = 'proc-dying' WHERE id = 'ws-creating'`);
     expect(await instances.orphanedWrites(['creating'])).toEqual(new Set(['ws-creating']));
     expect(await instances.orphanedWrites(['running'])).toEqual(new Set());
+    // A live controller's write that keeps the status (a health check's findings) leaves the dead writer
+    // named: the record is still orphaned. One that changes the status takes it over.
+    await instances.update('ws-creating', { health: 'unhealthy', healthReason: 'checked by the leader' });
+    expect(await instances.orphanedWrites(['creating'])).toEqual(new Set(['ws-creating']));
+    await instances.update('ws-creating', { status: 'running' });
+    expect(await instances.orphanedWrites(['creating', 'running'])).toEqual(new Set());
   });
 
   it('lets exactly one of several controllers claim an orphan', async () => {

@@ -130,10 +130,15 @@ export class PgInstanceStore implements InstanceStore {
         const current = await this.lockRow(client, id);
         const merged = typeof change === 'function' ? change(structuredClone(current)) : { ...current, ...change, id };
         const record = validate({ ...merged, id, updatedAt: new Date().toISOString() });
+        // written_by names whoever put the record in its status (the operation's controller): a write that
+        // keeps the status (a health check's findings, a progress note) leaves it, so a live controller
+        // looking at a record a dead one left in `starting` does not hide that it is orphaned.
         const { rows } = await client
           .query<{ version: string }>(
             `UPDATE instances SET owner = $2, name = $3, provider = $4, status = $5, warm_pool = $6, data = $7,
-               version = nextval('instance_version_seq'), updated_at = now(), written_by = $8 WHERE id = $1 RETURNING version`,
+               version = nextval('instance_version_seq'), updated_at = now(),
+               written_by = CASE WHEN instances.status = $5 THEN instances.written_by ELSE $8 END
+             WHERE id = $1 RETURNING version`,
             [id, ownerOf(record), record.name, record.providerType, record.status, record.warmPool ?? null, record, PROCESS_ID],
           )
           .catch((err: unknown) => {
