@@ -7,7 +7,6 @@
 import { createHash } from 'node:crypto';
 import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import pg from 'pg';
 import { swarmIdFor } from '../../src/config.js';
 import { CRASH_ENV } from '../../src/crash/crash-points.js';
 import { waitUntil } from '../../src/timing/wait-until.js';
@@ -64,20 +63,6 @@ export async function configureLane(lane: Lane, config: Record<string, unknown>)
   await writeFile(lane.configFile, JSON.stringify({ ...config, ...(lane.databaseUrl ? { store: { databaseUrl: lane.databaseUrl } } : {}) }));
 }
 
-/** A new database named `name` on the PostgreSQL server at `serverUrl`, for one lane alone; its URL. */
-export async function laneDatabase(serverUrl: string, name: string): Promise<string> {
-  if (!/^[a-z][a-z0-9_]*$/.test(name)) throw new Error(`lane database name: expected lowercase letters, digits and _, got ${name}`);
-  const client = new pg.Client({ connectionString: serverUrl });
-  await client.connect();
-  try {
-    await client.query(`CREATE DATABASE ${name}`);
-  } finally {
-    await client.end();
-  }
-  const url = new URL(serverUrl);
-  url.pathname = `/${name}`;
-  return url.toString();
-}
 
 /** Where swarmViolations reads the lane's records and engine objects from. */
 export function laneInvariants(lane: Lane): Pick<InvariantOptions, 'stateDir' | 'swarmId' | 'databaseUrl'> {

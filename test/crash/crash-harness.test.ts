@@ -22,9 +22,9 @@ import { LABEL_APP, removeFlyEmulatorLeftovers, startFlyEmulator, type FlyEmulat
 import { docker } from '../helpers/docker.js';
 import { swarmViolations } from '../helpers/invariants.js';
 import type { LaunchedServer } from '../helpers/mcp.js';
-import { startPostgres, type TestPostgres } from '../helpers/postgres.js';
+import { createDatabase, startPostgres, type TestPostgres } from '../helpers/postgres.js';
 import { ensureStandinImage } from '../helpers/standin-image.js';
-import { configureLane, filesThroughExec, killAt, laneDatabase, laneInvariants, launch, list, makeLane, ok, seededFiles, type Lane, type LaneStore } from './crash-driver.js';
+import { configureLane, filesThroughExec, killAt, laneInvariants, launch, list, makeLane, ok, seededFiles, type Lane, type LaneStore } from './crash-driver.js';
 
 const FLY_APP = 'vscode-swarm-crash';
 
@@ -459,7 +459,7 @@ describe('SIGKILL at every crash point, then a fresh server', () => {
     const pgHealth = { ...health, intervalMs: 2_000 };
     const pgFly = POSTGRES_SCENARIOS.some((sc) => sc.at.startsWith('migration.'));
     const postgresLane = async (label: string, scenarios: Scenario[], warm: Scenario[] = []) => {
-      const databaseUrl = await laneDatabase(postgres!.url, label);
+      const databaseUrl = await createDatabase(postgres!, label);
       const made = pgFly
         ? await flyLane(label, pgHealth, databaseUrl)
         : await (async () => {

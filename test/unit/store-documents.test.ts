@@ -23,7 +23,7 @@ import { FileDocumentStore, PgDocumentStore, PgInstanceStore, StorePool, migrate
 import { APPLICATION_PREFIX, PROCESS_ID } from '../../src/store/postgres/pool.js';
 import { waitUntil } from '../../src/timing/wait-until.js';
 import { contractInstance } from '../contract/instance-store-contract.js';
-import { startPostgres, type TestPostgres } from '../helpers/postgres.js';
+import { createDatabase, startPostgres, type TestPostgres } from '../helpers/postgres.js';
 
 let server: TestPostgres;
 let databases = 0;
@@ -47,11 +47,7 @@ async function tempDir(): Promise<string> {
 
 /** A new migrated database on the shared server; its URL. */
 async function freshDatabase(): Promise<string> {
-  const admin = new StorePool({ databaseUrl: server.url });
-  const name = `docs_${++databases}`;
-  await admin.query(`CREATE DATABASE ${name}`);
-  await admin.close();
-  const url = server.url.replace(/\/postgres$/, `/${name}`);
+  const url = await createDatabase(server, `docs_${++databases}`);
   await migrate(pool(url));
   return url;
 }

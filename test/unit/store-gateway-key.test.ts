@@ -15,7 +15,7 @@ import { readSigningSeed, signingSeedFile, type SigningSeedStore } from '../../s
 import { GATEWAY_SEED_NAME, PgSigningSeed, StorePool, migrate } from '../../src/store/index.js';
 import { readGatewaySeed } from '../../src/store/postgres/gateway-key.js';
 import { freePort } from '../helpers/ports.js';
-import { startPostgres, type TestPostgres } from '../helpers/postgres.js';
+import { createDatabase, startPostgres, type TestPostgres } from '../helpers/postgres.js';
 
 const SECRET = 'a configured gateway secret of at least 32 bytes';
 
@@ -41,11 +41,7 @@ afterAll(async () => {
 
 /** A new migrated database; its URL. */
 async function freshDatabase(): Promise<string> {
-  const admin = new StorePool({ databaseUrl: server.url });
-  const name = `gateway_key_${++databases}`;
-  await admin.query(`CREATE DATABASE ${name}`);
-  await admin.close();
-  const url = server.url.replace(/\/postgres$/, `/${name}`);
+  const url = await createDatabase(server, `gateway_key_${++databases}`);
   await migrate(openPool(url));
   return url;
 }

@@ -20,7 +20,7 @@ import { ChangeListener, PgInstanceStore, PgPrincipalStore, PgSpentLinks, StoreP
 import { checkAdmission } from '../../src/tenancy/quotas.js';
 import { waitUntil } from '../../src/timing/wait-until.js';
 import { contractInstance } from '../contract/instance-store-contract.js';
-import { startPostgres, type TestPostgres } from '../helpers/postgres.js';
+import { createDatabase, startPostgres, type TestPostgres } from '../helpers/postgres.js';
 
 let server: TestPostgres;
 let databases = 0;
@@ -35,11 +35,7 @@ afterAll(async () => {
 });
 
 async function freshDatabase(): Promise<string> {
-  const admin = new StorePool({ databaseUrl: server.url });
-  const name = `tenancy_${++databases}`;
-  await admin.query(`CREATE DATABASE ${name}`);
-  await admin.close();
-  const url = server.url.replace(/\/postgres$/, `/${name}`);
+  const url = await createDatabase(server, `tenancy_${++databases}`);
   const p = new StorePool({ databaseUrl: url });
   await migrate(p);
   await p.close();

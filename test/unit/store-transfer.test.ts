@@ -22,7 +22,7 @@ import { readGatewaySeed } from '../../src/store/postgres/gateway-key.js';
 import { PrincipalStore, type PrincipalDirectory } from '../../src/tenancy/principals.js';
 import { describeTransfer, exportStateDir, importStateDir } from '../../src/store/transfer.js';
 import { contractInstance } from '../contract/instance-store-contract.js';
-import { startPostgres, type TestPostgres } from '../helpers/postgres.js';
+import { createDatabase, startPostgres, type TestPostgres } from '../helpers/postgres.js';
 
 let server: TestPostgres;
 let databases = 0;
@@ -37,11 +37,7 @@ afterAll(async () => {
 });
 
 async function freshDatabase(): Promise<string> {
-  const admin = new StorePool({ databaseUrl: server.url });
-  const name = `transfer_${++databases}`;
-  await admin.query(`CREATE DATABASE ${name}`);
-  await admin.close();
-  return server.url.replace(/\/postgres$/, `/${name}`);
+  return createDatabase(server, `transfer_${++databases}`);
 }
 
 let dirs = 0;
